@@ -1,0 +1,45 @@
+# Set-up and checks. `make test` and `make demo` do everything on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; an unpinned `pip install torch` pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install test lint typecheck pytest demo docs bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH_PIN)"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check rnn_stability tests examples benchmarks
+	$(BIN)/ruff format --check rnn_stability tests examples benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
+demo: install
+	$(BIN)/rnn-stability demo
+
+bench: install
+	$(BIN)/python benchmarks/rnn_speed.py
+	$(BIN)/python benchmarks/callback_overhead.py
+
+clean:
+	rm -rf $(VENV) site build *.egg-info

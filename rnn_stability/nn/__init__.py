@@ -1,0 +1,3 @@
+"""Drop-in replacements for ``torch.nn.LSTM`` / ``GRU`` / ``LSTMCell`` / ``GRUCell``."""
+
+__all__: list[str] = []
