@@ -1,0 +1,172 @@
+"""Evidence for issue 4: Trainer step time with gradient monitoring and clipping callbacks.
+
+A 2-layer LSTM (hidden 128) with a linear head on the adding problem (T=50, batch 32), Adam, CPU, one thread.
+Configurations, all measured in the same process with interleaved repeats (every repeat runs each
+configuration once, in rotating order, so slow drifts of the machine hit all of them alike):
+
+- ``none``: no callbacks, no clipping (the baseline of every ratio).
+- ``lightning grad_norm``: Lightning's documented recipe, ``self.log_dict(grad_norm(self, norm_type=2))`` in
+  ``on_before_optimizer_step`` every step, plus ``Trainer(gradient_clip_val=1.0)``.
+- ``monitor``: :class:`~rnn_stability.callbacks.GradientNormMonitor` at its default interval (the Trainer's,
+  50 steps), alone and with ``Trainer(gradient_clip_val=1.0)``.
+- ``monitor + clip:<strategy>``: the monitor and :class:`~rnn_stability.callbacks.AdaptiveGradientClipping`
+  with each strategy.
+
+Step time is the wall time between consecutive ``on_train_batch_start`` calls (forward, backward, callbacks,
+optimizer, logging), averaged over ``--steps`` steps after ``--warmup`` steps; ``--steps`` is a multiple of
+the logging interval so logging steps are counted in their true proportion. The table gives the median over
+repeats and the ratio to ``none``. Results go to ``benchmarks/results/callback_overhead.md``.
+
+Run::
+
+    nice python benchmarks/callback_overhead.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import grad_norm
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from rnn_stability.callbacks import AdaptiveGradientClipping, GradientNormMonitor
+from rnn_stability.data import adding_problem
+
+RESULTS = Path(__file__).parent / "results"
+STRATEGIES = ("norm", "value", "percentile", "zscore", "agc")
+
+
+class LSTMRegressor(L.LightningModule):
+    def __init__(self, hidden_size: int = 128, num_layers: int = 2) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(2, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out, _ = self.rnn(x)
+        return nn.functional.mse_loss(self.head(out[:, -1]), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class LightningGradNorm(LSTMRegressor):
+    """Lightning's documented way to track gradient norms (``lightning.pytorch.utilities.grad_norm``)."""
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.log_dict(grad_norm(self, norm_type=2))
+
+
+class StepTimer(Callback):
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+
+Config = tuple[type[LSTMRegressor], Callable[[], list[Callback]], dict[str, Any]]
+
+
+def configurations() -> dict[str, Config]:
+    clip = {"gradient_clip_val": 1.0}
+    configs: dict[str, Config] = {
+        "none": (LSTMRegressor, list, {}),
+        "lightning grad_norm every step + gradient_clip_val": (LightningGradNorm, list, clip),
+        "monitor (default interval)": (LSTMRegressor, lambda: [GradientNormMonitor()], {}),
+        "monitor + gradient_clip_val": (LSTMRegressor, lambda: [GradientNormMonitor()], clip),
+    }
+    for strategy in STRATEGIES:
+
+        def callbacks(strategy: str = strategy) -> list[Callback]:
+            return [AdaptiveGradientClipping(strategy=strategy), GradientNormMonitor()]
+
+        configs[f"monitor + clip:{strategy}"] = (LSTMRegressor, callbacks, {})
+    return configs
+
+
+def time_run(config: Config, loader: DataLoader, args: argparse.Namespace, root: str) -> float:
+    model_cls, make_callbacks, trainer_kwargs = config
+    torch.manual_seed(0)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=args.warmup + args.steps,
+        logger=CSVLogger(root, name="bench"),
+        callbacks=[timer, *make_callbacks()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(model_cls(args.hidden), loader)
+    starts = timer.starts[args.warmup :]
+    return (starts[-1] - starts[0]) / (len(starts) - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per run (a multiple of 50)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--output", type=Path, default=RESULTS / "callback_overhead.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+    x, y = adding_problem(args.batch_size * 50, args.seq_len, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=False)
+    configs = configurations()
+    names = list(configs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as root:
+        for repeat in range(args.repeats):
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
+            for name in order:
+                times[name].append(time_run(configs[name], loader, args, root))
+            print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+
+    base = statistics.median(times["none"])
+    lines = [
+        f"Trainer step time, 2-layer LSTM h={args.hidden}, T={args.seq_len}, batch {args.batch_size}, CPU, 1 thread,"
+        f" torch {torch.__version__}, lightning {L.__version__}; median of {args.repeats} interleaved repeats of"
+        f" {args.steps} steps (Trainer log_every_n_steps=50).",
+        "",
+        "| configuration | ms / step (median) | min–max over repeats | ratio vs none |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in names:
+        median = statistics.median(times[name])
+        lines.append(
+            f"| {name} | {1e3 * median:.2f} | {1e3 * min(times[name]):.2f}–{1e3 * max(times[name]):.2f}"
+            f" | {median / base:.3f} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Gradient clipping in Lightning's real step: fixed, adaptive (AutoClip, ZClip, AGC), with a non-finite guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from rnn_stability.callbacks.clip_record import ClipRecord
+from rnn_stability.functional.clipping import (
+    PercentileClipper,
+    ZScoreClipper,
+    adaptive_grad_clip_,
+    any_across_ranks,
+    clip_grad_value_,
+    clip_grads_with_norm_,
+    discard_grads_,
+    nonfinite_parameter_names,
+)
+from rnn_stability.functional.clipping._checks import check_fraction, check_positive, check_positive_int
+from rnn_stability.functional.grad_norm import total_grad_norm
+
+__all__ = ["AdaptiveGradientClipping"]
+
+STRATEGIES = ("norm", "value", "percentile", "zscore", "agc")
+
+
+class AdaptiveGradientClipping(Callback):
+    r"""Clip gradients by norm, value, an adaptive threshold or unit-wise, and skip non-finite steps.
+
+    Acts in ``on_before_optimizer_step``: once per real optimizer step (on the accumulated gradient when
+    ``accumulate_grad_batches > 1``), after the fp16 ``GradScaler`` has unscaled the gradients and before
+    ``Trainer(gradient_clip_val=...)`` would clip them. Strategies:
+
+    - ``"norm"``: total L2 norm clipped to ``max_norm``.
+    - ``"value"``: every element clamped to ``[-clip_value, clip_value]``.
+    - ``"percentile"``: AutoClip (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
+      Separation Networks"), norm clipped to the ``percentile``-th percentile of the last ``window_size``
+      total norms (:class:`~rnn_stability.functional.PercentileClipper`).
+    - ``"zscore"``: ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training"),
+      norm clipped to :math:`\mu + z\sigma` of an EMA after ``warmup_steps``
+      (:class:`~rnn_stability.functional.ZScoreClipper`).
+    - ``"agc"``: AGC (Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
+      Normalization"), unit-wise :math:`\|g_i\|/\max(\|w_i\|,\epsilon) \le \lambda`, skipping ``exclude``.
+
+    **Non-finite guard** (``skip_nonfinite=True``): when the total gradient norm of the optimizer is NaN/Inf,
+    every gradient of that optimizer is set to ``None`` so ``optimizer.step()`` leaves the weights and the
+    optimizer state (moments, step counter) bit-identical; the step is counted in ``num_skipped_steps`` and
+    never enters the adaptive statistics. After ``max_consecutive_nonfinite`` skips in a row a
+    ``RuntimeError`` names the parameters holding non-finite gradients. Deciding to skip needs the one host
+    synchronisation of the step (reading a flag; under DDP the flag is first all-reduced with ``MAX``, so
+    every rank takes the same decision). Lightning still counts a skipped step in ``global_step`` and steps
+    the LR schedulers. With ``skip_nonfinite=False`` the callback never synchronises outside logging steps.
+
+    **fp16 AMP**: with a ``GradScaler`` (``precision="16-mixed"``) Inf gradients are expected while the loss
+    scale calibrates and the scaler itself skips ``optimizer.step()``; the guard then stays out of the way
+    (no skip counted, no error, gradients left for the scaler, non-finite norms kept out of the statistics)
+    and needs no sync. ``bf16-mixed`` has no scaler and is guarded like fp32.
+
+    **Multiple optimizers** (manual optimization, where ``opt.step()`` still runs this hook) keep separate
+    adaptive state per optimizer index; clipping gradients yourself with ``self.clip_gradients`` in manual
+    optimization is not affected by this callback. **FSDP** / model-parallel strategies are refused (each
+    rank holds only a shard of the gradients, so its local norm is not the total norm).
+
+    Logged through ``pl_module.log`` on logging steps (every ``log_every_n_steps`` optimizer steps; with
+    several optimizers each key gets the suffix ``/optimizer_{idx}``):
+
+    - ``grad_clip/threshold``: the threshold in force (see :class:`~rnn_stability.callbacks.ClipRecord`).
+    - ``grad_clip/pre_clip_norm``, ``grad_clip/post_clip_norm``: total L2 gradient norm before and after.
+    - ``grad_clip/clipped_fraction``: fraction of optimizer steps since the previous logged value where
+      clipping changed the gradients.
+    - ``grad_clip/skipped_steps``: total number of steps skipped by the non-finite guard.
+
+    Args:
+        strategy: one of ``"norm"``, ``"value"``, ``"percentile"``, ``"zscore"``, ``"agc"``.
+        max_norm: threshold of ``"norm"`` (> 0).
+        clip_value: element bound of ``"value"`` (> 0).
+        percentile: AutoClip percentile in ``[0, 100]`` (paper: 10).
+        window_size: AutoClip history length (>= 1).
+        alpha: ZClip EMA factor in ``(0, 1)`` (paper: 0.97).
+        z_threshold: ZClip z-score threshold (> 0; paper: 2.5).
+        warmup_steps: ZClip warm-up steps (>= 1; paper: 25).
+        clip_factor: AGC :math:`\lambda` (> 0; paper: 0.01).
+        eps: AGC weight-norm floor :math:`\epsilon` (> 0; paper: 1e-3).
+        exclude: parameter names, module names or ``fnmatch`` patterns AGC leaves alone (e.g. ``["head"]``).
+        skip_nonfinite: skip steps with NaN/Inf gradients (see above).
+        max_consecutive_nonfinite: skipped steps in a row before raising (>= 1).
+        log_every_n_steps: logging interval in optimizer steps; ``None`` uses the Trainer's. Values are
+            logged only on steps that are also Trainer logging steps, so use a multiple of the Trainer's.
+
+    Raises:
+        ValueError: if an argument is outside its range.
+        TypeError: if an argument has the wrong type.
+        MisconfigurationException: at ``setup`` under FSDP or model-parallel strategies.
+        RuntimeError: after ``max_consecutive_nonfinite`` consecutive non-finite steps.
+
+    Example::
+
+        >>> from lightning import Trainer
+        >>> clipper = AdaptiveGradientClipping(strategy="percentile", percentile=10.0, window_size=500)
+        >>> trainer = Trainer(callbacks=[clipper], logger=False, enable_progress_bar=False)
+        >>> clipper.num_steps, clipper.num_skipped_steps, clipper.last_record is None
+        (0, 0, True)
+    """
+
+    def __init__(
+        self,
+        strategy: str = "norm",
+        max_norm: float = 1.0,
+        clip_value: float = 1.0,
+        percentile: float = 10.0,
+        window_size: int = 1000,
+        alpha: float = 0.97,
+        z_threshold: float = 2.5,
+        warmup_steps: int = 25,
+        clip_factor: float = 0.01,
+        eps: float = 1e-3,
+        exclude: list[str] | tuple[str, ...] = (),
+        skip_nonfinite: bool = True,
+        max_consecutive_nonfinite: int = 10,
+        log_every_n_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {strategy!r}.")
+        self.strategy = strategy
+        self.max_norm = check_positive("max_norm", max_norm)
+        self.clip_value = check_positive("clip_value", clip_value)
+        self.clip_factor = check_positive("clip_factor", clip_factor)
+        self.eps = check_positive("eps", eps)
+        # build a throwaway clipper of each kind so their own checks validate the arguments now
+        PercentileClipper(percentile, window_size)
+        ZScoreClipper(alpha, z_threshold, warmup_steps)
+        self.percentile, self.window_size = float(percentile), window_size
+        self.alpha, self.z_threshold, self.warmup_steps = float(alpha), float(z_threshold), warmup_steps
+        if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
+            raise TypeError(f"`exclude` must be a list of parameter names or patterns, got {exclude!r}.")
+        self.exclude = tuple(exclude)
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"`skip_nonfinite` must be a bool, got {skip_nonfinite!r}.")
+        self.skip_nonfinite = skip_nonfinite
+        self.max_consecutive_nonfinite = check_positive_int(
+            "max_consecutive_nonfinite", max_consecutive_nonfinite
+        )
+        if log_every_n_steps is not None:
+            check_positive_int("log_every_n_steps", log_every_n_steps)
+        self.log_every_n_steps = log_every_n_steps
+        check_fraction("percentile", percentile, 0.0, 100.0)
+
+        self.num_steps = 0
+        self.num_skipped_steps = 0
+        self.last_record: ClipRecord | None = None
+        self._clippers: dict[int, PercentileClipper | ZScoreClipper] = {}
+        self._consecutive_nonfinite: dict[int, int] = {}
+        self._clipped_total: Tensor | int = 0  # a tensor while training: counting needs no sync
+        self._logged_at: tuple[int, Tensor | int] = (
+            0,
+            0,
+        )  # (num_steps, clipped count) at the previous logged clipped_fraction
+        self._names: dict[int, str] = {}
+        self._warned_gradient_clip_val = False
+
+    @property
+    def num_clipped_steps(self) -> int:
+        """Optimizer steps where clipping changed the gradients (reading it is a host sync)."""
+        return int(self._clipped_total)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(strategy=self.strategy)
+
+    def _new_clipper(self) -> PercentileClipper | ZScoreClipper:
+        if self.strategy == "percentile":
+            return PercentileClipper(self.percentile, self.window_size)
+        return ZScoreClipper(self.alpha, self.z_threshold, self.warmup_steps)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
+            raise MisconfigurationException(
+                f"`AdaptiveGradientClipping` does not support `{type(trainer.strategy).__name__}`: each rank holds"
+                " only a shard of the gradients, so its local norm is not the total norm. Use DDP, or clip with"
+                " the strategy's own sharded clipping."
+            )
+        if trainer.gradient_clip_val and not self._warned_gradient_clip_val:
+            self._warned_gradient_clip_val = True
+            rank_zero_warn(
+                f"`AdaptiveGradientClipping` is used together with `Trainer(gradient_clip_val="
+                f"{trainer.gradient_clip_val})`: Lightning clips again after this callback. Set one of them only."
+            )
+        self._names = {id(p): name for name, p in pl_module.named_parameters()}
+
+    @staticmethod
+    def _optimizer_index(trainer: pl.Trainer, optimizer: Optimizer) -> int:
+        raw = getattr(optimizer, "_optimizer", optimizer)
+        return next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
+
+    def _is_logging_step(self, trainer: pl.Trainer) -> bool:
+        # values logged on a step the Trainer does not flush would reach the logger, stale, at its next
+        # logging step, so log only where our interval and the Trainer's agree
+        trainer_interval = getattr(trainer, "log_every_n_steps", 0)
+        if not trainer_interval:
+            return False
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step) + 1
+        if trainer.should_stop:
+            return True
+        return step % trainer_interval == 0 and step % (self.log_every_n_steps or trainer_interval) == 0
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        idx = self._optimizer_index(trainer, optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        self.num_steps += 1
+        pre = total_grad_norm(params)
+        has_scaler = getattr(trainer.precision_plugin, "scaler", None) is not None
+        if self.skip_nonfinite and not has_scaler:
+            if bool(any_across_ranks(~torch.isfinite(pre))):  # the one host sync of the step
+                self._skip(trainer, pl_module, optimizer, idx, params, pre)
+                return
+            self._consecutive_nonfinite[idx] = 0
+        post, threshold = self._clip(idx, params, pre)
+        clipped = post < pre
+        self._clipped_total = self._clipped_total + clipped.long()
+        self._record(trainer, pl_module, idx, pre, post, threshold, clipped, torch.zeros_like(clipped))
+
+    def _clip(self, idx: int, params: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
+        if self.strategy == "value":
+            clip_grad_value_(params, self.clip_value)
+            return total_grad_norm(params), torch.full_like(pre, self.clip_value)
+        if self.strategy == "agc":
+            named = [(self._names.get(id(p), ""), p) for p in params]
+            adaptive_grad_clip_(named, self.clip_factor, self.eps, exclude=self.exclude)
+            return total_grad_norm(params), torch.full_like(pre, self.clip_factor)
+        if self.strategy == "norm":
+            threshold = torch.full_like(pre, self.max_norm)
+        else:
+            clipper = self._clippers.setdefault(idx, self._new_clipper())
+            threshold = clipper.step(pre)
+        return clip_grads_with_norm_(params, threshold, pre), threshold
+
+    def _skip(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: Optimizer,
+        idx: int,
+        params: list[Tensor],
+        pre: Tensor,
+    ) -> None:
+        self.num_skipped_steps += 1
+        consecutive = self._consecutive_nonfinite.get(idx, 0) + 1
+        self._consecutive_nonfinite[idx] = consecutive
+        if consecutive >= self.max_consecutive_nonfinite:
+            names = nonfinite_parameter_names((self._names.get(id(p), "<unnamed>"), p) for p in params)
+            raise RuntimeError(
+                f"{consecutive} consecutive optimizer steps (`max_consecutive_nonfinite`="
+                f"{self.max_consecutive_nonfinite}) of optimizer {idx} had non-finite gradients, at global step"
+                f" {trainer.global_step}; parameters with non-finite gradients: {names or 'none found'}."
+            )
+        discard_grads_(p for group in optimizer.param_groups for p in group["params"])
+        yes = torch.ones((), dtype=torch.bool, device=pre.device)
+        self._record(
+            trainer, pl_module, idx, pre, torch.zeros_like(pre), torch.full_like(pre, torch.nan), ~yes, yes
+        )
+
+    def _record(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        idx: int,
+        pre: Tensor,
+        post: Tensor,
+        threshold: Tensor,
+        clipped: Tensor,
+        skipped: Tensor,
+    ) -> None:
+        self.last_record = ClipRecord(trainer.global_step, idx, pre, post, threshold, clipped, skipped)
+        if not self._is_logging_step(trainer):
+            return
+        steps, clipped_before = self._logged_at
+        fraction = (self._clipped_total - clipped_before) / max(self.num_steps - steps, 1)
+        self._logged_at = (self.num_steps, self._clipped_total)
+        suffix = f"/optimizer_{idx}" if len(trainer.optimizers) > 1 else ""
+        values: dict[str, Tensor | float] = {
+            "grad_clip/threshold": threshold,
+            "grad_clip/pre_clip_norm": pre,
+            "grad_clip/post_clip_norm": post,
+            "grad_clip/clipped_fraction": torch.as_tensor(fraction, dtype=torch.float32),
+            "grad_clip/skipped_steps": float(self.num_skipped_steps),
+        }
+        for key, value in values.items():
+            pl_module.log(key + suffix, value, on_step=True, on_epoch=False, batch_size=1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        steps, clipped_before = self._logged_at
+        return {
+            "num_steps": self.num_steps,
+            "num_skipped_steps": self.num_skipped_steps,
+            "num_clipped_steps": self.num_clipped_steps,
+            "logged_at": [steps, int(clipped_before)],
+            "consecutive_nonfinite": dict(self._consecutive_nonfinite),
+            "clippers": {idx: clipper.state_dict() for idx, clipper in self._clippers.items()},
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.num_steps = int(state_dict["num_steps"])
+        self.num_skipped_steps = int(state_dict["num_skipped_steps"])
+        self._clipped_total = int(state_dict["num_clipped_steps"])
+        steps, clipped_before = state_dict["logged_at"]
+        self._logged_at = (int(steps), int(clipped_before))
+        self._consecutive_nonfinite = {int(k): int(v) for k, v in state_dict["consecutive_nonfinite"].items()}
+        self._clippers = {}
+        for idx, clipper_state in state_dict["clippers"].items():
+            clipper = self._new_clipper()
+            clipper.load_state_dict(clipper_state)
+            self._clippers[int(idx)] = clipper

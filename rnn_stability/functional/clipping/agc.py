@@ -1,0 +1,112 @@
+"""Adaptive gradient clipping (AGC): clip each unit's gradient relative to the norm of its weights.
+
+Brock, De, Smith, Simonyan (2021), "High-Performance Large-Scale Image Recognition Without
+Normalization", ICML (NFNets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
+
+import torch
+from torch import Tensor
+
+from rnn_stability.functional.clipping._checks import check_positive
+
+__all__ = ["adaptive_grad_clip_", "matches_any", "unitwise_norm"]
+
+
+def unitwise_norm(tensor: Tensor) -> Tensor:
+    """Euclidean norm of each unit: of each row (dim 0 slice) for tensors with ``ndim > 1``, else the whole.
+
+    For ``nn.Linear``/RNN weights of shape ``(out, in)`` a unit is an output neuron (one gate row of an
+    LSTM weight); for convolutions ``(out, in, *kernel)`` it is an output channel. The result keeps the
+    reduced dimensions so it broadcasts against ``tensor``.
+
+    Example::
+
+        >>> import torch
+        >>> unitwise_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+        tensor([[5.],
+                [1.]])
+    """
+    if tensor.ndim <= 1:
+        return torch.linalg.vector_norm(tensor.float()).reshape([1] * tensor.ndim)
+    return torch.linalg.vector_norm(tensor.float(), dim=tuple(range(1, tensor.ndim)), keepdim=True)
+
+
+def matches_any(name: str, patterns: Sequence[str]) -> bool:
+    """Whether ``name`` equals one of ``patterns``, matches one as a ``fnmatch`` glob, or lies under one.
+
+    ``"head"`` matches ``"head.weight"``; ``"*.bias"`` matches every bias.
+
+    Example::
+
+        >>> matches_any("head.weight", ["head"]), matches_any("rnn.bias_ih_l0", ["*.bias*"])
+        (True, True)
+    """
+    return any(name == p or name.startswith(p + ".") or fnmatchcase(name, p) for p in patterns)
+
+
+def adaptive_grad_clip_(
+    parameters: Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Tensor,
+    clip_factor: float = 0.01,
+    eps: float = 1e-3,
+    exclude: Sequence[str] = (),
+) -> None:
+    r"""Clip gradients unit-wise so that :math:`\|g_i\| / \max(\|w_i\|, \epsilon) \le \lambda`, in place.
+
+    AGC from Brock et al. (2021), "High-Performance Large-Scale Image Recognition Without Normalization".
+    A unit whose gradient is too large relative to its weights is rescaled to
+    :math:`\lambda \max(\|w_i\|, \epsilon) / \|g_i\|`; every other unit is left bit-identical. Stateless and
+    sync-free. The paper does not clip the final classifier layer: pass its name in ``exclude``.
+
+    Args:
+        parameters: parameters, a single tensor, or ``(name, parameter)`` pairs such as
+            ``model.named_parameters()`` (needed for ``exclude``).
+        clip_factor: :math:`\lambda` (> 0); the paper uses 0.01 for batch size 4096 and larger for smaller
+            batches.
+        eps: :math:`\epsilon` (> 0), the floor on the weight norm so zero-initialised weights can move.
+        exclude: names or ``fnmatch`` patterns of parameters to leave alone (e.g. ``["head"]``); a module
+            name excludes all its parameters. Needs named parameters.
+
+    Raises:
+        ValueError: if ``clip_factor`` or ``eps`` is not positive, or ``exclude`` is given with unnamed
+            parameters.
+        TypeError: if ``exclude`` is a string instead of a sequence of strings.
+
+    Example::
+
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
+        >>> w.grad = torch.tensor([[0.3, 0.4], [0.0, 0.001]])
+        >>> adaptive_grad_clip_([w], clip_factor=0.01)
+        >>> w.grad  # row 0: 0.5 / 5 > 0.01, rescaled to norm 0.05; row 1: 0.001 / 1 <= 0.01, untouched
+        tensor([[0.0300, 0.0400],
+                [0.0000, 0.0010]])
+    """
+    clip_factor = check_positive("clip_factor", clip_factor)
+    eps = check_positive("eps", eps)
+    if isinstance(exclude, str):
+        raise TypeError(
+            f"`exclude` must be a sequence of parameter names or patterns, got the string {exclude!r}."
+        )
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    for item in parameters:
+        if isinstance(item, tuple):
+            name, param = item
+            if exclude and matches_any(name, exclude):
+                continue
+        else:
+            if exclude:
+                raise ValueError("`exclude` needs named parameters, e.g. `model.named_parameters()`.")
+            param = item
+        grad = param.grad
+        if grad is None:
+            continue
+        max_norm = unitwise_norm(param.detach()).clamp(min=eps) * clip_factor
+        grad_norm = unitwise_norm(grad)
+        scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp(min=1e-6), 1.0)
+        grad.mul_(scale.to(grad.dtype))

@@ -1,0 +1,31 @@
+"""Gate-aware initialisation of recurrent modules: every function works per gate block, layer and direction."""
+
+from rnn_stability.functional.init.chrono import chrono_
+from rnn_stability.functional.init.forget_bias import forget_gate_bias_
+from rnn_stability.functional.init.gates import (
+    GATE_NAMES,
+    gate_block,
+    layer_weights,
+    recurrent_kind,
+    recurrent_modules,
+)
+from rnn_stability.functional.init.identity import identity_
+from rnn_stability.functional.init.orthogonal import orthogonal_
+from rnn_stability.functional.init.scheme import SCHEMES, init_rnn_
+from rnn_stability.functional.init.xavier import xavier_normal_, xavier_uniform_
+
+__all__ = [
+    "GATE_NAMES",
+    "SCHEMES",
+    "chrono_",
+    "forget_gate_bias_",
+    "gate_block",
+    "identity_",
+    "init_rnn_",
+    "layer_weights",
+    "orthogonal_",
+    "recurrent_kind",
+    "recurrent_modules",
+    "xavier_normal_",
+    "xavier_uniform_",
+]

@@ -1,0 +1,159 @@
+"""Norms of groups of tensors (whole model, per module, per parameter) and the update-to-weight ratio.
+
+A *group* is a set of parameters whose norms are combined into one number, exactly as
+``torch.nn.utils.clip_grad_norm_`` combines all of them into the total norm. Grouping is a pure
+function of parameter names, so it is computed once; the norms themselves are computed with
+``torch._foreach_norm`` and one ``index_add_`` and stay on the device (no host synchronisation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from rnn_stability.functional.grad_norm import _check_norm_type, foreach_norms
+
+__all__ = [
+    "GRANULARITIES",
+    "group_norms",
+    "group_parameters",
+    "update_to_weight_ratio",
+]
+
+GRANULARITIES = ("total", "module", "parameter")
+"""Accepted values of ``granularity`` in :func:`group_parameters`."""
+
+ROOT_GROUP = "root"
+"""Group name, at ``"module"`` granularity, of parameters registered directly on the root module."""
+
+
+def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple[list[str], list[int]]:
+    """Assign each named parameter to a group.
+
+    Args:
+        names: parameter names as given by ``Module.named_parameters()`` (e.g. ``"rnn.weight_hh_l0"``).
+        granularity: ``"total"`` puts every parameter in one group called ``"total"``; ``"module"`` groups
+            parameters by the module that directly owns them (the name without its last component, e.g.
+            ``"encoder.rnn"``; parameters of the root module itself form the group ``"root"``);
+            ``"parameter"`` gives every parameter its own group, named like the parameter.
+
+    Returns:
+        The group names in order of first appearance, and for each input name the index of its group.
+
+    Raises:
+        ValueError: if ``granularity`` is not one of ``"total"``, ``"module"``, ``"parameter"``.
+
+    Example::
+
+        >>> group_parameters(["rnn.weight_ih_l0", "rnn.bias_ih_l0", "head.weight", "scale"])
+        (['rnn', 'head', 'root'], [0, 0, 1, 2])
+        >>> group_parameters(["rnn.weight_ih_l0", "head.weight"], "total")
+        (['total'], [0, 0])
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
+    group_names: list[str] = []
+    positions: dict[str, int] = {}
+    index: list[int] = []
+    for name in names:
+        if granularity == "total":
+            group = "total"
+        elif granularity == "parameter":
+            group = name
+        else:
+            group = name.rsplit(".", 1)[0] if "." in name else ROOT_GROUP
+        if group not in positions:
+            positions[group] = len(group_names)
+            group_names.append(group)
+        index.append(positions[group])
+    return group_names, index
+
+
+def group_norms(
+    norms: Sequence[Tensor], groups: Sequence[int] | Tensor, num_groups: int, norm_type: float = 2.0
+) -> Tensor:
+    """Combine per-tensor norms into one norm per group (the norm of the concatenated group members).
+
+    Args:
+        norms: 0-d norms, one per tensor (e.g. from :func:`~rnn_stability.functional.foreach_norms`).
+        groups: for each norm, the index of its group, in ``[0, num_groups)``.
+        num_groups: number of groups; groups without members get norm 0.
+        norm_type: order of the norms, a positive number or ``inf``; must match how ``norms`` were computed.
+
+    Returns:
+        A float32 tensor of shape ``(num_groups,)`` on the device of the first norm (CPU if there are none).
+
+    Raises:
+        ValueError: if ``groups`` does not have one entry per norm or ``num_groups`` is negative.
+
+    Example::
+
+        >>> import torch
+        >>> group_norms([torch.tensor(3.0), torch.tensor(4.0), torch.tensor(2.0)], [0, 0, 1], 2).tolist()
+        [5.0, 2.0]
+        >>> group_norms([torch.tensor(3.0), torch.tensor(4.0)], [1, 1], 2, norm_type=float("inf")).tolist()
+        [0.0, 4.0]
+    """
+    norm_type = _check_norm_type(norm_type)
+    if num_groups < 0:
+        raise ValueError(f"`num_groups` must be a non-negative int, got {num_groups}.")
+    if len(groups) != len(norms):
+        raise ValueError(f"`groups` must have one entry per norm ({len(norms)}), got {len(groups)}.")
+    if len(norms) == 0:
+        return torch.zeros(num_groups)
+    device = norms[0].device
+    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    index = torch.as_tensor(groups, dtype=torch.int64, device=device)
+    out = torch.zeros(num_groups, dtype=torch.float32, device=device)
+    if norm_type == float("inf"):
+        # norms are non-negative, so starting from 0 is the identity of max
+        return out.scatter_reduce_(0, index, stacked, reduce="amax")
+    return out.index_add_(0, index, stacked.pow(norm_type)).pow(1.0 / norm_type)
+
+
+def update_to_weight_ratio(
+    before: Sequence[Tensor],
+    after: Sequence[Tensor],
+    groups: Sequence[int] | Tensor,
+    num_groups: int,
+    norm_type: float = 2.0,
+) -> Tensor:
+    """Relative size of a parameter update, ``‖w_after − w_before‖ / ‖w_before‖``, per group.
+
+    A ratio far above ~1e-3 per step often means the learning rate is too high for that group, far below
+    it that the group barely learns. Where a group's weights were exactly zero before the update the ratio
+    is ``inf`` (or ``nan`` if the update was zero too), following IEEE division.
+
+    Args:
+        before: the parameters before the update (e.g. clones taken in an optimizer step pre-hook).
+        after: the same parameters after the update, in the same order and shapes.
+        groups: for each tensor, the index of its group, in ``[0, num_groups)``.
+        num_groups: number of groups.
+        norm_type: order of the norms, a positive number or ``inf``.
+
+    Returns:
+        A float32 tensor of shape ``(num_groups,)``.
+
+    Raises:
+        ValueError: if ``before`` and ``after`` differ in length.
+
+    Example::
+
+        >>> import torch
+        >>> w0 = [torch.tensor([3.0, 4.0]), torch.tensor([1.0])]
+        >>> w1 = [torch.tensor([3.0, 4.5]), torch.tensor([1.5])]
+        >>> update_to_weight_ratio(w0, w1, [0, 1], 2).tolist()
+        [0.10000000149011612, 0.5]
+    """
+    if len(before) != len(after):
+        raise ValueError(
+            f"`before` and `after` must have the same length, got {len(before)} and {len(after)}."
+        )
+    if len(before) == 0:
+        return torch.zeros(num_groups)
+    deltas = torch._foreach_sub(list(after), list(before))
+    delta_norms = group_norms(foreach_norms(deltas, norm_type), groups, num_groups, norm_type)
+    weight_norms = group_norms(foreach_norms(before, norm_type), groups, num_groups, norm_type)
+    return delta_norms / weight_norms

@@ -1,0 +1,224 @@
+"""Drop-in ``torch.nn.LSTMCell`` / ``GRUCell`` with an optional layer-normalised step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnn_stability.nn.layer_norm import GateLayerNorm
+from rnn_stability.nn.recurrence import (
+    gru_input_gates,
+    gru_layer_norm_step,
+    lstm_input_gates,
+    lstm_layer_norm_step,
+)
+from rnn_stability.nn.stacked import check_flag
+
+__all__ = ["GRUCell", "LSTMCell"]
+
+
+class _LayerNormCellMixin(nn.RNNCellBase):
+    """Layer-norm parameters and input checks shared by both cells; listed before the torch cell class."""
+
+    num_gates: int
+    layer_norm: bool
+    layer_norm_eps: float = 1e-5
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)  # type: ignore[call-arg]
+        self.layer_norm = check_flag("layer_norm", layer_norm)
+        if layer_norm:
+            factory: dict[str, Any] = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
+            self.layer_norm_ih = GateLayerNorm(self.num_gates, hidden_size, **factory)
+            self.layer_norm_hh = GateLayerNorm(self.num_gates, hidden_size, **factory)
+
+    def reset_parameters(self) -> None:
+        """torch's uniform init for the weights; layer-norm gains 1 and biases 0."""
+        super().reset_parameters()
+        for module in self.children():
+            if isinstance(module, (GateLayerNorm, nn.LayerNorm)):
+                module.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", layer_norm=True" if self.layer_norm else "")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("layer_norm", False)
+
+    def _check_step(self, input: Tensor, hidden: list[Tensor]) -> None:
+        """The checks torch's fused cell kernels make, for the layer-norm path."""
+        if input.dtype != self.weight_ih.dtype:
+            raise RuntimeError(
+                f"input dtype ({input.dtype}) does not match weight dtype ({self.weight_ih.dtype}) of "
+                f"{type(self).__name__}"
+            )
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
+            )
+        for idx, h in enumerate(hidden):
+            if h.size(0) != input.size(0):
+                raise RuntimeError(
+                    f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size {h.size(0)}"
+                )
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{idx} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
+                )
+
+
+class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
+    r"""``torch.nn.LSTMCell`` plus a keyword-only ``layer_norm`` option.
+
+    With ``layer_norm=False`` the forward is torch's (native fused cell). With ``layer_norm=True`` it is the
+    layer-normalised LSTM step of Ba, Kiros & Hinton (2016), "Layer Normalization" — the same formula as
+    :class:`rnn_stability.nn.LSTM`:
+
+    .. math::
+        (i, f, g, o) = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}, \quad
+        c' = \sigma(f) c + \sigma(i) \tanh(g), \quad h' = \sigma(o) \tanh(\gamma_c \odot LN(c') + \beta_c)
+
+    with parameters ``layer_norm_ih.weight``, ``layer_norm_hh.weight`` (``(4, hidden_size)``) and
+    ``layer_norm_cell.weight`` / ``.bias``, initialised to the identity.
+
+    Args:
+        input_size: number of input features.
+        hidden_size: number of hidden features.
+        bias: use ``bias_ih`` and ``bias_hh`` (and the cell-norm shift).
+        device: parameter device.
+        dtype: parameter dtype.
+        layer_norm: use the layer-normalised step.
+
+    Raises:
+        TypeError: if ``layer_norm`` is not a bool.
+
+    Example::
+
+        >>> cell = LSTMCell(3, 4, layer_norm=True)
+        >>> h, c = cell(torch.randn(2, 3))
+        >>> h.shape, c.shape
+        (torch.Size([2, 4]), torch.Size([2, 4]))
+    """
+
+    num_gates = 4
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias, device, dtype, layer_norm=layer_norm)
+        if layer_norm:
+            self.layer_norm_cell = nn.LayerNorm(
+                hidden_size, bias=bias, device=self.weight_ih.device, dtype=self.weight_ih.dtype
+            )
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """torch's ``LSTMCell.forward``, or the layer-normalised step (same shapes and checks)."""
+        if not self.layer_norm:
+            return super().forward(input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
+                    )
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        self._check_step(input, list(hx))
+        gates = lstm_input_gates(
+            input, self.weight_ih, self.layer_norm_ih.weight, self.bias_ih, self.bias_hh, self.layer_norm_eps
+        )
+        h, c = lstm_layer_norm_step(
+            gates,
+            hx[0],
+            hx[1],
+            self.weight_hh,
+            self.layer_norm_hh.weight,
+            self.layer_norm_cell.weight,
+            self.layer_norm_cell.bias,
+            None,
+            self.layer_norm_eps,
+        )
+        if not is_batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+class GRUCell(_LayerNormCellMixin, nn.GRUCell):
+    r"""``torch.nn.GRUCell`` plus a keyword-only ``layer_norm`` option.
+
+    With ``layer_norm=True`` the step is the layer-normalised GRU of :class:`rnn_stability.nn.GRU` (after Ba,
+    Kiros & Hinton (2016), "Layer Normalization"): with :math:`a^x = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih}`
+    and :math:`a^h = \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}`, :math:`r = \sigma(a^x_r + a^h_r)`,
+    :math:`z = \sigma(a^x_z + a^h_z)`, :math:`n = \tanh(a^x_n + r \odot a^h_n)`, :math:`h' = (1 - z) n + z h`.
+    Gains ``layer_norm_ih.weight`` / ``layer_norm_hh.weight`` have shape ``(3, hidden_size)``, initialised to 1.
+
+    Args:
+        input_size: number of input features.
+        hidden_size: number of hidden features.
+        bias: use ``bias_ih`` and ``bias_hh``.
+        device: parameter device.
+        dtype: parameter dtype.
+        layer_norm: use the layer-normalised step.
+
+    Raises:
+        TypeError: if ``layer_norm`` is not a bool.
+
+    Example::
+
+        >>> cell = GRUCell(3, 4, layer_norm=True)
+        >>> cell(torch.randn(2, 3)).shape
+        torch.Size([2, 4])
+    """
+
+    num_gates = 3
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        """torch's ``GRUCell.forward``, or the layer-normalised step (same shapes and checks)."""
+        if not self.layer_norm:
+            return super().forward(input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        self._check_step(input, [hx])
+        gates, bias_hn = gru_input_gates(
+            input, self.weight_ih, self.layer_norm_ih.weight, self.bias_ih, self.bias_hh, self.layer_norm_eps
+        )
+        h = gru_layer_norm_step(
+            gates, hx, self.weight_hh, self.layer_norm_hh.weight, bias_hn, self.layer_norm_eps
+        )
+        return h if is_batched else h.squeeze(0)

@@ -1,0 +1,113 @@
+"""Drop-in ``torch.nn.GRU`` with optional layer normalisation and residual connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence, scripted
+from rnn_stability.nn.stacked import StackedRNNMixin, split_steps
+
+__all__ = ["GRU"]
+
+
+class GRU(StackedRNNMixin, nn.GRU):
+    r"""``torch.nn.GRU`` plus keyword-only ``layer_norm`` and ``residual`` options.
+
+    Constructor arguments, defaults, parameter names, gate order ``(r, z, n)``, ``state_dict`` keys, shapes
+    and errors are torch's. With both options off, ``forward`` *is* ``torch.nn.GRU.forward`` (torch's native
+    kernel): bit-identical outputs.
+
+    ``layer_norm=True`` — the GRU analogue of the layer-normalised LSTM of Ba, Kiros & Hinton (2016),
+    "Layer Normalization", arXiv:1607.06450: both projections are normalised per gate block before the
+    gates, and torch's placement of ``b_hn`` inside the reset product is kept:
+
+    .. math::
+        a^x &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih}, \qquad
+        a^h = \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
+        r &= \sigma(a^x_r + a^h_r), \quad z = \sigma(a^x_z + a^h_z), \quad n = \tanh(a^x_n + r \odot a^h_n) \\
+        h_t &= (1 - z) \odot n + z \odot h_{t-1}
+
+    Gains of shape ``(3, hidden_size)`` are ``layer_norm_ih_l{k}.weight`` and ``layer_norm_hh_l{k}.weight``
+    (``_reverse`` for the backward direction), initialised to 1; the existing biases play the role of the
+    LayerNorm shifts. A torch ``state_dict`` loads with ``strict=False`` reporting only these as missing.
+
+    ``residual=True`` — every layer whose input width equals its output width (``hidden_size``, times 2 when
+    bidirectional) adds its input to its output before inter-layer dropout: all layers but the first, and the
+    first too when ``input_size`` matches (see :meth:`residual_layers`).
+
+    Args:
+        *args: torch's positional arguments (``input_size, hidden_size, num_layers, bias, batch_first,
+            dropout, bidirectional``).
+        layer_norm: normalise the gate pre-activations as above.
+        residual: add each width-preserving layer's input to its output.
+        **kwargs: torch's keyword arguments, including ``device`` and ``dtype``.
+
+    Raises:
+        TypeError: if ``layer_norm`` or ``residual`` is not a bool, or for torch's own type checks.
+        ValueError: for torch's own checks (sizes, ``dropout``, ``proj_size`` given to a GRU).
+
+    Example::
+
+        >>> _ = torch.manual_seed(0)
+        >>> gru = GRU(8, 8, num_layers=2, layer_norm=True, residual=True)
+        >>> out, h = gru(torch.randn(5, 4, 8))
+        >>> out.shape, h.shape
+        (torch.Size([5, 4, 8]), torch.Size([2, 4, 8]))
+        >>> gru.residual_layers()
+        [0, 1]
+    """
+
+    num_gates = 3
+
+    def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
+        if is_batched:
+            if hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+            return (hx,)
+        if hx.dim() != 2:
+            raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+        return (hx.unsqueeze(1),)
+
+    def _state_output(self, state: tuple[Tensor, ...]) -> Tensor:
+        return state[0]
+
+    def _native_layer(
+        self, x: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, ...], weights: list[Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if batch_sizes is None:
+            out, h = torch._VF.gru(  # type: ignore[attr-defined]
+                x, hx[0], weights, self.bias, 1, 0.0, self.training, self.bidirectional, False
+            )
+        else:
+            out, h = torch._VF.gru(  # type: ignore[attr-defined]
+                x, batch_sizes, hx[0], weights, self.bias, 1, 0.0, self.training, self.bidirectional
+            )
+        return out, (h,)
+
+    def _layer_norm_direction(
+        self,
+        x: Tensor,
+        step_sizes: list[int],
+        hx: tuple[Tensor, ...],
+        weights: list[Tensor],
+        suffix: str,
+        reverse: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
+        gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
+        gates, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
+        out, h = scripted(gru_layer_norm_sequence)(
+            split_steps(gates, step_sizes),
+            hx[0],
+            weights[1],
+            getattr(self, f"layer_norm_hh{suffix}").weight,
+            bias_hn,
+            self.layer_norm_eps,
+            reverse,
+        )
+        return out, (h,)

@@ -1,0 +1,130 @@
+"""Drop-in ``torch.nn.LSTM`` with optional layer normalisation and residual connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnn_stability.nn.recurrence import lstm_input_gates, lstm_layer_norm_sequence, scripted
+from rnn_stability.nn.stacked import StackedRNNMixin, split_steps
+
+__all__ = ["LSTM"]
+
+
+class LSTM(StackedRNNMixin, nn.LSTM):
+    r"""``torch.nn.LSTM`` plus keyword-only ``layer_norm`` and ``residual`` options.
+
+    Constructor arguments, defaults, parameter names, gate order ``(i, f, g, o)``, ``state_dict`` keys, input
+    and output shapes (``batch_first``, ``PackedSequence``, unbatched input, optional ``(h0, c0)``) and errors
+    are torch's. With both options off, ``forward`` *is* ``torch.nn.LSTM.forward`` (torch's native kernel), so
+    outputs are bit-identical and a torch checkpoint loads unchanged.
+
+    ``layer_norm=True`` — layer-normalised LSTM of Ba, Kiros & Hinton (2016), "Layer Normalization",
+    arXiv:1607.06450 (the formulation used by haste). Per layer and direction, with ``LN`` normalising each
+    ``H``-wide gate block on its own (zero mean, unit variance, ``eps=1e-5``):
+
+    .. math::
+        (i, f, g, o) &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
+        c_t &= \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g) \\
+        h_t &= \sigma(o) \odot \tanh(\gamma_c \odot LN(c_t) + \beta_c) \quad (h_t = W_{hr} h_t
+        \text{ if } proj\_size > 0)
+
+    The cell state ``c_t`` is carried un-normalised; only its read-out is normalised. The gains
+    :math:`\gamma_{ih}, \gamma_{hh}` of shape ``(4, hidden_size)`` live in ``layer_norm_ih_l{k}.weight`` and
+    ``layer_norm_hh_l{k}.weight``, :math:`\gamma_c, \beta_c` in ``layer_norm_cell_l{k}.weight`` / ``.bias``
+    (``_reverse`` suffix for the backward direction; no :math:`\beta_c` when ``bias=False``). They start at
+    1 and 0, and a plain torch ``state_dict`` loads with ``strict=False`` reporting only them as missing. The
+    input projection and its normalisation are computed for all time steps at once; only the recurrent part
+    runs step by step (TorchScript loop).
+
+    ``residual=True`` — every layer whose input width equals its output width (``hidden_size`` or
+    ``proj_size``, times 2 when bidirectional) adds its input to its output, before the inter-layer dropout
+    is applied to the next layer's input: all layers but the first, and the first too when ``input_size``
+    matches (see :meth:`residual_layers`). Without ``layer_norm`` each layer still runs torch's kernel.
+
+    Args:
+        *args: torch's positional arguments (``input_size, hidden_size, num_layers, bias, batch_first,
+            dropout, bidirectional, proj_size``).
+        layer_norm: normalise gate pre-activations and the cell read-out as above.
+        residual: add each width-preserving layer's input to its output.
+        **kwargs: torch's keyword arguments, including ``device`` and ``dtype``.
+
+    Raises:
+        TypeError: if ``layer_norm`` or ``residual`` is not a bool, or for torch's own type checks.
+        ValueError: for torch's own checks (sizes, ``dropout``, ``proj_size``).
+
+    Example::
+
+        >>> _ = torch.manual_seed(0)
+        >>> lstm = LSTM(8, 16, num_layers=2, batch_first=True, layer_norm=True, residual=True)
+        >>> out, (h, c) = lstm(torch.randn(4, 5, 8))
+        >>> out.shape, h.shape, c.shape
+        (torch.Size([4, 5, 16]), torch.Size([2, 4, 16]), torch.Size([2, 4, 16]))
+        >>> lstm.residual_layers()
+        [1]
+        >>> isinstance(lstm, torch.nn.LSTM)
+        True
+    """
+
+    num_gates = 4
+
+    def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
+        h, c = hx
+        if is_batched:
+            if h.dim() != 3 or c.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx and cx should also be 3-D but got ({h.dim()}-D, {c.dim()}-D) tensors"
+                )
+            return h, c
+        if h.dim() != 2 or c.dim() != 2:
+            raise RuntimeError(
+                f"For unbatched 2-D input, hx and cx should also be 2-D but got ({h.dim()}-D, {c.dim()}-D) tensors"
+            )
+        return h.unsqueeze(1), c.unsqueeze(1)
+
+    def _state_output(self, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        return state[0], state[1]
+
+    def _native_layer(
+        self, x: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, ...], weights: list[Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if batch_sizes is None:
+            out, h, c = torch._VF.lstm(  # type: ignore[attr-defined]
+                x, hx, weights, self.bias, 1, 0.0, self.training, self.bidirectional, False
+            )
+        else:
+            out, h, c = torch._VF.lstm(  # type: ignore[attr-defined]
+                x, batch_sizes, hx, weights, self.bias, 1, 0.0, self.training, self.bidirectional
+            )
+        return out, (h, c)
+
+    def _layer_norm_direction(
+        self,
+        x: Tensor,
+        step_sizes: list[int],
+        hx: tuple[Tensor, ...],
+        weights: list[Tensor],
+        suffix: str,
+        reverse: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        weight_ih, weight_hh = weights[0], weights[1]
+        weight_hr = weights[-1] if self.proj_size > 0 else None
+        cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
+        bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
+        gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
+        gates = lstm_input_gates(x, weight_ih, gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
+        out, h, c = scripted(lstm_layer_norm_sequence)(
+            split_steps(gates, step_sizes),
+            hx[0],
+            hx[1],
+            weight_hh,
+            getattr(self, f"layer_norm_hh{suffix}").weight,
+            cell_norm.weight,
+            cell_norm.bias,
+            weight_hr,
+            self.layer_norm_eps,
+            reverse,
+        )
+        return out, (h, c)

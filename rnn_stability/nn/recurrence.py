@@ -1,0 +1,223 @@
+"""Time loops of the layer-normalised LSTM and GRU (one layer, one direction).
+
+The input projection and its layer norm do not depend on the recurrent state, so callers compute them for all
+time steps at once and pass the per-step slices ``xs``; only the recurrent projection stays in the loop. The
+loops accept shrinking batches (``PackedSequence`` order: batch sizes non-increasing over time), so packed and
+padded input share one code path. ``scripted(fn)`` returns a TorchScript version of a loop (compiled once,
+lazily), which removes most of the per-step Python overhead; under ``torch.compile`` the plain Python function
+is used so that dynamo can trace it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rnn_stability.nn.layer_norm import gate_layer_norm
+
+__all__ = [
+    "gru_input_gates",
+    "lstm_input_gates",
+    "gru_layer_norm_sequence",
+    "gru_layer_norm_step",
+    "lstm_layer_norm_sequence",
+    "lstm_layer_norm_step",
+    "scripted",
+]
+
+
+def lstm_input_gates(
+    x: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, eps: float
+) -> Tensor:
+    """The state-independent part of the LSTM gates, ``gain_ih * LN(W_ih x) + b_ih + b_hh``, shape ``(..., 4, H)``.
+
+    Both biases sit outside the normalisation, so they are added here, once for all time steps.
+    """
+    gates = gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps)
+    if bias_ih is not None and bias_hh is not None:
+        gates = gates + (bias_ih + bias_hh).view_as(gain_ih)
+    return gates
+
+
+def gru_input_gates(
+    x: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor | None]:
+    """The state-independent part of the GRU gates and the bias ``b_hn`` that stays inside the reset product.
+
+    Returns ``(gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0), b_hn)``; the first has shape ``(..., 3, H)``.
+    """
+    gates = gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps)
+    if bias_ih is None or bias_hh is None:
+        return gates, None
+    bias_ih = bias_ih.view_as(gain_ih)
+    bias_hh = bias_hh.view_as(gain_ih)
+    outside = torch.cat([bias_ih[:2] + bias_hh[:2], bias_ih[2:]], 0)
+    return gates + outside, bias_hh[2]
+
+
+def lstm_layer_norm_step(
+    x_gates: Tensor,
+    h: Tensor,
+    c: Tensor,
+    weight_hh: Tensor,
+    gain_hh: Tensor,
+    cell_weight: Tensor,
+    cell_bias: Tensor | None,
+    weight_hr: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """One step of the layer-normalised LSTM (Ba, Kiros & Hinton 2016, "Layer Normalization").
+
+    ``x_gates`` is ``gain_ih * LN(W_ih x) + b_ih + b_hh`` of shape ``(B, 4, H)``; then
+    ``(i, f, g, o) = x_gates + gain_hh * LN(W_hh h)``, ``c' = σ(f) c + σ(i) tanh(g)``,
+    ``h' = σ(o) tanh(LN_c(c'))`` (``h' = W_hr h'`` with a projection). Returns ``(h', c')``.
+    """
+    hidden_size = gain_hh.size(1)
+    hh = torch.mm(h, weight_hh.t()).view(h.size(0), 4, hidden_size)
+    gates = torch.addcmul(x_gates, F.layer_norm(hh, [hidden_size], None, None, eps), gain_hh)
+    i, f, g, o = gates.unbind(1)
+    c_new = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
+    h_new = torch.sigmoid(o) * torch.tanh(F.layer_norm(c_new, [hidden_size], cell_weight, cell_bias, eps))
+    if weight_hr is not None:
+        h_new = torch.mm(h_new, weight_hr.t())
+    return h_new, c_new
+
+
+def gru_layer_norm_step(
+    x_gates: Tensor,
+    h: Tensor,
+    weight_hh: Tensor,
+    gain_hh: Tensor,
+    bias_hn: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """One step of the layer-normalised GRU.
+
+    ``x_gates`` is ``gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0)`` of shape ``(B, 3, H)``; with
+    ``a = gain_hh * LN(W_hh h)``: ``r = σ(x_r + a_r)``, ``z = σ(x_z + a_z)``, ``n = tanh(x_n + r (a_n + b_hn))``,
+    ``h' = (1 - z) n + z h``. Returns ``h'``.
+    """
+    hidden_size = gain_hh.size(1)
+    hh = torch.mm(h, weight_hh.t()).view(h.size(0), 3, hidden_size)
+    hh = F.layer_norm(hh, [hidden_size], None, None, eps) * gain_hh
+    r, z = torch.sigmoid(x_gates[:, :2] + hh[:, :2]).unbind(1)
+    hn = hh[:, 2]
+    if bias_hn is not None:
+        hn = hn + bias_hn
+    n = torch.tanh(torch.addcmul(x_gates[:, 2], r, hn))
+    return torch.addcmul(n, z, h - n)
+
+
+def lstm_layer_norm_sequence(
+    xs: list[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    weight_hh: Tensor,
+    gain_hh: Tensor,
+    cell_weight: Tensor,
+    cell_bias: Tensor | None,
+    weight_hr: Tensor | None,
+    eps: float,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run :func:`lstm_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n, c_n)``.
+
+    ``outputs`` is the concatenation of the per-step hidden states in time order (packed layout).
+    """
+    steps = len(xs)
+    outs: list[Tensor] = []
+    finished_h: list[Tensor] = []
+    finished_c: list[Tensor] = []
+    if reverse:
+        h = h0[: xs[steps - 1].size(0)]
+        c = c0[: xs[steps - 1].size(0)]
+    else:
+        h = h0
+        c = c0
+    for k in range(steps):
+        t = steps - 1 - k if reverse else k
+        x = xs[t]
+        batch = x.size(0)
+        if batch > h.size(0):
+            h = torch.cat([h, h0[h.size(0) : batch]], 0)
+            c = torch.cat([c, c0[c.size(0) : batch]], 0)
+        elif batch < h.size(0):
+            finished_h.append(h[batch:])
+            finished_c.append(c[batch:])
+            h = h[:batch]
+            c = c[:batch]
+        h, c = lstm_layer_norm_step(x, h, c, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr, eps)
+        outs.append(h)
+    if reverse:
+        outs.reverse()
+    if len(finished_h) > 0:
+        finished_h.reverse()
+        finished_c.reverse()
+        h = torch.cat([h] + finished_h, 0)
+        c = torch.cat([c] + finished_c, 0)
+    return torch.cat(outs, 0), h, c
+
+
+def gru_layer_norm_sequence(
+    xs: list[Tensor],
+    h0: Tensor,
+    weight_hh: Tensor,
+    gain_hh: Tensor,
+    bias_hn: Tensor | None,
+    eps: float,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """Run :func:`gru_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n)``."""
+    steps = len(xs)
+    outs: list[Tensor] = []
+    finished: list[Tensor] = []
+    h = h0[: xs[steps - 1].size(0)] if reverse else h0
+    for k in range(steps):
+        t = steps - 1 - k if reverse else k
+        x = xs[t]
+        batch = x.size(0)
+        if batch > h.size(0):
+            h = torch.cat([h, h0[h.size(0) : batch]], 0)
+        elif batch < h.size(0):
+            finished.append(h[batch:])
+            h = h[:batch]
+        h = gru_layer_norm_step(x, h, weight_hh, gain_hh, bias_hn, eps)
+        outs.append(h)
+    if reverse:
+        outs.reverse()
+    if len(finished) > 0:
+        finished.reverse()
+        h = torch.cat([h] + finished, 0)
+    return torch.cat(outs, 0), h
+
+
+_SCRIPTED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def scripted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The TorchScript version of ``fn`` (compiled on first use), or ``fn`` itself under ``torch.compile``.
+
+    Example::
+
+        >>> h, c = torch.zeros(1, 2), torch.zeros(1, 2)
+        >>> out, h_n, c_n = scripted(lstm_layer_norm_sequence)(
+        ...     [torch.zeros(1, 4, 2)], h, c, torch.zeros(8, 2), torch.ones(4, 2), torch.ones(2), None, None, 1e-5, False
+        ... )
+        >>> out.shape
+        torch.Size([1, 2])
+    """
+    if torch.compiler.is_compiling():
+        return fn
+    compiled = _SCRIPTED.get(fn)
+    if compiled is None:
+        with warnings.catch_warnings():
+            # torch.jit.script is deprecated in favour of torch.compile, which unrolls the time loop instead.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            compiled = torch.jit.script(fn)
+        _SCRIPTED[fn] = compiled
+    return compiled

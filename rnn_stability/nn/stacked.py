@@ -1,0 +1,235 @@
+"""Shared machinery of our LSTM and GRU: options, layer-norm parameters, and the stacked forward pass.
+
+With both options off the modules call torch's native kernel (``super().forward``) unchanged. Otherwise the
+stack is run one layer at a time, so that residual connections can be added between layers: with
+``layer_norm=False`` each layer still runs torch's native one-layer kernel; with ``layer_norm=True`` each
+layer and direction runs the layer-normalised time loop of :mod:`rnn_stability.nn.recurrence`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from rnn_stability.nn.layer_norm import GateLayerNorm
+
+__all__ = ["StackedRNNMixin", "check_flag", "split_steps"]
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, else raise ``TypeError`` naming the argument."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool (True or False), got {value!r}")
+    return value
+
+
+class StackedRNNMixin(nn.RNNBase):
+    """Adds ``layer_norm`` / ``residual`` options to a torch RNN class; listed before it in the bases.
+
+    Subclasses set ``num_gates`` and implement ``_state_tuple``, ``_state_output``, ``_native_layer`` and
+    ``_layer_norm_direction``.
+    """
+
+    num_gates: int
+    layer_norm: bool
+    residual: bool
+    layer_norm_eps: float = 1e-5
+
+    def __init__(self, *args: Any, layer_norm: bool = False, residual: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.layer_norm = check_flag("layer_norm", layer_norm)
+        self.residual = check_flag("residual", residual)
+        if layer_norm:
+            weight = self._flat_weights[0]
+            assert isinstance(weight, Tensor)
+            factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
+            for suffix in self._direction_suffixes():
+                setattr(
+                    self, f"layer_norm_ih{suffix}", GateLayerNorm(self.num_gates, self.hidden_size, **factory)
+                )
+                setattr(
+                    self, f"layer_norm_hh{suffix}", GateLayerNorm(self.num_gates, self.hidden_size, **factory)
+                )
+                if self.mode == "LSTM":
+                    setattr(
+                        self,
+                        f"layer_norm_cell{suffix}",
+                        nn.LayerNorm(self.hidden_size, bias=self.bias, **factory),
+                    )
+
+    def _direction_suffixes(self) -> list[str]:
+        """``_l{k}`` / ``_l{k}_reverse`` suffixes in torch's parameter order (layer-major)."""
+        directions = ["", "_reverse"] if self.bidirectional else [""]
+        return [f"_l{layer}{direction}" for layer in range(self.num_layers) for direction in directions]
+
+    def reset_parameters(self) -> None:
+        """torch's uniform init for the recurrent weights; layer-norm gains 1 and biases 0."""
+        super().reset_parameters()
+        for module in self.children():
+            if isinstance(module, (GateLayerNorm, nn.LayerNorm)):
+                module.reset_parameters()
+
+    def residual_layers(self) -> list[int]:
+        """Indices of the layers that add their input to their output when ``residual=True``.
+
+        A layer qualifies when its input width equals its output width (``hidden_size`` or ``proj_size``,
+        times 2 if bidirectional). That is always true for layers 1, 2, ...; layer 0 qualifies only when
+        ``input_size`` matches, since adding tensors of different widths would need an extra projection.
+        """
+        if not self.residual:
+            return []
+        width = (self.proj_size or self.hidden_size) * (2 if self.bidirectional else 1)
+        first = 0 if self.input_size == width else 1
+        return list(range(first, self.num_layers))
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.layer_norm:
+            s += ", layer_norm=True"
+        if self.residual:
+            s += ", residual=True"
+        return s
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Modules pickled from torch.nn.LSTM / GRU (or an older version) have no options.
+        self.__dict__.setdefault("layer_norm", False)
+        self.__dict__.setdefault("residual", False)
+
+    # ---- mode-specific hooks --------------------------------------------------------------------------------
+    def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _state_output(self, state: tuple[Tensor, ...]) -> Any:
+        raise NotImplementedError
+
+    def _native_layer(
+        self, x: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, ...], weights: list[Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        raise NotImplementedError
+
+    def _layer_norm_direction(
+        self,
+        x: Tensor,
+        step_sizes: list[int],
+        hx: tuple[Tensor, ...],
+        weights: list[Tensor],
+        suffix: str,
+        reverse: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        raise NotImplementedError
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def forward(self, input: Any, hx: Any = None) -> Any:
+        """torch's forward when both options are off; otherwise the layer-by-layer stack (same signature)."""
+        if not (self.layer_norm or self.residual):
+            return super().forward(input, hx)
+        return self._stacked_forward(input, hx)
+
+    def _zero_state(self, batch: int, like: Tensor) -> tuple[Tensor, ...]:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h = torch.zeros(
+            layers, batch, self.proj_size or self.hidden_size, dtype=like.dtype, device=like.device
+        )
+        if self.mode != "LSTM":
+            return (h,)
+        return h, torch.zeros(layers, batch, self.hidden_size, dtype=like.dtype, device=like.device)
+
+    def _stacked_forward(self, input: Any, hx: Any) -> Any:
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        sorted_indices: Tensor | None = None
+        unsorted_indices: Tensor | None = None
+        batch_sizes: Tensor | None = None
+        is_batched = True
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            batch = int(batch_sizes[0])
+            state = self._zero_state(batch, data) if hx is None else self._state_tuple(hx, True)
+            self.check_forward_args(data, self._state_output(state), batch_sizes)
+            if hx is not None and sorted_indices is not None:
+                state = tuple(s.index_select(1, sorted_indices) for s in state)
+            x = data
+            step_sizes = batch_sizes.tolist()
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+            batch = input.size(0 if self.batch_first else 1)
+            state = self._zero_state(batch, input) if hx is None else self._state_tuple(hx, is_batched)
+            self.check_forward_args(input, self._state_output(state), None)
+            if self.batch_first:
+                input = input.transpose(0, 1)
+            steps = input.size(0)
+            x = input.reshape(steps * batch, input.size(2))
+            step_sizes = [batch] * steps
+
+        out, final = self._run_layers(x, batch_sizes, step_sizes, state)
+
+        if packed:
+            final = (
+                tuple(s.index_select(1, unsorted_indices) for s in final)
+                if unsorted_indices is not None
+                else final
+            )
+            return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), self._state_output(
+                final
+            )
+        out = out.view(len(step_sizes), step_sizes[0], out.size(-1))
+        if self.batch_first:
+            out = out.transpose(0, 1).contiguous()
+        if not is_batched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            final = tuple(s.squeeze(1) for s in final)
+        return out, self._state_output(final)
+
+    def _run_layers(
+        self, x: Tensor, batch_sizes: Tensor | None, step_sizes: list[int], state: tuple[Tensor, ...]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Run the stack on time-major flattened ``x`` of shape ``(sum(step_sizes), features)``."""
+        directions = 2 if self.bidirectional else 1
+        per_direction = len(self._flat_weights) // (self.num_layers * directions)
+        weights: list[Tensor] = self._flat_weights  # type: ignore[assignment]
+        residual_layers = self.residual_layers()
+        suffixes = self._direction_suffixes()
+        finals: list[tuple[Tensor, ...]] = []
+        for layer in range(self.num_layers):
+            first = layer * directions
+            if self.layer_norm:
+                outs = []
+                for d in range(directions):
+                    idx = first + d
+                    w = weights[idx * per_direction : (idx + 1) * per_direction]
+                    hx = tuple(s[idx] for s in state)
+                    out_d, final_d = self._layer_norm_direction(x, step_sizes, hx, w, suffixes[idx], d == 1)
+                    outs.append(out_d)
+                    finals.append(tuple(s.unsqueeze(0) for s in final_d))
+                out = outs[0] if directions == 1 else torch.cat(outs, -1)
+            else:
+                w = weights[first * per_direction : (first + directions) * per_direction]
+                hx = tuple(s[first : first + directions] for s in state)
+                if batch_sizes is None:
+                    out, final = self._native_layer(x.view(len(step_sizes), -1, x.size(-1)), None, hx, w)
+                    out = out.reshape(x.size(0), out.size(-1))
+                else:
+                    out, final = self._native_layer(x, batch_sizes, hx, w)
+                finals.append(final)
+            if layer in residual_layers:
+                out = out + x
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                out = F.dropout(out, self.dropout, True)
+            x = out
+        return x, tuple(torch.cat(parts, 0) for parts in zip(*finals, strict=True))
+
+
+def split_steps(x: Tensor, step_sizes: list[int]) -> list[Tensor]:
+    """Split time-major flattened ``x`` into its time steps (``unbind`` when all steps have one size)."""
+    if step_sizes[0] == step_sizes[-1]:
+        return list(x.view(len(step_sizes), step_sizes[0], *x.shape[1:]).unbind(0))
+    return list(x.split(step_sizes, 0))

@@ -1,0 +1,257 @@
+"""GradientNormMonitor in real ``Trainer.fit`` runs: logged keys and values, pre/post clip, groups, alerts."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from rnn_stability.callbacks import AdaptiveGradientClipping, GradientNormMonitor
+from tests.helpers import TinyRNNRegressor, adding_loader, quiet_trainer
+
+
+def _fit_logged(
+    tmp_path: Path, model: Any, callbacks: list[Any], **trainer_kwargs: Any
+) -> dict[int, dict[str, float]]:
+    """Fit with a CSVLogger and return, per logged step, the non-empty metrics of that step."""
+    torch.manual_seed(0)
+    logger = CSVLogger(str(tmp_path), name="csv")
+    trainer_kwargs.setdefault("max_steps", 4)
+    trainer = quiet_trainer(tmp_path, logger=logger, callbacks=callbacks, **trainer_kwargs)
+    trainer.fit(model, adding_loader())
+    rows: dict[int, dict[str, float]] = {}
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            step = int(row.pop("step"))
+            rows.setdefault(step, {}).update({k: float(v) for k, v in row.items() if v != ""})
+    return rows
+
+
+class _ReferenceClipping(TinyRNNRegressor):
+    """Clips in ``configure_gradient_clipping`` with torch's own function and records the reference numbers."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__()
+        self.reference: dict[int, dict[str, Any]] = {}
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, **kwargs: Any
+    ) -> None:
+        grads = {name: p.grad.detach().clone() for name, p in self.named_parameters()}
+        weights = {name: p.detach().clone() for name, p in self.named_parameters()}
+        pre = torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val).item()
+        post = torch.nn.utils.clip_grad_norm_(self.parameters(), math.inf).item()
+        self.reference[self.global_step] = dict(pre=pre, post=post, grads=grads, weights=weights)
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.cat([t.flatten() for t in tensors])).item()
+
+
+def test_logged_keys_and_values_match_torch_reference(tmp_path: Path) -> None:
+    model = _ReferenceClipping()
+    monitor = GradientNormMonitor(log_every_n_steps=2, log_weight_norms=True, log_update_ratio=True)
+    rows = _fit_logged(tmp_path, model, [monitor], gradient_clip_val=0.05, log_every_n_steps=2)
+    expected = {
+        f"{prefix}/{group}"
+        for prefix in ("grad_norm", "weight_norm", "update_ratio")
+        for group in ("rnn", "head")
+    } | {f"grad_norm/{k}" for k in ("total_pre_clip", "total_post_clip", "max", "nonfinite")}
+    assert sorted(rows) == [1, 3]  # logged on Lightning's logging steps only
+    final = {name: p.detach() for name, p in model.named_parameters()}
+    for step, logged in rows.items():
+        assert expected <= set(logged)
+        ref = model.reference[step]
+        assert ref["pre"] > 0.05  # clipping really happened, so pre and post differ
+        assert logged["grad_norm/total_pre_clip"] == pytest.approx(ref["pre"], rel=1e-5)
+        assert logged["grad_norm/total_post_clip"] == pytest.approx(ref["post"], rel=1e-5)
+        assert logged["grad_norm/total_post_clip"] == pytest.approx(0.05, rel=1e-4)
+        grads = ref["grads"]
+        assert logged["grad_norm/max"] == pytest.approx(
+            max(g.norm().item() for g in grads.values()), rel=1e-5
+        )
+        assert logged["grad_norm/nonfinite"] == 0
+        for group in ("rnn", "head"):
+            members = [g for name, g in grads.items() if name.startswith(group + ".")]
+            assert logged[f"grad_norm/{group}"] == pytest.approx(_norm(members), rel=1e-5)
+    # weights after the last logged step are the final weights
+    last, ref = rows[3], model.reference[3]
+    for group in ("rnn", "head"):
+        after = [w for name, w in final.items() if name.startswith(group + ".")]
+        before = [w for name, w in ref["weights"].items() if name.startswith(group + ".")]
+        assert last[f"weight_norm/{group}"] == pytest.approx(_norm(after), rel=1e-5)
+        delta = _norm([a - b for a, b in zip(after, before, strict=True)])
+        assert last[f"update_ratio/{group}"] == pytest.approx(delta / _norm(before), rel=1e-4)
+
+
+def test_trainer_gradient_clip_val_gives_pre_and_post(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    rows = _fit_logged(tmp_path, TinyRNNRegressor(), [GradientNormMonitor()], gradient_clip_val=0.01)
+    assert len(rows) == 4
+    for logged in rows.values():
+        assert logged["grad_norm/total_pre_clip"] > 0.02
+        assert logged["grad_norm/total_post_clip"] == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.parametrize("clipper_first", [True, False])
+def test_pre_and_post_clip_with_clipping_callback_in_either_order(
+    tmp_path: Path, clipper_first: bool
+) -> None:
+    torch.manual_seed(0)
+    clipper, monitor = AdaptiveGradientClipping(strategy="norm", max_norm=0.01), GradientNormMonitor()
+    callbacks: list[Any] = [clipper, monitor] if clipper_first else [monitor, clipper]
+    rows = _fit_logged(tmp_path, TinyRNNRegressor(), callbacks)
+    assert len(rows) == 4
+    for logged in rows.values():
+        # the clipper's own record of the norm it saw before clipping is the reference
+        assert logged["grad_norm/total_pre_clip"] == pytest.approx(
+            logged["grad_clip/pre_clip_norm"], rel=1e-6
+        )
+        assert logged["grad_norm/total_pre_clip"] > 0.02
+        assert logged["grad_norm/total_post_clip"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_default_interval_follows_trainer_and_accumulation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    rows = _fit_logged(
+        tmp_path,
+        TinyRNNRegressor(),
+        [GradientNormMonitor()],
+        log_every_n_steps=3,
+        max_steps=6,
+        accumulate_grad_batches=2,
+    )
+    assert sorted(step for step, logged in rows.items() if "grad_norm/total_pre_clip" in logged) == [2, 5]
+
+
+@pytest.mark.parametrize(
+    ("granularity", "groups"),
+    [
+        ("total", ["total"]),
+        ("module", ["rnn", "head"]),
+        (
+            "parameter",
+            [
+                "rnn.weight_ih_l0",
+                "rnn.weight_hh_l0",
+                "rnn.bias_ih_l0",
+                "rnn.bias_hh_l0",
+                "head.weight",
+                "head.bias",
+            ],
+        ),
+    ],
+)
+def test_granularity_groups_partition_the_total(tmp_path: Path, granularity: str, groups: list[str]) -> None:
+    torch.manual_seed(0)
+    monitor = GradientNormMonitor(granularity=granularity)
+    rows = _fit_logged(tmp_path, TinyRNNRegressor(), [monitor], max_steps=2)
+    for logged in rows.values():
+        group_keys = {k for k in logged if k.startswith("grad_norm/")} - {
+            f"grad_norm/{k}" for k in ("total_pre_clip", "total_post_clip", "max", "nonfinite")
+        }
+        assert group_keys == {f"grad_norm/{g}" for g in groups}
+        squares = sum(logged[k] ** 2 for k in group_keys)
+        assert math.sqrt(squares) == pytest.approx(logged["grad_norm/total_pre_clip"], rel=1e-5)
+
+
+def test_nonfinite_gradients_are_counted_and_warned(tmp_path: Path) -> None:
+    class NaNGrad(TinyRNNRegressor):
+        def on_after_backward(self) -> None:
+            self.head.bias.grad.fill_(float("nan"))
+
+    monitor = GradientNormMonitor(warn_above=1e6)
+    with pytest.warns(UserWarning, match=r"exploding gradients at step 0: .*head=nan"):
+        rows = _fit_logged(tmp_path, NaNGrad(), [monitor], max_steps=2)
+    assert rows[0]["grad_norm/nonfinite"] == 1
+    assert monitor.last_warning_step == {"below": None, "above": 0}
+
+
+def test_warnings_name_groups_and_step_and_are_rate_limited(tmp_path: Path) -> None:
+    monitor = GradientNormMonitor(warn_below=1e6, warn_every_n_steps=3)
+    with pytest.warns(UserWarning) as record:
+        quiet_trainer(tmp_path, max_steps=6, callbacks=[monitor]).fit(TinyRNNRegressor(), adding_loader())
+    messages = [str(w.message) for w in record if "GradientNormMonitor" in str(w.message)]
+    assert len(messages) == 2
+    assert "vanishing gradients at step 0" in messages[0] and "step 3" in messages[1]
+    assert "rnn=" in messages[0] and "head=" in messages[0]
+    assert monitor.last_warning_step["below"] == 3
+
+
+def test_no_warning_within_thresholds(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    monitor = GradientNormMonitor(warn_below=0.0, warn_above=1e9)
+    quiet_trainer(tmp_path, max_steps=3, callbacks=[monitor]).fit(TinyRNNRegressor(), adding_loader())
+    assert not [w for w in recwarn if "GradientNormMonitor" in str(w.message)]
+
+
+def test_state_dict_round_trip_keeps_rate_limit() -> None:
+    monitor = GradientNormMonitor(warn_above=1.0, warn_every_n_steps=10)
+    monitor.last_warning_step["above"] = 7
+    restored = GradientNormMonitor(warn_above=1.0, warn_every_n_steps=10)
+    restored.load_state_dict(monitor.state_dict())
+    assert restored.state_dict() == {"last_warning_step": {"below": None, "above": 7}}
+    with pytest.warns(UserWarning, match="step 17"):
+        restored._check_thresholds({"rnn": 5.0}, step=12)  # suppressed: within 10 steps of 7
+        restored._check_thresholds({"rnn": 5.0}, step=17)
+    assert restored.last_warning_step["above"] == 17
+
+
+def test_hooks_removed_after_fit(tmp_path: Path) -> None:
+    monitor = GradientNormMonitor(log_update_ratio=True)
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[monitor])
+    trainer.fit(TinyRNNRegressor(), adding_loader())
+    optimizer = trainer.optimizers[0]
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(log_every_n_steps=0), "log_every_n_steps"),
+        (dict(log_every_n_steps=True), "log_every_n_steps"),
+        (dict(granularity="layer"), "granularity"),
+        (dict(norm_type=-1.0), "norm_type"),
+        (dict(norm_type="2"), "norm_type"),
+        (dict(warn_below=-1.0), "warn_below"),
+        (dict(warn_above=float("nan")), "warn_above"),
+        (dict(warn_below=2.0, warn_above=1.0), "warn_below"),
+        (dict(warn_every_n_steps=0), "warn_every_n_steps"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        GradientNormMonitor(**kwargs)
+
+
+def test_constructible_from_lightning_cli_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr("sys.argv", ["cli"])
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer:\n"
+        "  logger: false\n"
+        "  callbacks:\n"
+        "    - class_path: rnn_stability.callbacks.GradientNormMonitor\n"
+        "      init_args:\n"
+        "        log_every_n_steps: 10\n"
+        "        granularity: parameter\n"
+        "        log_update_ratio: true\n"
+        "        warn_above: 100.0\n"
+        "        warn_every_n_steps: 5\n"
+    )
+    cli = LightningCLI(TinyRNNRegressor, run=False, args=["--config", str(config)], save_config_callback=None)
+    (monitor,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, GradientNormMonitor)]
+    assert (monitor.log_every_n_steps, monitor.granularity, monitor.log_update_ratio) == (
+        10,
+        "parameter",
+        True,
+    )
+    assert (monitor.warn_above, monitor.warn_below, monitor.warn_every_n_steps) == (100.0, None, 5)

@@ -1,0 +1,106 @@
+"""The ``rnn-stability demo`` command: end to end with tiny settings, and its option validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnn_stability.__main__ import main
+from rnn_stability.demo import MEAN_BASELINE_MSE, DemoConfig
+from rnn_stability.demo.report import comparison_markdown
+from rnn_stability.demo.worker import RunResult
+
+TINY = ["--steps", "6", "--seq-len", "8", "--hidden-size", "8", "--batch-size", "8", "--seed", "3"]
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", *TINY, "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for expected in ("vanilla", "stable", "final MSE", "steps to solve", "clipped steps", "memory length"):
+        assert expected in printed
+    assert str(out.resolve()) in printed.replace("\n", "")
+    for name in (
+        "loss_curves",
+        "grad_norms",
+        "gradient_flow_vanilla",
+        "gradient_flow_stable",
+        "gradient_flow_profiles",
+    ):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    runs = json.loads((out / "metrics.json").read_text())
+    assert [run["name"] for run in runs] == ["vanilla", "stable"]
+    for run in runs:
+        assert run["steps"] == 6 and len(run["losses"]) == 6
+        assert run["memory_length"] is not None and 0 <= run["memory_length"] <= 8
+        assert run["flow_history"] and len(run["flow_history"][0][1]) == 8
+    vanilla, stable = runs
+    assert vanilla["clipped_steps"] is None and vanilla["skipped_steps"] is None
+    assert 0 <= stable["clipped_steps"] <= 6 and stable["skipped_steps"] == 0
+    assert any(key.startswith("grad_norm/") for key in stable["metrics"])
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("| | vanilla | stable |")
+
+
+def test_same_seed_same_vanilla_run(tmp_path):
+    config = DemoConfig(seq_len=6, steps=3, hidden_size=4, batch_size=4, output_dir=tmp_path, seed=1)
+    from rnn_stability.demo.worker import train_setup
+
+    first, second = (train_setup("vanilla", config) for _ in range(2))
+    assert first.losses == second.losses
+    assert train_setup("vanilla", DemoConfig(**{**config.__dict__, "seed": 2})).losses != first.losses
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--steps", "0"], "--steps must be in [1, 1000000], got 0"),
+        (["demo", "--seq-len", "ten"], "--seq-len must be an integer, got 'ten'"),
+        (["demo", "--seq-len", "1"], "--seq-len must be in [2, 10000]"),
+        (["demo", "--cell", "rnn"], "invalid choice: 'rnn'"),
+        (["demo", "--lr", "-0.1"], "--lr must be in (0, 1]"),
+        (["demo", "--seed", "-1"], "--seed must be in [0, 4294967295]"),
+        (["demo", "--jobs", "3"], "invalid choice: 3"),
+        (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train"], "invalid choice: 'train'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_options_exit_2_with_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_output_dir_that_is_a_file_is_rejected_before_training(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--output-dir", str(a_file)])
+    assert exit_info.value.code == 2
+    assert "`output_dir` must be a folder" in capsys.readouterr().err
+
+
+def test_module_entry_point_gives_exit_2_and_no_traceback():
+    done = subprocess.run(
+        [sys.executable, "-m", "rnn_stability", "demo", "--cell", "gru", "--steps", "-5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--steps must be in [1, 1000000], got -5" in done.stderr
+    assert "Traceback" not in done.stderr and "usage: rnn-stability demo" in done.stderr
+
+
+def test_table_compares_against_the_mean_baseline():
+    run = RunResult(
+        "stable", "ours", 100, 10.0, [0.1] * 100, [0.1] * 100, MEAN_BASELINE_MSE / 4, 40, 90, 0, 55.0
+    )
+    table = comparison_markdown([run])
+    assert "25.0% of baseline" in table and "| 40 |" in table and "90 / 100" in table and "| 55 |" in table
