@@ -8,6 +8,9 @@ from rnn_stability.callbacks.gradient_norm_monitor import GradientNormMonitor
 # isort: split
 
 # --- issue 5 ---
+from rnn_stability.callbacks.rnn_initializer import RNNInitializer
+
+# isort: split
 
 # --- issue 6 ---
 from rnn_stability.callbacks.flow_plots import plot_flow_heatmap, plot_flow_profile
@@ -19,6 +22,8 @@ __all__: list[str] = [
     "ClipRecord",
     # issue 4 (monitor)
     "GradientNormMonitor",
+    # issue 5
+    "RNNInitializer",
     # issue 6
     "GradientFlowMonitor",
     "plot_flow_heatmap",

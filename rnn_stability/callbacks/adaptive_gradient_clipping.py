@@ -69,7 +69,7 @@ class AdaptiveGradientClipping(Callback):
     optimization is not affected by this callback. **FSDP** / model-parallel strategies are refused (each
     rank holds only a shard of the gradients, so its local norm is not the total norm).
 
-    Logged through ``pl_module.log`` on logging steps (every ``log_every_n_steps`` optimizer steps; with
+    Logged through ``pl_module.log`` every ``log_every_n_steps`` optimizer steps (see that argument; with
     several optimizers each key gets the suffix ``/optimizer_{idx}``):
 
     - ``grad_clip/threshold``: the threshold in force (see :class:`~rnn_stability.callbacks.ClipRecord`).
@@ -92,8 +92,9 @@ class AdaptiveGradientClipping(Callback):
         exclude: parameter names, module names or ``fnmatch`` patterns AGC leaves alone (e.g. ``["head"]``).
         skip_nonfinite: skip steps with NaN/Inf gradients (see above).
         max_consecutive_nonfinite: skipped steps in a row before raising (>= 1).
-        log_every_n_steps: logging interval in optimizer steps; ``None`` uses the Trainer's. Values are
-            logged only on steps that are also Trainer logging steps, so use a multiple of the Trainer's.
+        log_every_n_steps: logging interval in optimizer steps; ``None`` uses the Trainer's. Another interval
+            is written straight to ``trainer.loggers`` (as ``LearningRateMonitor`` does), because Lightning
+            would repeat a ``pl_module.log`` value, stale, at each of its own logging steps.
 
     Raises:
         ValueError: if an argument is outside its range.
@@ -205,16 +206,18 @@ class AdaptiveGradientClipping(Callback):
         raw = getattr(optimizer, "_optimizer", optimizer)
         return next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
 
-    def _is_logging_step(self, trainer: pl.Trainer) -> bool:
-        # values logged on a step the Trainer does not flush would reach the logger, stale, at its next
-        # logging step, so log only where our interval and the Trainer's agree
+    def _logging_mode(self, trainer: pl.Trainer) -> str:
+        """``"module"`` (``pl_module.log``), ``"loggers"`` (``trainer.loggers`` directly) or ``""`` (no log)."""
         trainer_interval = getattr(trainer, "log_every_n_steps", 0)
-        if not trainer_interval:
-            return False
+        interval = self.log_every_n_steps or trainer_interval
+        if not interval:
+            return ""
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step) + 1
-        if trainer.should_stop:
-            return True
-        return step % trainer_interval == 0 and step % (self.log_every_n_steps or trainer_interval) == 0
+        if step % interval and not trainer.should_stop:
+            return ""
+        # Lightning writes a value logged with `pl_module.log` again at each later logging step of the epoch
+        # until it is logged anew, so an interval other than the Trainer's goes to the loggers directly
+        return "module" if interval == trainer_interval else "loggers"
 
     @override
     def on_before_optimizer_step(
@@ -289,7 +292,8 @@ class AdaptiveGradientClipping(Callback):
         skipped: Tensor,
     ) -> None:
         self.last_record = ClipRecord(trainer.global_step, idx, pre, post, threshold, clipped, skipped)
-        if not self._is_logging_step(trainer):
+        mode = self._logging_mode(trainer)
+        if not mode:
             return
         steps, clipped_before = self._logged_at
         fraction = (self._clipped_total - clipped_before) / max(self.num_steps - steps, 1)
@@ -302,8 +306,13 @@ class AdaptiveGradientClipping(Callback):
             "grad_clip/clipped_fraction": torch.as_tensor(fraction, dtype=torch.float32),
             "grad_clip/skipped_steps": float(self.num_skipped_steps),
         }
-        for key, value in values.items():
-            pl_module.log(key + suffix, value, on_step=True, on_epoch=False, batch_size=1)
+        if mode == "module":
+            for key, value in values.items():
+                pl_module.log(key + suffix, value, on_step=True, on_epoch=False, batch_size=1)
+            return
+        metrics = {key + suffix: float(value) for key, value in values.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -40,7 +40,6 @@ class _Pending:
 
     step: int
     metrics: dict[str, Tensor] = field(default_factory=dict)
-    group_grad_norms: Tensor | None = None
 
 
 class GradientNormMonitor(Callback):
@@ -64,10 +63,11 @@ class GradientNormMonitor(Callback):
     ...)``), then the optimizer update. The pre-clip norm, the max, the non-finite count and the group norms are
     measured in ``on_before_optimizer_step``; if an
     :class:`~rnn_stability.callbacks.AdaptiveGradientClipping` placed *before* this callback already clipped this
-    step, the total pre-clip norm is taken from its ``last_record`` instead (and the other numbers describe its
-    clipped gradient). The post-clip norm is measured in an optimizer step *post*-hook: optimizers do not modify
-    ``.grad`` and Lightning zeroes it only at the next step, so this is exactly the gradient of the update
-    whatever clipped it. (An optimizer step *pre*-hook would be too early: without AMP, Lightning runs
+    step, the total pre-clip norm is taken from its ``last_record`` instead (the other numbers, and the alerts,
+    then describe its clipped gradient: put the monitor first to be alerted on unclipped group norms). The
+    post-clip norm is measured in an optimizer step *post*-hook: optimizers do not modify ``.grad`` and
+    Lightning zeroes it only at the next step, so this is exactly the gradient of the update whatever clipped
+    it. (An optimizer step *pre*-hook would be too early: without AMP, Lightning runs
     ``training_step``, backward and clipping inside ``optimizer.step(closure)``, after the pre-hooks.)
 
     **No host synchronisation on other steps.** Outside logging steps the hooks only compare Python integers.
@@ -259,7 +259,7 @@ class GradientNormMonitor(Callback):
         measured_total = total_norm(norms, self.norm_type)
         pre_clip = self._clipper_pre_clip_norm(trainer, index)
         grouped = group_norms(norms, groups, len(plan.group_names), self.norm_type)
-        pending = _Pending(step=trainer.global_step, group_grad_norms=grouped)
+        pending = _Pending(step=trainer.global_step)
         pending.metrics[self._key("grad_norm", "total_pre_clip", index)] = (
             measured_total if pre_clip is None else pre_clip
         )

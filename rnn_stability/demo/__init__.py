@@ -4,7 +4,7 @@ Run it with ``rnn-stability demo`` (or ``python -m rnn_stability demo``); from P
 
     from rnn_stability.demo import DemoConfig, run_demo
 
-    results = run_demo(DemoConfig(seq_len=100, steps=1500))
+    results = run_demo(DemoConfig(seq_len=100, steps=600))
 """
 
 from __future__ import annotations

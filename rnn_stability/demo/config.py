@@ -62,7 +62,7 @@ class DemoConfig:
     """
 
     seq_len: int = 100
-    steps: int = 1500
+    steps: int = 600
     seed: int = 0
     output_dir: Path = field(default_factory=lambda: Path("demo_output"))
     cell: str = "lstm"

@@ -132,6 +132,7 @@ def train_setup(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*`limit_val_batches=0`.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # third-party noise under the bars
         trainer.fit(setup.model, datamodule=data)
     seconds = time.perf_counter() - start
 

@@ -101,7 +101,20 @@ class LSTMLayerNormFunction(torch.autograd.Function):
                 h = torch.mm(h, weight_hr.t())
             out[t] = h
         ctx.save_for_backward(
-            out, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr, normed_hh, rstd_hh, acts, cells, normed_c, rstd_c, tanh_c
+            out,
+            h0,
+            c0,
+            weight_hh,
+            gain_hh,
+            cell_weight,
+            weight_hr,
+            normed_hh,
+            rstd_hh,
+            acts,
+            cells,
+            normed_c,
+            rstd_c,
+            tanh_c,
         )
         ctx.has_cell_bias = cell_bias is not None
         ctx.reverse = reverse
@@ -111,9 +124,22 @@ class LSTMLayerNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor) -> tuple[Tensor | None, ...]:
-        (out, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr, normed_hh, rstd_hh, acts, cells, normed_c, rstd_c, tanh_c) = (
-            ctx.saved_tensors
-        )
+        (
+            out,
+            h0,
+            c0,
+            weight_hh,
+            gain_hh,
+            cell_weight,
+            weight_hr,
+            normed_hh,
+            rstd_hh,
+            acts,
+            cells,
+            normed_c,
+            rstd_c,
+            tanh_c,
+        ) = ctx.saved_tensors
         reverse: bool = ctx.reverse
         steps, batch, _, hidden = acts.shape
         grad_gates = torch.empty_like(acts)
@@ -134,7 +160,7 @@ class LSTMLayerNormFunction(torch.autograd.Function):
             d_read = dm * o * (1 - tc * tc)
             grad_read[t] = d_read
             dc = dc + layer_norm_backward(d_read * cell_weight, normed_c[t], rstd_c[t])
-            prev_c = (c0 if t == (steps - 1 if reverse else 0) else cells[t + 1 if reverse else t - 1])
+            prev_c = c0 if t == (steps - 1 if reverse else 0) else cells[t + 1 if reverse else t - 1]
             dg = grad_gates[t]
             dg[:, 0] = dc * g * i * (1 - i)
             dg[:, 1] = dc * prev_c * f * (1 - f)
@@ -230,7 +256,9 @@ class GRULayerNormFunction(torch.autograd.Function):
             dh = torch.addmm(dh_t * z, dhh.view(batch, 3 * hidden), weight_hh)
         flat = steps * batch
         need = ctx.needs_input_grad
-        grad_w_hh = torch.mm(grad_hh.view(flat, 3 * hidden).t(), prev_h.view(flat, hidden)) if need[2] else None
+        grad_w_hh = (
+            torch.mm(grad_hh.view(flat, 3 * hidden).t(), prev_h.view(flat, hidden)) if need[2] else None
+        )
         grad_gain = (grad_ah * normed_hh).sum((0, 1)) if need[3] else None
         grad_bias_hn = grad_ah[:, :, 2].sum((0, 1)) if ctx.has_bias and need[4] else None
         return grad_gates, dh, grad_w_hh, grad_gain, grad_bias_hn, None, None

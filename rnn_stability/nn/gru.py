@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnn_stability.nn.fused import GRULayerNormFunction
 from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence, scripted
-from rnn_stability.nn.stacked import StackedRNNMixin, split_steps
+from rnn_stability.nn.stacked import StackedRNNMixin, split_steps, use_fused
 
 __all__ = ["GRU"]
 
@@ -101,13 +102,18 @@ class GRU(StackedRNNMixin, nn.GRU):
         bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
         gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
         gates, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
-        out, h = scripted(gru_layer_norm_sequence)(
-            split_steps(gates, step_sizes),
+        args = (
             hx[0],
             weights[1],
             getattr(self, f"layer_norm_hh{suffix}").weight,
             bias_hn,
             self.layer_norm_eps,
-            reverse,
         )
+        if use_fused(step_sizes):
+            out, h = GRULayerNormFunction.apply(
+                gates.view(len(step_sizes), -1, 3, self.hidden_size), *args, reverse
+            )
+            out = out.view(x.size(0), -1)
+        else:
+            out, h = scripted(gru_layer_norm_sequence)(split_steps(gates, step_sizes), *args, reverse)
         return out, (h,)

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.recurrence import lstm_input_gates, lstm_layer_norm_sequence, scripted
-from rnn_stability.nn.stacked import StackedRNNMixin, split_steps
+from rnn_stability.nn.stacked import StackedRNNMixin, split_steps, use_fused
 
 __all__ = ["LSTM"]
 
@@ -115,16 +116,22 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
         gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
         gates = lstm_input_gates(x, weight_ih, gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
-        out, h, c = scripted(lstm_layer_norm_sequence)(
-            split_steps(gates, step_sizes),
+        gain_hh = getattr(self, f"layer_norm_hh{suffix}").weight
+        args = (
             hx[0],
             hx[1],
             weight_hh,
-            getattr(self, f"layer_norm_hh{suffix}").weight,
+            gain_hh,
             cell_norm.weight,
             cell_norm.bias,
             weight_hr,
             self.layer_norm_eps,
-            reverse,
         )
+        if use_fused(step_sizes):
+            out, h, c = LSTMLayerNormFunction.apply(
+                gates.view(len(step_sizes), -1, 4, self.hidden_size), *args, reverse
+            )
+            out = out.view(x.size(0), -1)
+        else:
+            out, h, c = scripted(lstm_layer_norm_sequence)(split_steps(gates, step_sizes), *args, reverse)
         return out, (h, c)

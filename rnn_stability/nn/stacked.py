@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnn_stability.nn.layer_norm import GateLayerNorm
 
-__all__ = ["StackedRNNMixin", "check_flag", "split_steps"]
+__all__ = ["StackedRNNMixin", "check_flag", "split_steps", "use_fused"]
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -233,3 +233,12 @@ def split_steps(x: Tensor, step_sizes: list[int]) -> list[Tensor]:
     if step_sizes[0] == step_sizes[-1]:
         return list(x.view(len(step_sizes), step_sizes[0], *x.shape[1:]).unbind(0))
     return list(x.split(step_sizes, 0))
+
+
+def use_fused(step_sizes: list[int]) -> bool:
+    """Whether a layer-norm direction runs the hand-written-backward kernel of :mod:`rnn_stability.nn.fused`.
+
+    It needs a constant batch size (packed sequences of unequal lengths use the TorchScript loop) and is
+    skipped under ``torch.compile``, which traces the plain Python loop instead.
+    """
+    return step_sizes[0] == step_sizes[-1] and not torch.compiler.is_compiling()

@@ -6,8 +6,8 @@ import copy
 
 import lightning as L
 import pytest
-from lightning.pytorch.loggers import Logger
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from rnn_stability.callbacks import GradientFlowMonitor
@@ -71,7 +71,9 @@ def test_measures_every_n_steps_only_and_logs(tmp_path):
     # logged exactly once per measurement, at the measured step, whatever log_every_n_steps is
     assert [step for step, _ in logger.records] == [0, 2, 4]
     last = logger.records[-1][1]
-    assert set(last) == {f"grad_flow/rnn/{key}" for key in ("memory_length", "decay_rate", "verdict", "max_norm")}
+    assert set(last) == {
+        f"grad_flow/rnn/{key}" for key in ("memory_length", "decay_rate", "verdict", "max_norm")
+    }
     assert last["grad_flow/rnn/memory_length"] == stats.memory_length
     assert last["grad_flow/rnn/verdict"] == stats.verdict_code
 
@@ -101,7 +103,11 @@ def test_gradient_accumulation_sums_squares_over_micro_batches(tmp_path):
     # loss by accumulate_grad_batches, so each micro-batch's gradient is halved
     parts = []
     for x, y in list(loader)[:2]:
-        parts.append(gradient_flow(initial.rnn, x, lambda out, y=y: nn.functional.mse_loss(initial.head(out[0][:, -1]), y)))
+        parts.append(
+            gradient_flow(
+                initial.rnn, x, lambda out, y=y: nn.functional.mse_loss(initial.head(out[0][:, -1]), y)
+            )
+        )
     expected = torch.stack(parts).div(2).square().sum(0).sqrt()
     assert [step for step, _ in monitor.history] == [0]
     torch.testing.assert_close(monitor.history[0][1]["rnn"], expected)
@@ -198,6 +204,8 @@ def test_bf16_mixed_precision(tmp_path):
     monitor = GradientFlowMonitor(every_n_steps=1, save_plots=False)
     # a GRU: oneDNN on CPU has no bf16 LSTM primitive for some shapes
     model = TinyRNNRegressor(rnn=nn.GRU(2, 8, batch_first=True))
-    quiet_trainer(tmp_path, max_steps=2, precision="bf16-mixed", callbacks=[monitor]).fit(model, adding_loader())
+    quiet_trainer(tmp_path, max_steps=2, precision="bf16-mixed", callbacks=[monitor]).fit(
+        model, adding_loader()
+    )
     profile = monitor.history[-1][1]["rnn"]
     assert profile.dtype == torch.float32 and torch.isfinite(profile).all() and torch.all(profile > 0)

@@ -161,6 +161,47 @@ def test_granularity_groups_partition_the_total(tmp_path: Path, granularity: str
         assert math.sqrt(squares) == pytest.approx(logged["grad_norm/total_pre_clip"], rel=1e-5)
 
 
+class _TwoOptimizers(TinyRNNRegressor):
+    """Manual optimization with one optimizer for the recurrent layer and one for the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self(x), y)
+        optimizers = self.optimizers()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in optimizers:
+            optimizer.step()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return [
+            torch.optim.SGD(self.rnn.parameters(), lr=0.1),
+            torch.optim.SGD(self.head.parameters(), lr=0.1),
+        ]
+
+
+def test_multiple_optimizers_get_suffixed_keys(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    rows = _fit_logged(tmp_path, _TwoOptimizers(), [GradientNormMonitor()], max_steps=4)
+    assert len(rows) == 2  # max_steps counts both optimizers' steps: 2 batches
+    for logged in rows.values():
+        assert {"grad_norm/rnn/optimizer_0", "grad_norm/head/optimizer_1"} <= set(logged)
+        assert "grad_norm/head/optimizer_0" not in logged
+        for index, group in ((0, "rnn"), (1, "head")):
+            pre, post = (
+                logged[f"grad_norm/total_pre_clip/optimizer_{index}"],
+                logged[f"grad_norm/{group}/optimizer_{index}"],
+            )
+            assert pre == pytest.approx(post, rel=1e-6)
+            assert logged[f"grad_norm/total_post_clip/optimizer_{index}"] == pytest.approx(pre, rel=1e-6)
+
+
 def test_nonfinite_gradients_are_counted_and_warned(tmp_path: Path) -> None:
     class NaNGrad(TinyRNNRegressor):
         def on_after_backward(self) -> None:

@@ -101,7 +101,9 @@ def _reference(module, x, time_dim, loss_weights):
 )
 def test_recorder_matches_autograd_reference(kind, batch_first, bidirectional, unbatched, num_layers):
     torch.manual_seed(0)
-    module = getattr(nn, kind)(3, 4, num_layers=num_layers, batch_first=batch_first, bidirectional=bidirectional)
+    module = getattr(nn, kind)(
+        3, 4, num_layers=num_layers, batch_first=batch_first, bidirectional=bidirectional
+    )
     seq_len, batch = 6, 2
     if unbatched:
         x, time_dim = torch.randn(seq_len, 3), 0
@@ -304,3 +306,21 @@ def test_gradient_flow_of_a_whole_model_reads_batch_first_from_its_rnn():
     profile = gradient_flow(model, x, lambda out: out[0][:, -1].sum())
     assert profile.shape == (5,)
     assert gradient_flow(model, x, lambda out: out[0][:, -1].sum(), batch_first=False).shape == (2,)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recorder_works_with_our_recurrent_modules(kind):
+    ours = pytest.importorskip("rnn_stability.nn")
+    torch.manual_seed(0)
+    module = getattr(ours, kind)(3, 4, num_layers=2, batch_first=True, bidirectional=True, layer_norm=True)
+    assert isinstance(module, nn.RNNBase)
+    x = torch.randn(2, 5, 3)
+    with torch.no_grad():
+        weights = torch.randn_like(module(x)[0])
+    expected_in, expected_out = _reference(module, x, 1, weights)
+    recorder = GradientFlowRecorder({"m": module})
+    with recorder:
+        out, _ = module(x)
+    (out * weights).sum().backward()
+    torch.testing.assert_close(recorder.profiles()["m"]["input"], expected_in)
+    torch.testing.assert_close(recorder.profiles()["m"]["output"], expected_out)

@@ -159,7 +159,7 @@ def test_chrono_bias_range_and_signs(make: Callable[[], nn.Module], max_timescal
             assert torch.equal(gate_block(weights.bias_ih, kind, gate), gate_block(before[name], kind, gate))
     if max_timescale > 2:  # really random, and each layer/direction draws its own
         values = torch.cat(drawn)
-        assert values.std() > 0.05 * high
+        assert values.unique().numel() == values.numel()
         assert len(drawn) == 1 or not torch.equal(drawn[0], drawn[1])
     assert all(torch.equal(v, before[n]) for n, v in _snapshot(module).items() if n.startswith("weight"))
 

@@ -11,12 +11,13 @@ from rnn_stability.functional.init.gates import (
 )
 from rnn_stability.functional.init.identity import identity_
 from rnn_stability.functional.init.orthogonal import orthogonal_
-from rnn_stability.functional.init.scheme import SCHEMES, init_rnn_
+from rnn_stability.functional.init.scheme import SCHEMES, check_scheme, init_rnn_
 from rnn_stability.functional.init.xavier import xavier_normal_, xavier_uniform_
 
 __all__ = [
     "GATE_NAMES",
     "SCHEMES",
+    "check_scheme",
     "chrono_",
     "forget_gate_bias_",
     "gate_block",

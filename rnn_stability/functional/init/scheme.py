@@ -21,10 +21,53 @@ from rnn_stability.functional.init.identity import identity_
 from rnn_stability.functional.init.orthogonal import orthogonal_
 from rnn_stability.functional.init.xavier import xavier_uniform_
 
-__all__ = ["SCHEMES", "init_rnn_"]
+__all__ = ["SCHEMES", "check_scheme", "init_rnn_"]
 
 #: Names accepted by :func:`init_rnn_` (and by :class:`rnn_stability.callbacks.RNNInitializer`).
 SCHEMES: tuple[str, ...] = ("orthogonal", "chrono", "irnn", "xavier")
+
+
+def check_scheme(
+    module: nn.Module,
+    scheme: str,
+    *,
+    gain: float = 1.0,
+    forget_bias: float = 1.0,
+    max_timescale: float | None = None,
+) -> str:
+    """Check that :func:`init_rnn_` can apply ``scheme`` to ``module`` with these options, without touching it.
+
+    Returns:
+        the module kind (see :func:`recurrent_kind`).
+
+    Raises:
+        TypeError: if ``module`` is not recurrent or ``scheme`` does not apply to it.
+        ValueError: for an unknown ``scheme`` or an invalid option.
+
+    Example::
+
+        >>> check_scheme(torch.nn.GRU(2, 4), "chrono", max_timescale=50)
+        'GRU'
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"`scheme` must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
+    kind = recurrent_kind(module)
+    check_gain("gain", gain)
+    if (
+        isinstance(forget_bias, bool)
+        or not isinstance(forget_bias, (int, float))
+        or not math.isfinite(forget_bias)
+    ):
+        raise ValueError(f"`forget_bias` must be a finite float, got {forget_bias!r}")
+    if scheme == "chrono":
+        if max_timescale is None:
+            raise ValueError("`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None")
+        check_max_timescale(max_timescale)
+        require_kind(module, "init_rnn_(scheme='chrono')", ("LSTM", "GRU"))
+        require_biases(module, layer_weights(module)[0], "init_rnn_(scheme='chrono')")
+    if scheme == "irnn":
+        require_kind(module, "init_rnn_(scheme='irnn')", ("RNN_RELU",))
+    return kind
 
 
 def init_rnn_(
@@ -77,24 +120,7 @@ def init_rnn_(
         >>> bool(torch.equal(rnn.weight_hh_l0, torch.eye(8)))
         True
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"`scheme` must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
-    kind = recurrent_kind(module)
-    gain = check_gain("gain", gain)
-    if (
-        isinstance(forget_bias, bool)
-        or not isinstance(forget_bias, (int, float))
-        or not math.isfinite(forget_bias)
-    ):
-        raise ValueError(f"`forget_bias` must be a finite float, got {forget_bias!r}")
-    if scheme == "chrono":
-        if max_timescale is None:
-            raise ValueError("`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None")
-        max_timescale = check_max_timescale(max_timescale)
-        require_kind(module, "init_rnn_(scheme='chrono')", ("LSTM", "GRU"))
-        require_biases(module, layer_weights(module)[0], "init_rnn_(scheme='chrono')")
-    if scheme == "irnn":
-        require_kind(module, "init_rnn_(scheme='irnn')", ("RNN_RELU",))
+    kind = check_scheme(module, scheme, gain=gain, forget_bias=forget_bias, max_timescale=max_timescale)
     check_generator(generator)
 
     # Everything is validated: from here on nothing raises, so a module is never left half-initialised.
@@ -112,6 +138,7 @@ def init_rnn_(
         else:
             orthogonal_(module, gain, generator=generator)
     if scheme == "chrono":
+        assert max_timescale is not None
         chrono_(module, max_timescale, generator=generator)
     elif kind == "LSTM":
         forget_gate_bias_(module, forget_bias)

@@ -1,0 +1,197 @@
+"""Gate-aware initialisation of every recurrent module of a LightningModule, once, before training starts."""
+
+from __future__ import annotations
+
+import math
+from fnmatch import fnmatchcase
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from rnn_stability.functional.init import SCHEMES, check_scheme, init_rnn_, recurrent_kind, recurrent_modules
+from rnn_stability.functional.init.chrono import check_max_timescale
+from rnn_stability.functional.init.gates import check_gain
+
+__all__ = ["RNNInitializer"]
+
+
+class RNNInitializer(Callback):
+    r"""Initialise every recurrent module (LSTM, GRU, RNN and cells, torch's or ours) with a gate-aware scheme.
+
+    A thin shell over :func:`rnn_stability.functional.init_rnn_` (see there for the schemes: ``"orthogonal"``
+    — Saxe et al. 2014 with the forget bias of Jozefowicz et al. 2015; ``"chrono"`` — Tallec & Ollivier 2018,
+    "Can recurrent neural networks warp time?"; ``"irnn"`` — Le, Jaitly & Hinton 2015; ``"xavier"``).
+
+    **When.** In ``on_fit_start``: after a checkpoint passed to ``Trainer.fit(ckpt_path=...)`` has been restored
+    (``trainer.ckpt_path`` is only known from then on) and after ``configure_model``. It runs **at most once**
+    and **never** over loaded weights:
+
+    - not when ``Trainer.fit(ckpt_path=...)`` resumes from a checkpoint (``trainer.ckpt_path`` is set);
+    - not after its own state was restored (``state_dict`` records ``applied: True``);
+    - not on a second ``fit`` with the same callback;
+    - not when you set ``applied = True`` yourself — do that when you load weights by other means
+      (``Model.load_from_checkpoint`` then ``fit`` without ``ckpt_path``), or leave the callback out.
+
+    Parameters are changed in place, so optimizers already created keep working. Strategies that shard
+    parameters (FSDP, DeepSpeed) are not supported: initialise the model before fitting instead, with
+    :func:`~rnn_stability.functional.init_rnn_`.
+
+    **Ranks.** With ``seed`` set, every rank draws from its own ``torch.Generator`` seeded with ``seed``, so the
+    weights are identical on all ranks and independent of the global RNG state. With ``seed=None`` the global
+    torch RNG is used, which is identical across ranks only after ``lightning.seed_everything`` (DDP has already
+    broadcast rank 0's weights by ``on_fit_start`` and does not do it again): pass a ``seed`` for multi-rank runs.
+
+    Modules are visited in ``named_modules`` order; cells inside a recurrent layer belong to that layer. A short
+    table (module name, type, scheme) is logged on rank zero.
+
+    Args:
+        scheme: a scheme name for every recurrent module, or a mapping from module-name patterns (``fnmatch``
+            style, e.g. ``"encoder.*"``, matched against names from ``named_modules``) to schemes; the first
+            matching pattern wins and unmatched modules keep their weights.
+        max_timescale: ``T_max`` of the ``"chrono"`` scheme (required there): the longest dependency expected.
+        forget_bias: effective LSTM forget-gate bias of the ``"orthogonal"`` and ``"xavier"`` schemes.
+        gain: gain of the recurrent weights.
+        seed: seed of the initialisation; ``None`` uses the global torch RNG.
+
+    Raises:
+        ValueError: for an unknown scheme, an empty mapping, ``"chrono"`` without ``max_timescale``, a
+            non-positive ``gain``, a non-finite ``forget_bias`` or a negative ``seed``.
+        TypeError: at fit time, if a scheme does not apply to a module it selects (e.g. ``"irnn"`` on an LSTM);
+            nothing is modified then.
+
+    Example::
+
+        >>> from tests.helpers import TinyRNNRegressor, adding_loader, quiet_trainer
+        >>> model = TinyRNNRegressor(torch.nn.LSTM(2, 8, batch_first=True))
+        >>> init = RNNInitializer("chrono", max_timescale=12, seed=0)
+        >>> quiet_trainer(max_steps=1, callbacks=[init]).fit(model, adding_loader())
+        >>> init.applied, init.initialized
+        (True, [('rnn', 'LSTM', 'chrono')])
+    """
+
+    def __init__(
+        self,
+        scheme: str | dict[str, str] = "orthogonal",
+        max_timescale: float | None = None,
+        forget_bias: float = 1.0,
+        gain: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        schemes = _check_scheme_argument(scheme)
+        if "chrono" in schemes:
+            if max_timescale is None:
+                raise ValueError("`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None")
+            check_max_timescale(max_timescale)
+        elif max_timescale is not None:
+            check_max_timescale(max_timescale)
+        check_gain("gain", gain)
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
+            raise ValueError(f"`forget_bias` must be a finite float, got {forget_bias!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise ValueError(f"`seed` must be None or an integer in [0, 2**63), got {seed!r}")
+        self.scheme = scheme
+        self.max_timescale = max_timescale
+        self.forget_bias = float(forget_bias)
+        self.gain = float(gain)
+        self.seed = seed
+        #: True once weights were initialised (or found to come from a checkpoint); nothing is done after that.
+        self.applied = False
+        #: ``(module name, module type, scheme)`` of every module initialised.
+        self.initialized: list[tuple[str, str, str]] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(scheme=self.scheme, seed=self.seed)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._initialize(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "initialized": [list(row) for row in self.initialized]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A checkpoint was written after initialisation, so its weights must never be re-initialised.
+        self.applied = bool(state_dict.get("applied", True))
+        self.initialized = [(str(a), str(b), str(c)) for a, b, c in state_dict.get("initialized", [])]
+
+    def scheme_for(self, name: str) -> str | None:
+        """The scheme applied to the module called ``name``, or ``None`` if no pattern selects it."""
+        if isinstance(self.scheme, str):
+            return self.scheme
+        return next((s for pattern, s in self.scheme.items() if fnmatchcase(name, pattern)), None)
+
+    def _initialize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.applied:
+            return
+        if trainer.ckpt_path is not None:
+            self.applied = True
+            rank_zero_info(f"RNNInitializer: resuming from {trainer.ckpt_path}; recurrent weights left as loaded.")
+            return
+        modules = recurrent_modules(pl_module)
+        if not modules:
+            rank_zero_warn("RNNInitializer: the LightningModule has no recurrent module; nothing initialised.")
+            return
+        plan: list[tuple[str, nn.Module, str]] = []
+        for name, module in modules:
+            scheme = self.scheme_for(name)
+            if scheme is not None:
+                check_scheme(
+                    module, scheme, gain=self.gain, forget_bias=self.forget_bias, max_timescale=self.max_timescale
+                )
+                plan.append((name, module, scheme))
+        if isinstance(self.scheme, dict):
+            for pattern in self.scheme:
+                if not any(fnmatchcase(name, pattern) for name, _ in modules):
+                    rank_zero_warn(f"RNNInitializer: pattern {pattern!r} of `scheme` matches no recurrent module.")
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        for name, module, scheme in plan:
+            init_rnn_(
+                module,
+                scheme,
+                gain=self.gain,
+                forget_bias=self.forget_bias,
+                max_timescale=self.max_timescale,
+                generator=generator,
+            )
+            self.initialized.append((name, type(module).__name__, scheme))
+        self.applied = True
+        rank_zero_info(self._table(modules))
+
+    def _table(self, modules: list[tuple[str, nn.Module]]) -> str:
+        rows = [("module", "type", "scheme")]
+        for name, module in modules:
+            scheme = self.scheme_for(name)
+            label = type(module).__name__
+            if label != recurrent_kind(module):
+                label += f" ({recurrent_kind(module)})"
+            detail = scheme or "unchanged"
+            if scheme == "chrono":
+                detail += f" (max_timescale={self.max_timescale:g})"
+            rows.append((name or "<root>", label, detail))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+        seed = "global RNG" if self.seed is None else f"seed {self.seed}"
+        return f"RNNInitializer ({seed}):\n" + "\n".join(lines)
+
+
+def _check_scheme_argument(scheme: Any) -> set[str]:
+    accepted = ", ".join(map(repr, SCHEMES))
+    if isinstance(scheme, str):
+        if scheme not in SCHEMES:
+            raise ValueError(f"`scheme` must be one of {accepted} or a mapping to them, got {scheme!r}")
+        return {scheme}
+    if not isinstance(scheme, dict) or not scheme:
+        raise ValueError(f"`scheme` must be a scheme name or a non-empty dict of pattern -> scheme, got {scheme!r}")
+    for pattern, value in scheme.items():
+        if not isinstance(pattern, str) or value not in SCHEMES:
+            raise ValueError(f"`scheme` maps {pattern!r} to {value!r}; values must be one of {accepted}")
+    return set(scheme.values())
