@@ -14,10 +14,11 @@ in rotating order, so slow drifts of the machine hit all of them alike):
 consecutive ``on_train_batch_start`` calls (forward, backward, callbacks, optimizer), per step; the table gives
 the median over all timed steps of all repeats and the ratio to the median of ``none``.
 
-Whole-step timings on a shared CPU are noisy at the 1 % level, so the cost of the callback on a non-measuring
-step is also timed directly: the callback's hooks called 100 000 times on a non-measuring step, divided by
-the baseline step time (on a CPU shared with other jobs, whole-step ratios of configurations that do the
-same work still scatter by several per cent between repeats; the range column shows it). Results go to ``benchmarks/results/gradient_flow_overhead.md``.
+Whole-step timings on a shared CPU are noisy at the 1 % level (ratios of configurations that do the same work
+scatter by several per cent between repeats; the range column shows it). So the measuring-step cost is also
+timed in a plain loop that alternates plain and measuring steps (paired ratios), and the cost of the callback
+on a non-measuring step is timed directly: its hooks called 100 000 times on a non-measuring step, divided by
+the baseline step time. Results go to ``benchmarks/results/gradient_flow_overhead.md``.
 
 Run::
 
@@ -44,6 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rnn_stability.callbacks import GradientFlowMonitor
 from rnn_stability.data import adding_problem
+from rnn_stability.functional import GradientFlowRecorder, flow_statistics
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -116,6 +118,46 @@ def hook_cost_per_idle_step(calls: int = 100_000) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def paired_step_cost(
+    args: argparse.Namespace, loader: DataLoader, pairs: int = 40
+) -> tuple[float, float, float]:
+    """Plain fwd+bwd+Adam steps alternating without / with measuring (recorder, finalize, statistics).
+
+    Alternating within one loop pairs each measured step with the plain step just before it, so machine load
+    cancels out. Returns (median plain seconds, median measured seconds, median of the paired ratios).
+    """
+    torch.manual_seed(0)
+    model = LSTMRegressor(args.hidden)
+    optimizer = model.configure_optimizers()
+    recorder = GradientFlowRecorder({"rnn": model.rnn})
+    x, y = next(iter(loader))
+
+    def step(measure: bool) -> float:
+        start = time.perf_counter()
+        if measure:
+            recorder.next_pass()
+            recorder.attach()
+        loss = model.training_step((x, y), 0)
+        loss.backward()
+        if measure:
+            recorder.detach()
+            profile = recorder.profiles()["rnn"]["input"].cpu()
+            recorder.reset()
+            flow_statistics(profile)
+        optimizer.step()
+        optimizer.zero_grad()
+        return time.perf_counter() - start
+
+    for _ in range(3):
+        step(False), step(True)
+    plain, measured = [], []
+    for _ in range(pairs):
+        plain.append(step(False))
+        measured.append(step(True))
+    ratios = [m / p for p, m in zip(plain, measured, strict=True)]
+    return statistics.median(plain), statistics.median(measured), statistics.median(ratios)
+
+
 def plot_cost(seq_len: int, history: int = 200) -> float:
     """Seconds to draw and write both pictures for one module with a full history."""
     monitor = GradientFlowMonitor(save_plots=True, max_history=history)
@@ -182,8 +224,16 @@ def main() -> None:
             f"| {label} | {len(pooled)} | {1e3 * statistics.median(pooled):.2f} | {statistics.median(ratios):.3f}"
             f" | {min(ratios):.3f}–{max(ratios):.3f} |"
         )
+    plain, measured, paired = paired_step_cost(args, loader)
     lines += [
         "",
+        "Same model, plain loop (no Trainer), 40 pairs of steps alternating without / with measuring (recorder"
+        " hooks, input gradient, per-step float64 norms, copy to host, flow_statistics):",
+        "",
+        "| step | ms (median) | ratio (median of pairs) |",
+        "|---|---:|---:|",
+        f"| plain | {1e3 * plain:.2f} | 1.000 |",
+        f"| measuring | {1e3 * measured:.2f} | {paired:.3f} |",
         f"Direct cost of the callback's hooks on a non-measuring step: {1e6 * idle:.2f} µs"
         f" = {100 * idle / base:.4f} % of the baseline step.",
         f"Drawing and writing both PNGs (history of 200 profiles, T={args.seq_len}): {1e3 * drawing:.0f} ms,"

@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         choices=(1, 2),
-        default=None,
-        help="parallel runs (default: 2 if two cores are free, else 1)",
+        default=argparse.SUPPRESS,  # no "(default: None)" in --help; absent means "choose"
+        help="parallel runs, one process per set-up (default: 2 if two cores are free, else 1)",
     )
     return parser
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     try:
-        run_demo(config, jobs=args.jobs)
+        run_demo(config, jobs=getattr(args, "jobs", None))
     except DemoError as error:
         print(f"rnn-stability demo: error: {error}", file=sys.stderr)
         return 1

@@ -54,6 +54,22 @@ def test_same_seed_same_vanilla_run(tmp_path):
     assert train_setup("vanilla", DemoConfig(**{**config.__dict__, "seed": 2})).losses != first.losses
 
 
+def test_stable_gru_setup_trains_in_process(tmp_path):
+    from rnn_stability.demo.worker import train_setup
+    from rnn_stability.nn import GRU
+
+    config = DemoConfig(seq_len=6, steps=3, hidden_size=4, batch_size=4, output_dir=tmp_path, cell="gru")
+    seen = []
+    result = train_setup("stable", config, on_progress=lambda step, mse: seen.append(step))
+    assert result.steps == 3 and seen[-1] == 3
+    assert result.title.startswith("rnn_stability.nn.GRU(layer_norm=True)")
+    assert result.clipped_steps is not None and result.skipped_steps == 0
+    assert result.memory_length is not None
+    from rnn_stability.demo.setups import build_setup
+
+    assert isinstance(build_setup("stable", config).model.rnn, GRU)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -104,3 +120,36 @@ def test_table_compares_against_the_mean_baseline():
     )
     table = comparison_markdown([run])
     assert "25.0% of baseline" in table and "| 40 |" in table and "90 / 100" in table and "| 55 |" in table
+
+
+def _fake_run(name, config, on_progress=None, num_threads=1):
+    for step, mse in ((1, 0.5), (2, 0.005 if name == "stable" else 0.2)):
+        on_progress(step, mse)
+    solved = 2 if name == "stable" else None
+    return RunResult(name, name, 2, 0.1, [0.5, 0.1], [0.5, 0.1], 0.1, solved)
+
+
+def test_sequential_jobs_show_both_runs(monkeypatch, tmp_path):
+    from rich.console import Console
+
+    from rnn_stability.demo import runner
+
+    monkeypatch.setattr(runner, "train_setup", _fake_run)
+    console = Console(record=True, width=120)
+    results = runner.run_setups(DemoConfig(steps=2, output_dir=tmp_path), console=console, jobs=1)
+    assert [r.name for r in results] == ["vanilla", "stable"]
+    shown = console.export_text()
+    assert "solved @ 2" in shown and "not solved" in shown
+    with pytest.raises(ValueError, match="`jobs` must be 1 or 2, got 3"):
+        runner.run_setups(DemoConfig(), jobs=3)
+
+
+def test_failed_run_exits_1_with_message(monkeypatch, capsys):
+    from rnn_stability.demo import DemoError, app
+
+    def fail(config, jobs=None):
+        raise DemoError("the 'stable' run failed:\nboom")
+
+    monkeypatch.setattr(app, "run_demo", fail)
+    assert main(["demo", "--steps", "2"]) == 1
+    assert "rnn-stability demo: error: the 'stable' run failed" in capsys.readouterr().err

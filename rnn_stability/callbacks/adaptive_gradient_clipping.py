@@ -24,7 +24,7 @@ from rnn_stability.functional.clipping import (
     discard_grads_,
     nonfinite_parameter_names,
 )
-from rnn_stability.functional.clipping._checks import check_fraction, check_positive, check_positive_int
+from rnn_stability.functional.clipping._checks import check_positive, check_positive_int
 from rnn_stability.functional.grad_norm import total_grad_norm
 
 __all__ = ["AdaptiveGradientClipping"]
@@ -62,7 +62,10 @@ class AdaptiveGradientClipping(Callback):
     **fp16 AMP**: with a ``GradScaler`` (``precision="16-mixed"``) Inf gradients are expected while the loss
     scale calibrates and the scaler itself skips ``optimizer.step()``; the guard then stays out of the way
     (no skip counted, no error, gradients left for the scaler, non-finite norms kept out of the statistics)
-    and needs no sync. ``bf16-mixed`` has no scaler and is guarded like fp32.
+    and needs no sync. Dropping gradients is not an option there anyway: for an optimizer that unscales
+    inside ``step()`` (fused), ``GradScaler.step`` would unscale no gradients and fail with "No inf checks
+    were recorded"; such optimizers are refused, as their gradients are still scaled in this hook.
+    ``bf16-mixed`` has no scaler and is guarded like fp32.
 
     **Multiple optimizers** (manual optimization, where ``opt.step()`` still runs this hook) keep separate
     adaptive state per optimizer index; clipping gradients yourself with ``self.clip_gradients`` in manual
@@ -100,7 +103,8 @@ class AdaptiveGradientClipping(Callback):
         ValueError: if an argument is outside its range.
         TypeError: if an argument has the wrong type.
         MisconfigurationException: at ``setup`` under FSDP or model-parallel strategies.
-        RuntimeError: after ``max_consecutive_nonfinite`` consecutive non-finite steps.
+        RuntimeError: after ``max_consecutive_nonfinite`` consecutive non-finite steps, or for a fused
+            optimizer under a ``GradScaler``.
 
     Example::
 
@@ -153,7 +157,6 @@ class AdaptiveGradientClipping(Callback):
         if log_every_n_steps is not None:
             check_positive_int("log_every_n_steps", log_every_n_steps)
         self.log_every_n_steps = log_every_n_steps
-        check_fraction("percentile", percentile, 0.0, 100.0)
 
         self.num_steps = 0
         self.num_skipped_steps = 0
@@ -230,6 +233,11 @@ class AdaptiveGradientClipping(Callback):
         self.num_steps += 1
         pre = total_grad_norm(params)
         has_scaler = getattr(trainer.precision_plugin, "scaler", None) is not None
+        if has_scaler and getattr(optimizer, "_step_supports_amp_scaling", False):
+            raise RuntimeError(
+                f"`AdaptiveGradientClipping` cannot clip for {type(optimizer).__name__}: it unscales gradients inside"
+                " `step()` (a fused optimizer?), so they are still scaled by the GradScaler here."
+            )
         if self.skip_nonfinite and not has_scaler:
             if bool(any_across_ranks(~torch.isfinite(pre))):  # the one host sync of the step
                 self._skip(trainer, pl_module, optimizer, idx, params, pre)

@@ -68,7 +68,9 @@ class GradientNormMonitor(Callback):
     post-clip norm is measured in an optimizer step *post*-hook: optimizers do not modify ``.grad`` and
     Lightning zeroes it only at the next step, so this is exactly the gradient of the update whatever clipped
     it. (An optimizer step *pre*-hook would be too early: without AMP, Lightning runs
-    ``training_step``, backward and clipping inside ``optimizer.step(closure)``, after the pre-hooks.)
+    ``training_step``, backward and clipping inside ``optimizer.step(closure)``, after the pre-hooks.) When the
+    optimizer step does not run (the fp16 ``GradScaler`` found Inf gradients), that step's
+    ``total_post_clip``, ``weight_norm`` and ``update_ratio`` are not logged.
 
     **No host synchronisation on other steps.** Outside logging steps the hooks only compare Python integers.
     On a logging step all measured values are moved to the host with a single ``tolist()``, then logged, and

@@ -85,14 +85,22 @@ class RNNInitializer(Callback):
         schemes = _check_scheme_argument(scheme)
         if "chrono" in schemes:
             if max_timescale is None:
-                raise ValueError("`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None")
+                raise ValueError(
+                    "`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None"
+                )
             check_max_timescale(max_timescale)
         elif max_timescale is not None:
             check_max_timescale(max_timescale)
         check_gain("gain", gain)
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
+        if (
+            isinstance(forget_bias, bool)
+            or not isinstance(forget_bias, (int, float))
+            or not math.isfinite(forget_bias)
+        ):
             raise ValueError(f"`forget_bias` must be a finite float, got {forget_bias!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+        ):
             raise ValueError(f"`seed` must be None or an integer in [0, 2**63), got {seed!r}")
         self.scheme = scheme
         self.max_timescale = max_timescale
@@ -134,24 +142,34 @@ class RNNInitializer(Callback):
             return
         if trainer.ckpt_path is not None:
             self.applied = True
-            rank_zero_info(f"RNNInitializer: resuming from {trainer.ckpt_path}; recurrent weights left as loaded.")
+            rank_zero_info(
+                f"RNNInitializer: resuming from {trainer.ckpt_path}; recurrent weights left as loaded."
+            )
             return
         modules = recurrent_modules(pl_module)
         if not modules:
-            rank_zero_warn("RNNInitializer: the LightningModule has no recurrent module; nothing initialised.")
+            rank_zero_warn(
+                "RNNInitializer: the LightningModule has no recurrent module; nothing initialised."
+            )
             return
         plan: list[tuple[str, nn.Module, str]] = []
         for name, module in modules:
             scheme = self.scheme_for(name)
             if scheme is not None:
                 check_scheme(
-                    module, scheme, gain=self.gain, forget_bias=self.forget_bias, max_timescale=self.max_timescale
+                    module,
+                    scheme,
+                    gain=self.gain,
+                    forget_bias=self.forget_bias,
+                    max_timescale=self.max_timescale,
                 )
                 plan.append((name, module, scheme))
         if isinstance(self.scheme, dict):
             for pattern in self.scheme:
                 if not any(fnmatchcase(name, pattern) for name, _ in modules):
-                    rank_zero_warn(f"RNNInitializer: pattern {pattern!r} of `scheme` matches no recurrent module.")
+                    rank_zero_warn(
+                        f"RNNInitializer: pattern {pattern!r} of `scheme` matches no recurrent module."
+                    )
         generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         for name, module, scheme in plan:
             init_rnn_(
@@ -178,7 +196,10 @@ class RNNInitializer(Callback):
                 detail += f" (max_timescale={self.max_timescale:g})"
             rows.append((name or "<root>", label, detail))
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+        lines = [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        ]
         seed = "global RNG" if self.seed is None else f"seed {self.seed}"
         return f"RNNInitializer ({seed}):\n" + "\n".join(lines)
 
@@ -190,7 +211,9 @@ def _check_scheme_argument(scheme: Any) -> set[str]:
             raise ValueError(f"`scheme` must be one of {accepted} or a mapping to them, got {scheme!r}")
         return {scheme}
     if not isinstance(scheme, dict) or not scheme:
-        raise ValueError(f"`scheme` must be a scheme name or a non-empty dict of pattern -> scheme, got {scheme!r}")
+        raise ValueError(
+            f"`scheme` must be a scheme name or a non-empty dict of pattern -> scheme, got {scheme!r}"
+        )
     for pattern, value in scheme.items():
         if not isinstance(pattern, str) or value not in SCHEMES:
             raise ValueError(f"`scheme` maps {pattern!r} to {value!r}; values must be one of {accepted}")

@@ -50,7 +50,7 @@ def _pyplot() -> Any:
 
 
 def _loss_curves(plt: Any, results: Sequence[RunResult], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     for r in results:
         steps = range(1, len(r.losses) + 1)
         color = _COLORS.get(r.name)
@@ -58,8 +58,13 @@ def _loss_curves(plt: Any, results: Sequence[RunResult], path: Path) -> None:
         ax.plot(steps, r.smoothed, color=color, label=f"{r.name}: {r.title}")
     ax.axhline(MEAN_BASELINE_MSE, color="gray", linestyle="--", label="predict the mean (1/6)")
     ax.axhline(SOLVED_MSE, color="green", linestyle=":", label=f"solved (MSE < {SOLVED_MSE:g})")
-    ax.set(yscale="log", xlabel="optimizer step", ylabel="training MSE", title="Adding problem: loss")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set(
+        yscale="log",
+        xlabel="optimizer step",
+        ylabel="training MSE (moving average)",
+        title="Adding problem: loss",
+    )
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -98,22 +98,19 @@ class _Display:
             name: self.progress.add_task(name, total=config.steps, mse="-", status="starting")
             for name in SETUP_NAMES
         }
+        self.solved_at: dict[str, int] = {}
 
     def update(self, name: str, step: int, mse: float) -> None:
-        task = self.tasks[name]
-        status = self.progress.tasks[task].fields["status"]
-        if not status.startswith("solved") and mse < SOLVED_MSE:
-            status = f"[green]solved @ {step}"
-        elif status == "starting":
-            status = "training"
-        self.progress.update(task, completed=step, mse=f"{mse:.4f}", status=status)
+        if name not in self.solved_at and mse < SOLVED_MSE:
+            self.solved_at[name] = step
+        status = f"[green]solved @ {self.solved_at[name]}" if name in self.solved_at else "training"
+        self.progress.update(self.tasks[name], completed=step, mse=f"{mse:.4f}", status=status)
 
     def finish(self, result: RunResult) -> None:
-        task = self.tasks[result.name]
-        status = self.progress.tasks[task].fields["status"]
-        if not status.startswith("[green]"):
-            status = "[yellow]not solved"
-        self.progress.update(task, completed=result.steps, status=status)
+        # The live status comes from throttled reports; the result knows the exact step.
+        solved = result.steps_to_solve
+        status = "[yellow]not solved" if solved is None else f"[green]solved @ {solved}"
+        self.progress.update(self.tasks[result.name], completed=result.steps, status=status)
 
 
 def _run_in_processes(config: DemoConfig, display: _Display, num_threads: int) -> dict[str, RunResult]:

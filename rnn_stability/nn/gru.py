@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rnn_stability.nn.fused import GRULayerNormFunction
-from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence, scripted
+from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence
 from rnn_stability.nn.stacked import StackedRNNMixin, split_steps, use_fused
 
 __all__ = ["GRU"]
@@ -115,5 +115,5 @@ class GRU(StackedRNNMixin, nn.GRU):
             )
             out = out.view(x.size(0), -1)
         else:
-            out, h = scripted(gru_layer_norm_sequence)(split_steps(gates, step_sizes), *args, reverse)
+            out, h = gru_layer_norm_sequence(split_steps(gates, step_sizes), *args, reverse)
         return out, (h,)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rnn_stability.nn.fused import LSTMLayerNormFunction
-from rnn_stability.nn.recurrence import lstm_input_gates, lstm_layer_norm_sequence, scripted
+from rnn_stability.nn.recurrence import lstm_input_gates, lstm_layer_norm_sequence
 from rnn_stability.nn.stacked import StackedRNNMixin, split_steps, use_fused
 
 __all__ = ["LSTM"]
@@ -38,7 +38,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     (``_reverse`` suffix for the backward direction; no :math:`\beta_c` when ``bias=False``). They start at
     1 and 0, and a plain torch ``state_dict`` loads with ``strict=False`` reporting only them as missing. The
     input projection and its normalisation are computed for all time steps at once; only the recurrent part
-    runs step by step (TorchScript loop).
+    runs step by step.
 
     ``residual=True`` — every layer whose input width equals its output width (``hidden_size`` or
     ``proj_size``, times 2 when bidirectional) adds its input to its output, before the inter-layer dropout
@@ -133,5 +133,5 @@ class LSTM(StackedRNNMixin, nn.LSTM):
             )
             out = out.view(x.size(0), -1)
         else:
-            out, h, c = scripted(lstm_layer_norm_sequence)(split_steps(gates, step_sizes), *args, reverse)
+            out, h, c = lstm_layer_norm_sequence(split_steps(gates, step_sizes), *args, reverse)
         return out, (h, c)

@@ -3,16 +3,12 @@
 The input projection and its layer norm do not depend on the recurrent state, so callers compute them for all
 time steps at once and pass the per-step slices ``xs``; only the recurrent projection stays in the loop. The
 loops accept shrinking batches (``PackedSequence`` order: batch sizes non-increasing over time), so packed and
-padded input share one code path. ``scripted(fn)`` returns a TorchScript version of a loop (compiled once,
-lazily), which removes most of the per-step Python overhead; under ``torch.compile`` the plain Python function
-is used so that dynamo can trace it.
+padded input share one code path. They are differentiated by autograd; for a constant batch size the modules
+use the faster hand-written backward of :mod:`rnn_stability.nn.fused` instead. (A TorchScript version of these
+loops was tried and dropped: its optimised autodiff graph returned wrong gradients after the profiling runs.)
 """
 
 from __future__ import annotations
-
-import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +23,6 @@ __all__ = [
     "gru_layer_norm_step",
     "lstm_layer_norm_sequence",
     "lstm_layer_norm_step",
-    "scripted",
 ]
 
 
@@ -194,30 +189,3 @@ def gru_layer_norm_sequence(
         finished.reverse()
         h = torch.cat([h] + finished, 0)
     return torch.cat(outs, 0), h
-
-
-_SCRIPTED: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-
-def scripted(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The TorchScript version of ``fn`` (compiled on first use), or ``fn`` itself under ``torch.compile``.
-
-    Example::
-
-        >>> h, c = torch.zeros(1, 2), torch.zeros(1, 2)
-        >>> out, h_n, c_n = scripted(lstm_layer_norm_sequence)(
-        ...     [torch.zeros(1, 4, 2)], h, c, torch.zeros(8, 2), torch.ones(4, 2), torch.ones(2), None, None, 1e-5, False
-        ... )
-        >>> out.shape
-        torch.Size([1, 2])
-    """
-    if torch.compiler.is_compiling():
-        return fn
-    compiled = _SCRIPTED.get(fn)
-    if compiled is None:
-        with warnings.catch_warnings():
-            # torch.jit.script is deprecated in favour of torch.compile, which unrolls the time loop instead.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            compiled = torch.jit.script(fn)
-        _SCRIPTED[fn] = compiled
-    return compiled

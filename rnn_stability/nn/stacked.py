@@ -238,7 +238,7 @@ def split_steps(x: Tensor, step_sizes: list[int]) -> list[Tensor]:
 def use_fused(step_sizes: list[int]) -> bool:
     """Whether a layer-norm direction runs the hand-written-backward kernel of :mod:`rnn_stability.nn.fused`.
 
-    It needs a constant batch size (packed sequences of unequal lengths use the TorchScript loop) and is
+    It needs a constant batch size (packed sequences of unequal lengths use the autograd loops of :mod:`rnn_stability.nn.recurrence`) and is
     skipped under ``torch.compile``, which traces the plain Python loop instead.
     """
     return step_sizes[0] == step_sizes[-1] and not torch.compiler.is_compiling()

@@ -1,7 +1,9 @@
-"""Two-process CPU DDP (gloo, ``ddp_spawn``) run of AdaptiveGradientClipping; writes one JSON per rank.
+"""One rank of a two-process CPU DDP (gloo) run of AdaptiveGradientClipping; writes ``rank{N}.json``.
 
-Run by ``test_adaptive_gradient_clipping_ddp.py`` as ``python tests/callbacks/ddp_clipping_script.py OUT_DIR``
-from the repository root (pytest must not launch DDP workers itself).
+``test_adaptive_gradient_clipping_ddp.py`` starts two of these, ``python tests/callbacks/ddp_clipping_script.py
+OUT_DIR``, with ``LOCAL_RANK``/``NODE_RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set, so Lightning's
+``strategy="ddp"`` joins them instead of launching workers (pytest must not re-launch itself, and
+a launcher process would import Lightning a third time).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ class Dump(Callback):
         self.clipper, self.out_dir = clipper, out_dir
         self.records: list[dict[str, Any]] = []
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
         r = self.clipper.last_record
         assert r is not None
         self.records.append(
@@ -61,7 +65,7 @@ def main(out_dir: str) -> None:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp_spawn",
+        strategy="ddp",
         max_steps=6,
         callbacks=[clipper, Dump(clipper, out_dir)],
         logger=False,

@@ -37,7 +37,9 @@ class RecordAfter(Callback):
         self.records: list[ClipRecord] = []
         self.seen_norms: list[float] = []
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
         assert self.clipper.last_record is not None
         self.records.append(self.clipper.last_record)
         params = [p for p in pl_module.parameters() if p.grad is not None]
@@ -135,7 +137,9 @@ class Snapshots(Callback):
     def _snapshot(trainer: L.Trainer, module: L.LightningModule) -> Any:
         opt = trainer.optimizers[0]
         state = {
-            name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in module.named_parameters() if p in opt.state
+            name: {k: v.clone() for k, v in opt.state[p].items()}
+            for name, p in module.named_parameters()
+            if p in opt.state
         }
         return {n: p.detach().clone() for n, p in module.named_parameters()}, state
 
@@ -215,7 +219,9 @@ def test_accumulated_gradient_is_clipped_once_per_window(monkeypatch):
     clipper = AdaptiveGradientClipping(strategy="norm", max_norm=0.05)
     _fit(clipper, Accum(), max_steps=3, accumulate_grad_batches=2)
     assert len(calls) == 3 and len(micro_norms) == 6 and clipper.num_steps == 3
-    assert calls == pytest.approx(micro_norms[1::2], rel=1e-6)  # the accumulated gradient after 2 micro-batches
+    assert calls == pytest.approx(
+        micro_norms[1::2], rel=1e-6
+    )  # the accumulated gradient after 2 micro-batches
     assert calls != pytest.approx(micro_norms[0::2], rel=1e-3)
 
 
@@ -255,6 +261,18 @@ def test_fp16_grad_scaler_skips_are_left_to_the_scaler():
     assert clipper.state_dict()["clippers"][0]["count"] == 3  # Inf norms kept out of the statistics
 
 
+def test_fused_optimizer_under_a_grad_scaler_is_refused():
+    class Fused(TinyRNNRegressor):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=1e-2, fused=True)
+
+    model = Fused()
+    model.rnn = _Flat()
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(RuntimeError, match="unscales gradients inside `step\\(\\)`"):
+        _fit(AdaptiveGradientClipping(), model, max_steps=1, plugins=[plugin])
+
+
 def test_csv_logger_gets_the_documented_keys(tmp_path):
     clipper = AdaptiveGradientClipping(strategy="zscore", warmup_steps=2)
     _fit(clipper, max_steps=6, logger=CSVLogger(tmp_path, name="keys"), log_every_n_steps=2)
@@ -275,7 +293,9 @@ def test_own_interval_logs_fresh_values_only_on_its_steps(tmp_path, interval):
     steps = [s for s in range(8) if (s + 1) % interval == 0]
     assert [int(r["step"]) for r in logged] == steps
     for row, step in zip(logged, steps, strict=True):  # fresh values, not repeats of an earlier step
-        assert float(row["grad_clip/pre_clip_norm"]) == pytest.approx(recorder.records[step].pre_clip_norm.item())
+        assert float(row["grad_clip/pre_clip_norm"]) == pytest.approx(
+            recorder.records[step].pre_clip_norm.item()
+        )
 
 
 def test_gradient_clip_val_warns_once():

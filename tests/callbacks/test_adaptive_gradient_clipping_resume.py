@@ -19,19 +19,25 @@ class Thresholds(Callback):
         self.clipper = clipper
         self.by_step: dict[int, float] = {}
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
         assert self.clipper.last_record is not None
         self.by_step[trainer.global_step] = self.clipper.last_record.threshold.item()
 
 
-def _run(tmp_path: Any, options: dict[str, Any], max_steps: int, ckpt_path: str | None = None, save: bool = False):
+def _run(
+    tmp_path: Any, options: dict[str, Any], max_steps: int, ckpt_path: str | None = None, save: bool = False
+):
     L.seed_everything(0, verbose=False)
     model = TinyRNNRegressor()
     clipper = AdaptiveGradientClipping(**options)
     thresholds = Thresholds(clipper)
     callbacks: list[Callback] = [clipper, thresholds]
     if save:
-        callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10, save_top_k=-1))
+        callbacks.append(
+            ModelCheckpoint(dirpath=tmp_path.parent / "ckpt", every_n_train_steps=10, save_top_k=-1)
+        )
     trainer = quiet_trainer(tmp_path, max_steps=max_steps, callbacks=callbacks, enable_checkpointing=save)
     trainer.fit(model, adding_loader(num_samples=80, batch_size=8), ckpt_path=ckpt_path)  # 10 batches/epoch
     return model, clipper, thresholds
@@ -47,7 +53,7 @@ def _run(tmp_path: Any, options: dict[str, Any], max_steps: int, ckpt_path: str 
 def test_resume_gives_the_thresholds_and_weights_of_an_uninterrupted_run(tmp_path, options):
     straight_model, straight, straight_thresholds = _run(tmp_path / "a", options, 20)
     _run(tmp_path / "b", options, 10, save=True)
-    ckpt = str(tmp_path / "b" / "epoch=0-step=10.ckpt")
+    ckpt = str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt")
     state = torch.load(ckpt, weights_only=False)["callbacks"]
     assert any("AdaptiveGradientClipping" in key for key in state)
     resumed_model, resumed, resumed_thresholds = _run(tmp_path / "c", options, 20, ckpt_path=ckpt, save=True)
@@ -72,7 +78,12 @@ def test_lightning_cli_builds_the_callback_from_config(monkeypatch):
             "callbacks": [
                 {
                     "class_path": "rnn_stability.callbacks.AdaptiveGradientClipping",
-                    "init_args": {"strategy": "agc", "clip_factor": 0.02, "exclude": ["head"], "log_every_n_steps": 5},
+                    "init_args": {
+                        "strategy": "agc",
+                        "clip_factor": 0.02,
+                        "exclude": ["head"],
+                        "log_every_n_steps": 5,
+                    },
                 }
             ],
         },

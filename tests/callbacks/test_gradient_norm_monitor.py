@@ -216,13 +216,18 @@ def test_nonfinite_gradients_are_counted_and_warned(tmp_path: Path) -> None:
 
 def test_warnings_name_groups_and_step_and_are_rate_limited(tmp_path: Path) -> None:
     monitor = GradientNormMonitor(warn_below=1e6, warn_every_n_steps=3)
+    trainer = quiet_trainer(tmp_path, max_steps=6, callbacks=[monitor])
     with pytest.warns(UserWarning) as record:
-        quiet_trainer(tmp_path, max_steps=6, callbacks=[monitor]).fit(TinyRNNRegressor(), adding_loader())
+        trainer.fit(TinyRNNRegressor(), adding_loader())
     messages = [str(w.message) for w in record if "GradientNormMonitor" in str(w.message)]
     assert len(messages) == 2
     assert "vanishing gradients at step 0" in messages[0] and "step 3" in messages[1]
     assert "rnn=" in messages[0] and "head=" in messages[0]
     assert monitor.last_warning_step["below"] == 3
+    # the rate-limit state travels in checkpoints
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"][monitor.state_key]
+    assert saved == {"last_warning_step": {"below": 3, "above": None}}
 
 
 def test_no_warning_within_thresholds(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:

@@ -36,9 +36,14 @@ def _fit(model: L.LightningModule, callback: RNNInitializer, tmp_path: Path, **f
 
 
 def test_initialises_on_fresh_fit(tmp_path: Path) -> None:
-    model = TinyRNNRegressor(nn.LSTM(2, 8, batch_first=True, num_layers=2), lr=0.0)  # lr 0: fit keeps the init
+    model = TinyRNNRegressor(
+        nn.LSTM(2, 8, batch_first=True, num_layers=2), lr=0.0
+    )  # lr 0: fit keeps the init
     expected = init_rnn_(
-        nn.LSTM(2, 8, batch_first=True, num_layers=2), "chrono", max_timescale=12, generator=torch.Generator().manual_seed(3)
+        nn.LSTM(2, 8, batch_first=True, num_layers=2),
+        "chrono",
+        max_timescale=12,
+        generator=torch.Generator().manual_seed(3),
     )
     callback = RNNInitializer("chrono", max_timescale=12, seed=3)
     _fit(model, callback, tmp_path)
@@ -65,7 +70,9 @@ def test_resume_from_checkpoint_never_initialises(
 
     monkeypatch.setattr("rnn_stability.callbacks.rnn_initializer.init_rnn_", fail)
     # same configuration (same state_key): its state is restored; a different one only sees trainer.ckpt_path
-    callback = RNNInitializer(seed=0) if callback_in_checkpoint else RNNInitializer("chrono", max_timescale=12)
+    callback = (
+        RNNInitializer(seed=0) if callback_in_checkpoint else RNNInitializer("chrono", max_timescale=12)
+    )
     resumed = TinyRNNRegressor()
     trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[callback])  # already at step 2: no training
     trainer.fit(resumed, adding_loader(num_samples=16), ckpt_path=str(ckpt))
@@ -114,15 +121,22 @@ def test_identical_weights_across_ranks_with_seed_or_seed_everything(tmp_path: P
 def test_pattern_mapping_and_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = TwoRNNRegressor()
     untouched = _weights(model.extra)
-    callback = RNNInitializer({"rnn": "chrono", "relu_*": "irnn", "decoder.*": "xavier"}, max_timescale=12, seed=0)
-    with caplog.at_level(logging.INFO), pytest.warns(UserWarning, match="'decoder.\\*' of `scheme` matches no"):
+    callback = RNNInitializer(
+        {"rnn": "chrono", "relu_*": "irnn", "decoder.*": "xavier"}, max_timescale=12, seed=0
+    )
+    with (
+        caplog.at_level(logging.INFO),
+        pytest.warns(UserWarning, match="'decoder.\\*' of `scheme` matches no"),
+    ):
         _fit(model, callback, tmp_path)
     assert callback.initialized == [("rnn", "LSTM", "chrono"), ("relu_rnn", "RNN", "irnn")]
     assert torch.equal(model.relu_rnn.weight_hh_l0, torch.eye(8))
     assert all(torch.equal(v, untouched[k]) for k, v in _weights(model.extra).items())
     table = caplog.text
     assert "RNNInitializer (seed 0)" in table and "chrono (max_timescale=12)" in table
-    assert "relu_rnn" in table and "RNN (RNN_RELU)" in table and "extra.cell" in table and "unchanged" in table
+    assert (
+        "relu_rnn" in table and "RNN (RNN_RELU)" in table and "extra.cell" in table and "unchanged" in table
+    )
 
 
 def test_inapplicable_scheme_raises_before_touching_anything(tmp_path: Path) -> None:

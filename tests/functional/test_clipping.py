@@ -34,12 +34,16 @@ def _params(shapes: list[tuple[int, ...]], seed: int, scale: float) -> list[torc
 
 
 shapes_st = st.lists(
-    st.tuples(st.integers(1, 5), st.integers(1, 4)).map(lambda t: t if t[1] > 1 else (t[0],)), min_size=1, max_size=4
+    st.tuples(st.integers(1, 5), st.integers(1, 4)).map(lambda t: t if t[1] > 1 else (t[0],)),
+    min_size=1,
+    max_size=4,
 )
 
 
 @SETTINGS
-@given(shapes=shapes_st, seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3), max_norm=st.floats(1e-2, 1e2))
+@given(
+    shapes=shapes_st, seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3), max_norm=st.floats(1e-2, 1e2)
+)
 def test_clip_grad_norm_matches_torch_and_never_increases(shapes, seed, scale, max_norm):
     ours, theirs = _params(shapes, seed, scale), _params(shapes, seed, scale)
     before = [p.grad.clone() for p in ours]
@@ -57,7 +61,12 @@ def test_clip_grad_norm_matches_torch_and_never_increases(shapes, seed, scale, m
 
 
 @SETTINGS
-@given(shapes=shapes_st, seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e2), clip_value=st.floats(1e-2, 10.0))
+@given(
+    shapes=shapes_st,
+    seed=st.integers(0, 10_000),
+    scale=st.floats(1e-3, 1e2),
+    clip_value=st.floats(1e-2, 10.0),
+)
 def test_clip_grad_value_matches_torch_and_never_increases(shapes, seed, scale, clip_value):
     ours, theirs = _params(shapes, seed, scale), _params(shapes, seed, scale)
     before = [p.grad.clone() for p in ours]
@@ -71,7 +80,12 @@ def test_clip_grad_value_matches_torch_and_never_increases(shapes, seed, scale, 
 
 
 @SETTINGS
-@given(shapes=shapes_st, seed=st.integers(0, 10_000), scale=st.floats(1e-4, 10.0), clip_factor=st.floats(1e-3, 1.0))
+@given(
+    shapes=shapes_st,
+    seed=st.integers(0, 10_000),
+    scale=st.floats(1e-4, 10.0),
+    clip_factor=st.floats(1e-3, 1.0),
+)
 def test_agc_never_increases_unit_norms_and_leaves_small_units(shapes, seed, scale, clip_factor):
     params = _params(shapes, seed, scale)
     before = [p.grad.clone() for p in params]

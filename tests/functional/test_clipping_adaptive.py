@@ -68,7 +68,9 @@ def _zclip_reference(norms, alpha, z, warmup):
 
 @SETTINGS
 @given(
-    norms=st.lists(st.one_of(st.floats(1e-2, 1e2), st.just(math.nan), st.just(math.inf)), min_size=1, max_size=40),
+    norms=st.lists(
+        st.one_of(st.floats(1e-2, 1e2), st.just(math.nan), st.just(math.inf)), min_size=1, max_size=40
+    ),
     alpha=st.floats(0.5, 0.99),
     z=st.floats(0.5, 4.0),
     warmup=st.integers(1, 6),

@@ -7,10 +7,20 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from rnn_stability.functional import chrono_, forget_gate_bias_, identity_, orthogonal_, xavier_normal_, xavier_uniform_
-from rnn_stability.functional.init import GATE_NAMES, gate_block, layer_weights, recurrent_kind
+from rnn_stability.functional import (
+    chrono_,
+    forget_gate_bias_,
+    identity_,
+    init_rnn_,
+    orthogonal_,
+    xavier_normal_,
+    xavier_uniform_,
+)
+from rnn_stability.functional.init import GATE_NAMES, gate_block, gate_blocks, layer_weights, recurrent_kind
 
 IN, H = 5, 6
 
@@ -84,7 +94,9 @@ def test_xavier_uniform_uses_per_gate_fans(make: Callable[[], nn.Module]) -> Non
         for block in weights.weight_ih.chunk(len(GATE_NAMES[kind])):
             bound = 2.0 * math.sqrt(6 / (block.shape[0] + block.shape[1]))
             assert block.abs().max() <= bound
-    assert all(torch.equal(v, before[n]) for n, v in _snapshot(module).items() if not n.startswith("weight_ih"))
+    assert all(
+        torch.equal(v, before[n]) for n, v in _snapshot(module).items() if not n.startswith("weight_ih")
+    )
 
 
 def test_xavier_bounds_are_reached_and_recurrent_option() -> None:
@@ -105,12 +117,16 @@ def test_forget_gate_bias_is_effective_once(make: Callable[[], nn.Module], value
     assert forget_gate_bias_(module, value) is module
     for weights in layer_weights(module):
         assert weights.bias_ih is not None and weights.bias_hh is not None
-        effective = gate_block(weights.bias_ih, "LSTM", "forget") + gate_block(weights.bias_hh, "LSTM", "forget")
+        effective = gate_block(weights.bias_ih, "LSTM", "forget") + gate_block(
+            weights.bias_hh, "LSTM", "forget"
+        )
         assert torch.equal(effective, torch.full((H,), float(value)))
         assert torch.equal(gate_block(weights.bias_hh, "LSTM", "forget"), torch.zeros(H))
         for gate in ("input", "cell", "output"):
             name = f"bias_ih{weights.suffix}"
-            assert torch.equal(gate_block(weights.bias_ih, "LSTM", gate), gate_block(before[name], "LSTM", gate))
+            assert torch.equal(
+                gate_block(weights.bias_ih, "LSTM", gate), gate_block(before[name], "LSTM", gate)
+            )
 
 
 def test_gate_blocks_match_torch_computation() -> None:
@@ -169,7 +185,7 @@ def test_identity_recurrent_weights(make: Callable[[], nn.Module]) -> None:
     module = make()
     w_ih = [w.weight_ih.detach().clone() for w in layer_weights(module)]
     assert identity_(module) is module
-    for weights, before in zip(layer_weights(module), w_ih):
+    for weights, before in zip(layer_weights(module), w_ih, strict=True):
         assert torch.equal(weights.weight_hh, torch.eye(H))
         assert weights.bias_ih is not None and weights.bias_hh is not None
         assert not weights.bias_ih.any() and not weights.bias_hh.any()
@@ -238,9 +254,51 @@ def test_seeded_generator_is_independent_of_global_rng_and_device_dtype() -> Non
     torch.manual_seed(2)
     torch.rand(10)
     second = init(torch.float32)
-    for (name, a), b in zip(first.named_parameters(), second.parameters()):
+    for (name, a), b in zip(first.named_parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b), name
     as_double = init(torch.float64)
-    for a, b in zip(first.parameters(), as_double.parameters()):
+    for a, b in zip(first.parameters(), as_double.parameters(), strict=True):
         torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-6)
     first(torch.randn(3, 2, IN))  # the module still runs on the modified flat weights
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    cls=st.sampled_from([nn.LSTM, nn.GRU]),
+    input_size=st.integers(1, 7),
+    hidden=st.integers(1, 9),
+    layers=st.integers(1, 3),
+    bidirectional=st.booleans(),
+    proj=st.integers(0, 8),
+    max_timescale=st.floats(2.0, 1e5),
+    seed=st.integers(0, 2**31),
+)
+def test_chrono_scheme_property(
+    cls: type[nn.RNNBase],
+    input_size: int,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    proj: int,
+    max_timescale: float,
+    seed: int,
+) -> None:
+    kwargs = {"proj_size": proj} if cls is nn.LSTM and proj < hidden else {}
+    module = cls(input_size, hidden, num_layers=layers, bidirectional=bidirectional, **kwargs)
+    init_rnn_(module, "chrono", max_timescale=max_timescale, generator=torch.Generator().manual_seed(seed))
+    kind = recurrent_kind(module)
+    assert len(layer_weights(module)) == layers * (2 if bidirectional else 1)
+    for weights in layer_weights(module):
+        for block in gate_blocks(weights.weight_hh, kind):
+            sv = _singular_values(block)
+            torch.testing.assert_close(sv, torch.ones_like(sv), rtol=0, atol=1e-5)
+        assert weights.bias_ih is not None and weights.bias_hh is not None
+        effective = (weights.bias_ih + weights.bias_hh).detach()
+        keep = gate_block(effective, kind, "forget" if kind == "LSTM" else "update")
+        assert keep.min() >= 0 and keep.max() <= math.log(max_timescale - 1) + 1e-5
+        others = effective.clone()
+        gate_block(others, kind, "forget" if kind == "LSTM" else "update").zero_()
+        if kind == "LSTM":
+            assert torch.equal(gate_block(effective, kind, "input"), -keep)
+            gate_block(others, kind, "input").zero_()
+        assert not others.any()  # every other gate bias is zero under the scheme

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from rnn_stability.functional import chrono_, init_rnn_
-from rnn_stability.functional.init import GATE_NAMES, gate_block, layer_weights, recurrent_kind, recurrent_modules
+from rnn_stability.functional.init import (
+    GATE_NAMES,
+    gate_block,
+    layer_weights,
+    recurrent_kind,
+    recurrent_modules,
+)
 
 ours = pytest.importorskip("rnn_stability.nn")
 
@@ -32,7 +38,9 @@ def test_schemes_on_our_modules(kind: str, make: Callable[[], nn.Module], scheme
     module = make()
     assert recurrent_kind(module) == kind
     assert [name for name, _ in recurrent_modules(nn.Sequential(module))] == ["0"]
-    standard = {id(t) for w in layer_weights(module) for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh)}
+    standard = {
+        id(t) for w in layer_weights(module) for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh)
+    }
     standard |= {id(w.weight_hr) for w in layer_weights(module)}
     others = {n: p.detach().clone() for n, p in module.named_parameters() if id(p) not in standard}
     if getattr(module, "layer_norm", False):

@@ -1,6 +1,6 @@
 """A deliberately plain re-implementation of our LSTM / GRU formulas, one sequence and one step at a time.
 
-It shares no code with ``rnn_stability.nn``: every gate block is normalised with its own ``F.layer_norm`` call,
+It shares no code with ``rnn_stability.nn``: every gate block is normalised on its own by a hand-written formula,
 each sequence of a batch is run separately over its own length, and layers are stacked by hand. Tests compare
 the modules against it.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 __all__ = ["reference_cell_step", "reference_forward"]
 
@@ -62,7 +61,12 @@ def reference_cell_step(
         z = torch.sigmoid(ax[1] + ah[1])
         n = torch.tanh(ax[2] + r * ah[2])
         return ((1 - z) * n + z * state[0],)
-    i, f, g, o = (torch.sigmoid(ax[0] + ah[0]), torch.sigmoid(ax[1] + ah[1]), torch.tanh(ax[2] + ah[2]), torch.sigmoid(ax[3] + ah[3]))
+    i, f, g, o = (
+        torch.sigmoid(ax[0] + ah[0]),
+        torch.sigmoid(ax[1] + ah[1]),
+        torch.tanh(ax[2] + ah[2]),
+        torch.sigmoid(ax[3] + ah[3]),
+    )
     c = f * state[1] + i * g
     read = _norm(c, params["g_c"], params["b_c"]) if layer_norm else c
     h = o * torch.tanh(read)
@@ -137,6 +141,7 @@ def reference_forward(
         outputs.append(torch.stack(x_seq))
         finals.append(sample_finals)
     final_states = tuple(
-        torch.stack([torch.stack(finals[b][k]) for b in range(len(sequences))], 1) for k in range(len(finals[0]))
+        torch.stack([torch.stack(finals[b][k]) for b in range(len(sequences))], 1)
+        for k in range(len(finals[0]))
     )
     return outputs, final_states

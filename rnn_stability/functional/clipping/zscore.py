@@ -26,7 +26,10 @@ class ZScoreClipper:
     :math:`\mu \leftarrow \alpha\mu + (1-\alpha)\hat g`,
     :math:`\sigma^2 \leftarrow \alpha\sigma^2 + (1-\alpha)(\hat g - \mu)^2` with the *clipped* norm
     :math:`\hat g`, so a spike does not inflate them. A non-finite norm leaves every statistic unchanged
-    (the reference implementation is disabled for good by a single NaN). All state lives in 0-d tensors,
+    (the reference implementation is disabled for good by a single NaN). ZClip's default reciprocal
+    ("adaptive scaling") rule, which clips larger spikes harder, is not implemented: a threshold that depends
+    on the norm being clipped would not fit the ``threshold()`` interface shared with the other strategies.
+    All state lives in 0-d tensors,
     so :meth:`step` never synchronises with the host.
 
     Use :meth:`step` (``threshold`` from the past, then ``update``).

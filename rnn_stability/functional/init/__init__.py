@@ -5,6 +5,7 @@ from rnn_stability.functional.init.forget_bias import forget_gate_bias_
 from rnn_stability.functional.init.gates import (
     GATE_NAMES,
     gate_block,
+    gate_blocks,
     layer_weights,
     recurrent_kind,
     recurrent_modules,
@@ -21,6 +22,7 @@ __all__ = [
     "chrono_",
     "forget_gate_bias_",
     "gate_block",
+    "gate_blocks",
     "identity_",
     "init_rnn_",
     "layer_weights",

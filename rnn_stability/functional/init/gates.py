@@ -126,9 +126,8 @@ def layer_weights(module: nn.Module) -> list[LayerWeights]:
         ['_l0', '_l0_reverse', '_l1', '_l1_reverse']
     """
     recurrent_kind(module)
-    if isinstance(module, nn.RNNCellBase):
-        suffixes = [""]
-    else:
+    suffixes = [""]  # a cell
+    if isinstance(module, nn.RNNBase):
         directions = ["", "_reverse"] if module.bidirectional else [""]
         suffixes = [f"_l{layer}{direction}" for layer in range(module.num_layers) for direction in directions]
 

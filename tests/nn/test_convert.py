@@ -1,0 +1,72 @@
+"""``convert_rnn`` swaps torch's recurrent modules anywhere in a model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rnn_stability.nn import GRU, GRUCell, LSTM, LSTMCell, convert_rnn
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+        self.rnns = nn.ModuleList([nn.LSTM(4, 4, 2, proj_size=2, bidirectional=True), nn.GRU(4, 4, batch_first=True)])
+        self.cells = nn.ModuleDict({"lstm": nn.LSTMCell(4, 5), "gru": nn.GRUCell(4, 5, bias=False)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.encoder(x)
+        a, _ = self.rnns[0](e)
+        b, _ = self.rnns[1](e.transpose(0, 1))
+        h, c = self.cells["lstm"](e[0])
+        g = self.cells["gru"](e[0])
+        return torch.cat([a.flatten(), b.flatten(), h.flatten(), c.flatten(), g.flatten()])
+
+
+def test_options_off_outputs_equal_exactly() -> None:
+    torch.manual_seed(0)
+    model = Model().eval()
+    x = torch.randn(5, 2, 3)
+    expected = model(x)
+    converted = convert_rnn(model)
+    assert converted is model
+    assert [type(m) for m in model.rnns] == [LSTM, GRU]
+    assert type(model.cells["lstm"]) is LSTMCell and type(model.cells["gru"]) is GRUCell
+    assert model.rnns[0].proj_size == 2 and model.rnns[1].batch_first and not model.training
+    assert torch.equal(model(x), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_layer_norm_conversion_keeps_weights_dtype_and_mode(dtype: torch.dtype) -> None:
+    model = Model().to(dtype).train()
+    weight = model.rnns[0].weight_hh_l1_reverse.detach().clone()
+    convert_rnn(model, layer_norm=True, residual=True)
+    lstm = model.rnns[0]
+    assert lstm.layer_norm and lstm.residual and lstm.training
+    assert torch.equal(lstm.weight_hh_l1_reverse, weight)
+    assert all(p.dtype == dtype for p in model.parameters())
+    assert model.cells["lstm"].layer_norm and not hasattr(model.cells["lstm"], "residual")
+    assert model(torch.randn(5, 2, 3, dtype=dtype)).isfinite().all()
+
+
+def test_root_module_is_converted_and_reconverted() -> None:
+    torch.manual_seed(0)
+    root = nn.GRU(3, 3)
+    ours = convert_rnn(root, layer_norm=True)
+    assert type(ours) is GRU and ours.layer_norm
+    with torch.no_grad():
+        ours.layer_norm_hh_l0.weight.fill_(2.0)
+    again = convert_rnn(ours, layer_norm=True, residual=True)
+    assert again.residual and torch.equal(again.layer_norm_hh_l0.weight, ours.layer_norm_hh_l0.weight)
+    back = convert_rnn(ours)
+    assert not back.layer_norm and not hasattr(back, "layer_norm_hh_l0")
+
+
+def test_foreign_subclasses_are_left_alone() -> None:
+    class Custom(nn.LSTM):
+        pass
+
+    model = nn.Sequential(Custom(3, 4))
+    assert type(convert_rnn(model)[0]) is Custom
