@@ -234,6 +234,7 @@ def main() -> None:
         "|---|---:|---:|",
         f"| plain | {1e3 * plain:.2f} | 1.000 |",
         f"| measuring | {1e3 * measured:.2f} | {paired:.3f} |",
+        "",
         f"Direct cost of the callback's hooks on a non-measuring step: {1e6 * idle:.2f} µs"
         f" = {100 * idle / base:.4f} % of the baseline step.",
         f"Drawing and writing both PNGs (history of 200 profiles, T={args.seq_len}): {1e3 * drawing:.0f} ms,"

@@ -57,11 +57,11 @@ def _converted(module: nn.Module, layer_norm: bool, residual: bool) -> nn.Module
             module.input_size, module.hidden_size, module.bias, **factory, layer_norm=layer_norm
         )
     incompatible = new.load_state_dict(module.state_dict(), strict=False)
-    # Keys of ours that torch lacks are the fresh layer-norm parameters; keep ours' when re-converting.
-    if incompatible.unexpected_keys:
-        raise RuntimeError(
-            f"convert_rnn could not map the parameters {incompatible.unexpected_keys} of {module}"
-        )
+    # Missing keys are the fresh layer-norm parameters; unexpected ones can only be layer-norm parameters of
+    # one of ours converted with ``layer_norm=False`` (dropped on purpose).
+    unmapped = [k for k in incompatible.unexpected_keys if not k.startswith("layer_norm_")]
+    if unmapped:
+        raise RuntimeError(f"convert_rnn could not map the parameters {unmapped} of {module}")
     new.train(module.training)
     return new
 
@@ -72,7 +72,7 @@ def convert_rnn(module: nn.Module, *, layer_norm: bool = False, residual: bool =
     Each replacement gets the original's hyper-parameters, weights (copied), device, dtype and train/eval
     mode, plus the requested options (cells only take ``layer_norm``). ``module`` itself is converted if it is
     one of these classes. Our own modules are rebuilt with the requested options (their layer-norm
-    parameters are kept when present); subclasses of torch's classes are left alone, since their own
+    parameters are kept when the new module has layer norm, dropped otherwise); subclasses of torch's classes are left alone, since their own
     ``forward`` may differ. With both options off, the converted model's outputs equal the original's exactly.
 
     Args:

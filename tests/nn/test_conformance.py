@@ -23,7 +23,9 @@ def _ids(info: Any) -> str:
 
 
 def _samples(info: Any, requires_grad: bool = False) -> list[Any]:
-    return info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=requires_grad, training=False)
+    return info.module_inputs_func(
+        info, device="cpu", dtype=torch.float64, requires_grad=requires_grad, training=False
+    )
 
 
 def _flat(value: Any) -> list[Tensor]:
@@ -71,7 +73,9 @@ def test_forward_matches_torch_and_noncontiguous(info: Any) -> None:
 
 @pytest.mark.parametrize("info", [i for i in INFOS if i.module_error_inputs_func], ids=_ids)
 def test_error_inputs_raise_same_type(info: Any) -> None:
-    errors = info.module_error_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=False, training=False)
+    errors = info.module_error_inputs_func(
+        info, device="cpu", dtype=torch.float64, requires_grad=False, training=False
+    )
     for error in errors:
         sample = error.module_error_input
         c_args, c_kwargs = sample.constructor_input.args, sample.constructor_input.kwargs

@@ -13,7 +13,9 @@ class Model(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
-        self.rnns = nn.ModuleList([nn.LSTM(4, 4, 2, proj_size=2, bidirectional=True), nn.GRU(4, 4, batch_first=True)])
+        self.rnns = nn.ModuleList(
+            [nn.LSTM(4, 4, 2, proj_size=2, bidirectional=True), nn.GRU(4, 4, batch_first=True)]
+        )
         self.cells = nn.ModuleDict({"lstm": nn.LSTMCell(4, 5), "gru": nn.GRUCell(4, 5, bias=False)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

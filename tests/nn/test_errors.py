@@ -27,9 +27,11 @@ BAD_CALLS: dict[str, Callable[[Any, bool], Any]] = {
     "h0 shape": lambda m, lstm: m(
         torch.randn(5, 2, 3), (torch.zeros(2, 3, 4), torch.zeros(2, 2, 4)) if lstm else torch.zeros(2, 3, 4)
     ),
-    "c0 shape": lambda m, lstm: m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 2, 5)))
-    if lstm
-    else m(torch.randn(5, 2, 3), torch.zeros(2, 2, 5)),
+    "c0 shape": lambda m, lstm: (
+        m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 2, 5)))
+        if lstm
+        else m(torch.randn(5, 2, 3), torch.zeros(2, 2, 5))
+    ),
     "h0 rank": lambda m, lstm: m(
         torch.randn(5, 2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)) if lstm else torch.zeros(2, 4)
     ),
@@ -79,7 +81,9 @@ def test_constructor_errors_match_torch(ours: type, theirs: type, args: tuple, k
         assert str(got) == str(expected)
 
 
-@pytest.mark.parametrize("factory", [lambda **o: LSTM(3, 4, **o), lambda **o: GRU(3, 4, **o), lambda **o: LSTMCell(3, 4, **o)])
+@pytest.mark.parametrize(
+    "factory", [lambda **o: LSTM(3, 4, **o), lambda **o: GRU(3, 4, **o), lambda **o: LSTMCell(3, 4, **o)]
+)
 def test_options_must_be_bool(factory: Callable[..., nn.Module]) -> None:
     with pytest.raises(TypeError, match="`layer_norm` must be a bool"):
         factory(layer_norm=1)

@@ -23,7 +23,9 @@ def test_layer_norm_parameter_names_and_identity_init() -> None:
     }
     assert extra["layer_norm_ih_l0.weight"].shape == (4, 4)
     for name, value in extra.items():
-        assert torch.equal(value, torch.zeros_like(value) if name.endswith("bias") else torch.ones_like(value))
+        assert torch.equal(
+            value, torch.zeros_like(value) if name.endswith("bias") else torch.ones_like(value)
+        )
     gru = GRU(3, 4, layer_norm=True, bias=False)
     assert sorted(k for k in gru.state_dict() if k.startswith("layer_norm")) == [
         "layer_norm_hh_l0.weight",
@@ -105,7 +107,9 @@ def test_cells_layer_norm_match_reference_and_gradcheck(cls: type) -> None:
             p.uniform_(-0.8, 0.8)
     lstm = cls is LSTMCell
     x = torch.randn(2, 3, dtype=torch.float64)
-    state = (torch.randn(2, 4, dtype=torch.float64),) + ((torch.randn(2, 4, dtype=torch.float64),) if lstm else ())
+    state = (torch.randn(2, 4, dtype=torch.float64),) + (
+        (torch.randn(2, 4, dtype=torch.float64),) if lstm else ()
+    )
     out = cell(x, state if lstm else state[0])
     out = out if isinstance(out, tuple) else (out,)
     params = {

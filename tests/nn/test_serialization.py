@@ -34,7 +34,9 @@ def test_deepcopy_pickle_and_weights_only_state_dict(cls: type, mode: dict) -> N
     fresh = cls(4, 4, 2, bidirectional=True, **mode).eval()
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module)), fresh):
-        assert type(clone) is cls and clone.layer_norm == module.layer_norm and clone.residual == module.residual
+        assert (
+            type(clone) is cls and clone.layer_norm == module.layer_norm and clone.residual == module.residual
+        )
         for a, b in zip(_outputs(clone, x), expected, strict=True):
             assert torch.equal(a, b)
 
