@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from rnn_stability.demo import DemoConfig, DemoError, run_demo
+    from rnn_stability.demo import DemoConfig
 
     try:
         config = DemoConfig(
@@ -136,6 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    if importlib.util.find_spec("matplotlib") is None:  # checked now, not after minutes of training
+        parser.error("the demo writes plots with matplotlib: pip install 'rnn-stability[plot]'")
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"cannot create --output-dir {str(config.output_dir)!r}: {error.strerror or error}")
+
+    from rnn_stability.demo import DemoError, run_demo  # torch and Lightning load only from here on
+
     try:
         run_demo(config, jobs=getattr(args, "jobs", None))
     except DemoError as error:

@@ -102,6 +102,15 @@ def test_output_dir_that_is_a_file_is_rejected_before_training(tmp_path, capsys)
     assert "`output_dir` must be a folder" in capsys.readouterr().err
 
 
+def test_output_dir_that_cannot_be_created_is_rejected(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--output-dir", str(blocker / "sub")])
+    assert exit_info.value.code == 2
+    assert "cannot create --output-dir" in capsys.readouterr().err
+
+
 def test_module_entry_point_gives_exit_2_and_no_traceback():
     done = subprocess.run(
         [sys.executable, "-m", "rnn_stability", "demo", "--cell", "gru", "--steps", "-5"],

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 __all__ = ["GRULayerNormFunction", "LSTMLayerNormFunction", "layer_norm_backward"]
 
@@ -42,11 +42,24 @@ def _steps(num_steps: int, reverse: bool) -> range:
     return range(num_steps - 1, -1, -1) if reverse else range(num_steps)
 
 
-def _previous_hidden(out: Tensor, h0: Tensor, reverse: bool) -> Tensor:
-    """``h_{t-1}`` for every step, in time order (``h_{t+1}`` for the reverse direction)."""
+def _previous(values: Tensor, initial: Tensor, reverse: bool) -> Tensor:
+    """``v_{t-1}`` for every step of time-ordered ``values`` (``v_{t+1}`` for the reverse direction)."""
     if reverse:
-        return torch.cat([out[1:], h0.unsqueeze(0)], 0)
-    return torch.cat([h0.unsqueeze(0), out[:-1]], 0)
+        return torch.cat([values[1:], initial.unsqueeze(0)], 0)
+    return torch.cat([initial.unsqueeze(0), values[:-1]], 0)
+
+
+def _stack_in_time_order(values: list[Tensor], reverse: bool) -> Tensor:
+    if reverse:
+        values.reverse()
+    return torch.stack(values, 0)
+
+
+def _ln_input_grad(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
+    """Input gradient of ``native_layer_norm`` over the last dim, in one fused kernel."""
+    return torch.ops.aten.native_layer_norm_backward(
+        grad, x, [x.size(-1)], mean, rstd, weight, None, [True, False, False]
+    )[0]
 
 
 class LSTMLayerNormFunction(torch.autograd.Function):
@@ -67,120 +80,85 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         reverse: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         steps, batch, _, hidden = x_gates.shape
-        out = x_gates.new_empty(steps, batch, h0.size(-1))
-        normed_hh = torch.empty_like(x_gates)
-        rstd_hh = x_gates.new_empty(steps, batch, 4, 1)
-        acts = torch.empty_like(x_gates)
-        cells = x_gates.new_empty(steps, batch, hidden)
-        normed_c = x_gates.new_empty(steps, batch, hidden)
-        rstd_c = x_gates.new_empty(steps, batch, 1)
-        tanh_c = x_gates.new_empty(steps, batch, hidden)
         w_hh_t = weight_hh.t()
+        w_hr_t = weight_hr.t() if weight_hr is not None else None
+        saved: list[list[Tensor]] = [[] for _ in range(10)]
         h, c = h0, c0
         for t in _steps(steps, reverse):
             hh = torch.mm(h, w_hh_t).view(batch, 4, hidden)
-            normed, _, rstd = torch.native_layer_norm(hh, [hidden], None, None, eps)
-            normed_hh[t] = normed
-            rstd_hh[t] = rstd
+            normed, mean, rstd = torch.native_layer_norm(hh, [hidden], None, None, eps)
             gates = torch.addcmul(x_gates[t], normed, gain_hh)
-            act = acts[t]
-            torch.sigmoid(gates, out=act)
-            act[:, 2] = torch.tanh(gates[:, 2])
-            i, f, g, o = act.unbind(1)
+            act = torch.sigmoid(gates)
+            g = torch.tanh(gates[:, 2])
+            i, f, _, o = act.unbind(1)
             c = torch.addcmul(f * c, i, g)
-            cells[t] = c
-            c_hat, _, r_c = torch.native_layer_norm(c, [hidden], None, None, eps)
-            normed_c[t] = c_hat
-            rstd_c[t] = r_c
-            read = c_hat * cell_weight
-            if cell_bias is not None:
-                read = read + cell_bias
-            torch.tanh(read, out=tanh_c[t])
-            h = o * tanh_c[t]
-            if weight_hr is not None:
-                h = torch.mm(h, weight_hr.t())
-            out[t] = h
-        ctx.save_for_backward(
-            out,
-            h0,
-            c0,
-            weight_hh,
-            gain_hh,
-            cell_weight,
-            weight_hr,
-            normed_hh,
-            rstd_hh,
-            acts,
-            cells,
-            normed_c,
-            rstd_c,
-            tanh_c,
-        )
-        ctx.has_cell_bias = cell_bias is not None
+            read, mean_c, rstd_c = torch.native_layer_norm(c, [hidden], cell_weight, cell_bias, eps)
+            tanh_c = torch.tanh(read)
+            h = o * tanh_c
+            if w_hr_t is not None:
+                h = torch.mm(h, w_hr_t)
+            for store, value in zip(
+                saved, (h, hh, mean, rstd, act, g, c, mean_c, rstd_c, tanh_c), strict=True
+            ):
+                store.append(value)
+        out, *tensors = (_stack_in_time_order(values, reverse) for values in saved)
+        ctx.save_for_backward(out, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr, *tensors)
         ctx.reverse = reverse
-        last = 0 if reverse else steps - 1
-        return out, out[last].clone(), cells[last].clone()
+        return out, h.clone(), c.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor) -> tuple[Tensor | None, ...]:
-        (
-            out,
-            h0,
-            c0,
-            weight_hh,
-            gain_hh,
-            cell_weight,
-            weight_hr,
-            normed_hh,
-            rstd_hh,
-            acts,
-            cells,
-            normed_c,
-            rstd_c,
-            tanh_c,
-        ) = ctx.saved_tensors
+        (out, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr, *saved) = ctx.saved_tensors
+        hh, mean, rstd, act, g, cells, mean_c, rstd_c, tanh_c = saved
         reverse: bool = ctx.reverse
-        steps, batch, _, hidden = acts.shape
-        grad_gates = torch.empty_like(acts)
-        grad_hh = torch.empty_like(acts)
-        grad_read = torch.empty_like(cells)
-        grad_h_all = torch.empty_like(out) if weight_hr is not None else grad_out
-        dh = grad_hn.clone()
-        dc = grad_cn.clone()
+        steps, batch, _, hidden = act.shape
+        # Everything that does not depend on the incoming gradient, for all steps at once.
+        sig_grad = act * (1 - act)
+        i, f, o = act[:, :, 0], act[:, :, 1], act[:, :, 3]
+        prev_c = _previous(cells, c0, reverse)
+        coef_c = torch.stack([g * sig_grad[:, :, 0], prev_c * sig_grad[:, :, 1], i * (1 - g * g)], 2)
+        coef_o = tanh_c * sig_grad[:, :, 3]
+        coef_read = o * (1 - tanh_c * tanh_c)
+        grads_gates: list[Tensor] = []
+        grads_hh: list[Tensor] = []
+        grads_read: list[Tensor] = []
+        grads_h: list[Tensor] = []
+        dh, dc = grad_hn, grad_cn
         for t in _steps(steps, not reverse):
             dh_t = dh + grad_out[t]
             if weight_hr is not None:
-                grad_h_all[t] = dh_t
+                grads_h.append(dh_t)
                 dm = torch.mm(dh_t, weight_hr)
             else:
                 dm = dh_t
-            i, f, g, o = acts[t].unbind(1)
-            tc = tanh_c[t]
-            d_read = dm * o * (1 - tc * tc)
-            grad_read[t] = d_read
-            dc = dc + layer_norm_backward(d_read * cell_weight, normed_c[t], rstd_c[t])
-            prev_c = c0 if t == (steps - 1 if reverse else 0) else cells[t + 1 if reverse else t - 1]
-            dg = grad_gates[t]
-            dg[:, 0] = dc * g * i * (1 - i)
-            dg[:, 1] = dc * prev_c * f * (1 - f)
-            dg[:, 2] = dc * i * (1 - g * g)
-            dg[:, 3] = dm * tc * o * (1 - o)
-            dc = dc * f
-            dhh = layer_norm_backward(dg * gain_hh, normed_hh[t], rstd_hh[t])
-            grad_hh[t] = dhh
+            d_read = dm * coef_read[t]
+            grads_read.append(d_read)
+            dc = dc + _ln_input_grad(d_read, cells[t], mean_c[t], rstd_c[t], cell_weight)
+            dg = torch.cat([dc.unsqueeze(1) * coef_c[t], (dm * coef_o[t]).unsqueeze(1)], 1)
+            grads_gates.append(dg)
+            dc = dc * f[t]
+            dhh = _ln_input_grad(dg * gain_hh, hh[t], mean[t], rstd[t], None)
+            grads_hh.append(dhh)
             dh = torch.mm(dhh.view(batch, 4 * hidden), weight_hh)
+        backward_order = not reverse
+        grad_gates = _stack_in_time_order(grads_gates, backward_order)
         flat = steps * batch
         need = ctx.needs_input_grad
-        prev_h = _previous_hidden(out, h0, reverse)
-        grad_w_hh = torch.mm(grad_hh.view(flat, 4 * hidden).t(), prev_h.view(flat, -1)) if need[3] else None
-        grad_gain = (grad_gates * normed_hh).sum((0, 1)) if need[4] else None
-        grad_cell_w = (grad_read * normed_c).sum((0, 1)) if need[5] else None
-        grad_cell_b = grad_read.sum((0, 1)) if ctx.has_cell_bias and need[6] else None
-        grad_w_hr = None
+        grad_w_hh = grad_gain = grad_cell_w = grad_cell_b = grad_w_hr = None
+        if need[3]:
+            grad_hh = _stack_in_time_order(grads_hh, backward_order).view(flat, 4 * hidden)
+            grad_w_hh = torch.mm(grad_hh.t(), _previous(out, h0, reverse).view(flat, -1))
+        if need[4]:
+            grad_gain = (grad_gates * (hh - mean) * rstd).sum((0, 1))
+        grad_read = _stack_in_time_order(grads_read, backward_order)
+        if need[5]:
+            grad_cell_w = (grad_read * (cells - mean_c) * rstd_c).sum((0, 1))
+        if cell_bias is not None and need[6]:
+            grad_cell_b = grad_read.sum((0, 1))
         if weight_hr is not None and need[7]:
-            m = acts[:, :, 3] * tanh_c
-            grad_w_hr = torch.mm(grad_h_all.view(flat, -1).t(), m.reshape(flat, hidden))
+            grad_h = _stack_in_time_order(grads_h, backward_order).view(flat, -1)
+            grad_w_hr = torch.mm(grad_h.t(), (o * tanh_c).reshape(flat, hidden))
         return grad_gates, dh, dc, grad_w_hh, grad_gain, grad_cell_w, grad_cell_b, grad_w_hr, None, None
 
 
@@ -199,69 +177,63 @@ class GRULayerNormFunction(torch.autograd.Function):
         reverse: bool,
     ) -> tuple[Tensor, Tensor]:
         steps, batch, _, hidden = x_gates.shape
-        out = x_gates.new_empty(steps, batch, hidden)
-        normed_hh = torch.empty_like(x_gates)
-        rstd_hh = x_gates.new_empty(steps, batch, 3, 1)
-        rz_all = x_gates.new_empty(steps, batch, 2, hidden)
-        n_all = x_gates.new_empty(steps, batch, hidden)
-        hn_all = x_gates.new_empty(steps, batch, hidden)
         w_hh_t = weight_hh.t()
+        saved: list[list[Tensor]] = [[] for _ in range(7)]
         h = h0
         for t in _steps(steps, reverse):
             hh = torch.mm(h, w_hh_t).view(batch, 3, hidden)
-            normed, _, rstd = torch.native_layer_norm(hh, [hidden], None, None, eps)
-            normed_hh[t] = normed
-            rstd_hh[t] = rstd
+            normed, mean, rstd = torch.native_layer_norm(hh, [hidden], None, None, eps)
             a_h = normed * gain_hh
             x = x_gates[t]
-            rz = rz_all[t]
-            torch.sigmoid(x[:, :2] + a_h[:, :2], out=rz)
-            r, z = rz.unbind(1)
+            rz = torch.sigmoid(x[:, :2] + a_h[:, :2])
             hn = a_h[:, 2] if bias_hn is None else a_h[:, 2] + bias_hn
-            hn_all[t] = hn
-            n = torch.tanh(torch.addcmul(x[:, 2], r, hn))
-            n_all[t] = n
-            h = torch.addcmul(n, z, h - n)
-            out[t] = h
-        ctx.save_for_backward(out, h0, weight_hh, gain_hh, normed_hh, rstd_hh, rz_all, n_all, hn_all)
+            n = torch.tanh(torch.addcmul(x[:, 2], rz[:, 0], hn))
+            h = torch.addcmul(n, rz[:, 1], h - n)
+            for store, value in zip(saved, (h, hh, mean, rstd, rz, hn, n), strict=True):
+                store.append(value)
+        out, *tensors = (_stack_in_time_order(values, reverse) for values in saved)
+        ctx.save_for_backward(out, h0, weight_hh, gain_hh, *tensors)
         ctx.has_bias = bias_hn is not None
         ctx.reverse = reverse
-        return out, out[0 if reverse else steps - 1].clone()
+        return out, h.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor) -> tuple[Tensor | None, ...]:
-        out, h0, weight_hh, gain_hh, normed_hh, rstd_hh, rz_all, n_all, hn_all = ctx.saved_tensors
+        out, h0, weight_hh, gain_hh, hh, mean, rstd, rz, hn, n = ctx.saved_tensors
         reverse: bool = ctx.reverse
-        steps, batch, _, hidden = normed_hh.shape
-        prev_h = _previous_hidden(out, h0, reverse)
-        grad_gates = torch.empty_like(normed_hh)
-        grad_ah = torch.empty_like(normed_hh)
-        grad_hh = torch.empty_like(normed_hh)
-        dh = grad_hn.clone()
+        steps, batch, _, hidden = hh.shape
+        prev_h = _previous(out, h0, reverse)
+        r, z = rz[:, :, 0], rz[:, :, 1]
+        # Every gate gradient is dh_t times a coefficient known from the forward pass.
+        coef_n = (1 - z) * (1 - n * n)
+        coef_r = coef_n * hn * r * (1 - r)
+        coef_z = (prev_h - n) * z * (1 - z)
+        coef_gates = torch.stack([coef_r, coef_z, coef_n], 2)
+        coef_a = torch.stack([coef_r, coef_z, coef_n * r], 2)
+        coef_hh = coef_a * gain_hh
+        grads_h: list[Tensor] = []
+        grads_hh: list[Tensor] = []
+        dh = grad_hn
         for t in _steps(steps, not reverse):
             dh_t = dh + grad_out[t]
-            r, z = rz_all[t].unbind(1)
-            n = n_all[t]
-            dn = dh_t * (1 - z) * (1 - n * n)
-            dg = grad_gates[t]
-            dg[:, 2] = dn
-            dg[:, 0] = dn * hn_all[t] * r * (1 - r)
-            dg[:, 1] = dh_t * (prev_h[t] - n) * z * (1 - z)
-            da = grad_ah[t]
-            da[:, :2] = dg[:, :2]
-            da[:, 2] = dn * r
-            dhh = layer_norm_backward(da * gain_hh, normed_hh[t], rstd_hh[t])
-            grad_hh[t] = dhh
-            dh = torch.addmm(dh_t * z, dhh.view(batch, 3 * hidden), weight_hh)
+            grads_h.append(dh_t)
+            dhh = _ln_input_grad(dh_t.unsqueeze(1) * coef_hh[t], hh[t], mean[t], rstd[t], None)
+            grads_hh.append(dhh)
+            dh = torch.addmm(dh_t * z[t], dhh.view(batch, 3 * hidden), weight_hh)
+        backward_order = not reverse
+        grad_h = _stack_in_time_order(grads_h, backward_order).unsqueeze(2)
+        grad_gates = grad_h * coef_gates
         flat = steps * batch
         need = ctx.needs_input_grad
-        grad_w_hh = (
-            torch.mm(grad_hh.view(flat, 3 * hidden).t(), prev_h.view(flat, hidden)) if need[2] else None
-        )
-        grad_gain = (grad_ah * normed_hh).sum((0, 1)) if need[3] else None
-        grad_bias_hn = grad_ah[:, :, 2].sum((0, 1)) if ctx.has_bias and need[4] else None
+        grad_w_hh = grad_gain = grad_bias_hn = None
+        if need[2]:
+            grad_hh = _stack_in_time_order(grads_hh, backward_order).view(flat, 3 * hidden)
+            grad_w_hh = torch.mm(grad_hh.t(), prev_h.view(flat, hidden))
+        if need[3] or need[4]:
+            grad_a = grad_h * coef_a
+            if need[3]:
+                grad_gain = (grad_a * (hh - mean) * rstd).sum((0, 1))
+            if ctx.has_bias and need[4]:
+                grad_bias_hn = grad_a[:, :, 2].sum((0, 1))
         return grad_gates, dh, grad_w_hh, grad_gain, grad_bias_hn, None, None
-
-
-_ = FunctionCtx  # re-exported type for readers of the signatures above

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.testing._internal.common_modules import ModuleErrorEnum, module_db
 
-from rnn_stability.nn import GRU, GRUCell, LSTM, LSTMCell
+from rnn_stability.nn import GRU, LSTM, GRUCell, LSTMCell
 
 OURS: dict[type, type] = {nn.LSTM: LSTM, nn.GRU: GRU, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell}
 INFOS = [info for info in module_db if info.module_cls in OURS]
@@ -98,7 +98,9 @@ def test_gradcheck_first_samples(info: Any, options: dict) -> None:
         f_args = sample.forward_input.args
         leaves = [t for t in _flat(f_args) if t.requires_grad]
 
-        def fn(*inputs: Tensor, f_args: Any = f_args, module: nn.Module = module) -> Tensor:
+        def fn(
+            *inputs: Tensor, f_args: Any = f_args, module: nn.Module = module, leaves: list = leaves
+        ) -> Tensor:
             mapping = {id(t): inputs[k] for k, t in enumerate(leaves)}
 
             def swap(value: Any) -> Any:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnn_stability.nn import GRU, GRUCell, LSTM, LSTMCell, convert_rnn
+from rnn_stability.nn import GRU, LSTM, GRUCell, LSTMCell, convert_rnn
 
 
 class Model(nn.Module):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnn_stability.nn import GRU, GRUCell, LSTM, LSTMCell, convert_rnn
+from rnn_stability.nn import GRU, LSTM, GRUCell, LSTMCell, convert_rnn
 
 MODES = [{}, {"residual": True}, {"layer_norm": True}, {"layer_norm": True, "residual": True}]
 PAIRS = [(LSTM, nn.LSTM), (GRU, nn.GRU)]
