@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from rnn_stability.callbacks.clip_record import ClipRecord
+from rnn_stability.callbacks.logging_steps import is_logging_step, log_step_metrics, resolve_interval
 from rnn_stability.functional.clipping import (
     PercentileClipper,
     ZScoreClipper,
@@ -209,19 +210,6 @@ class AdaptiveGradientClipping(Callback):
         raw = getattr(optimizer, "_optimizer", optimizer)
         return next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
 
-    def _logging_mode(self, trainer: pl.Trainer) -> str:
-        """``"module"`` (``pl_module.log``), ``"loggers"`` (``trainer.loggers`` directly) or ``""`` (no log)."""
-        trainer_interval = getattr(trainer, "log_every_n_steps", 0)
-        interval = self.log_every_n_steps or trainer_interval
-        if not interval:
-            return ""
-        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step) + 1
-        if step % interval and not trainer.should_stop:
-            return ""
-        # Lightning writes a value logged with `pl_module.log` again at each later logging step of the epoch
-        # until it is logged anew, so an interval other than the Trainer's goes to the loggers directly
-        return "module" if interval == trainer_interval else "loggers"
-
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
@@ -300,8 +288,8 @@ class AdaptiveGradientClipping(Callback):
         skipped: Tensor,
     ) -> None:
         self.last_record = ClipRecord(trainer.global_step, idx, pre, post, threshold, clipped, skipped)
-        mode = self._logging_mode(trainer)
-        if not mode:
+        interval = resolve_interval(trainer, self.log_every_n_steps)
+        if not is_logging_step(trainer, interval):
             return
         steps, clipped_before = self._logged_at
         fraction = (self._clipped_total - clipped_before) / max(self.num_steps - steps, 1)
@@ -314,13 +302,7 @@ class AdaptiveGradientClipping(Callback):
             "grad_clip/clipped_fraction": torch.as_tensor(fraction, dtype=torch.float32),
             "grad_clip/skipped_steps": float(self.num_skipped_steps),
         }
-        if mode == "module":
-            for key, value in values.items():
-                pl_module.log(key + suffix, value, on_step=True, on_epoch=False, batch_size=1)
-            return
-        metrics = {key + suffix: float(value) for key, value in values.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+        log_step_metrics(trainer, pl_module, {key + suffix: value for key, value in values.items()}, interval)
 
     @override
     def state_dict(self) -> dict[str, Any]:

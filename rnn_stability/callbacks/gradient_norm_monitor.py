@@ -14,6 +14,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from rnn_stability.callbacks.adaptive_gradient_clipping import AdaptiveGradientClipping
+from rnn_stability.callbacks.logging_steps import is_logging_step, log_step_metrics, resolve_interval
 from rnn_stability.functional.grad_norm import _check_norm_type, foreach_norms, nonfinite_count, total_norm
 from rnn_stability.functional.norm_groups import (
     GRANULARITIES,
@@ -78,8 +79,8 @@ class GradientNormMonitor(Callback):
 
     Args:
         log_every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps)``.
-            Lightning writes logged values to the loggers only on its own logging steps, so choose a multiple
-            of the Trainer's value.
+            The Trainer's interval logs through ``pl_module.log``; any other interval writes to the loggers
+            directly (see :mod:`rnn_stability.callbacks.logging_steps`).
         granularity: how parameter gradients are grouped: ``"total"`` (one group, ``total``), ``"module"`` (by the
             module directly owning the parameter, e.g. ``rnn`` or ``encoder.0``; parameters of the
             LightningModule itself form ``root``) or ``"parameter"`` (one group per parameter name).
@@ -165,15 +166,7 @@ class GradientNormMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer_interval: int = trainer.log_every_n_steps  # type: ignore[attr-defined]
-        interval = self.log_every_n_steps if self.log_every_n_steps is not None else trainer_interval
-        if interval and trainer_interval and interval % trainer_interval:
-            rank_zero_warn(
-                f"GradientNormMonitor(log_every_n_steps={interval}) is not a multiple of"
-                f" Trainer(log_every_n_steps={trainer_interval}); Lightning only writes logged values"
-                " on its own logging steps, so some of these values reach the loggers late or not at all."
-            )
-        self._interval = interval
+        self._interval = resolve_interval(trainer, self.log_every_n_steps)
         self._trainer = trainer
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         self._clippers = [cb for cb in callbacks if isinstance(cb, AdaptiveGradientClipping)]
@@ -210,12 +203,7 @@ class GradientNormMonitor(Callback):
     # ------------------------------------------------------------------ measuring (device tensors only)
 
     def _is_logging_step(self, trainer: pl.Trainer) -> bool:
-        if self._interval <= 0:
-            return False
-        # the same rule Lightning uses to decide when to write logged values to its loggers
-        return (
-            trainer.fit_loop.epoch_loop._batches_that_stepped + 1
-        ) % self._interval == 0 or trainer.should_stop
+        return is_logging_step(trainer, self._interval)
 
     def _optimizer_index(self, trainer: pl.Trainer, optimizer: Any) -> int | None:
         for index, candidate in enumerate(trainer.optimizers):
@@ -325,7 +313,7 @@ class GradientNormMonitor(Callback):
         dtype = torch.float32 if device.type == "mps" else torch.float64  # float64 keeps large counts exact
         # one device-to-host transfer for everything logged this step
         values = torch.stack([t.detach().to(device=device, dtype=dtype) for t in tensors]).tolist()
-        pl_module.log_dict(dict(zip(names, values, strict=True)), on_step=True, on_epoch=False)
+        log_step_metrics(trainer, pl_module, dict(zip(names, values, strict=True)), self._interval)
         if self.warn_below is None and self.warn_above is None:
             return
         offset = 0

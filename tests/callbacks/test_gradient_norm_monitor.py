@@ -130,6 +130,18 @@ def test_default_interval_follows_trainer_and_accumulation(tmp_path: Path) -> No
     assert sorted(step for step, logged in rows.items() if "grad_norm/total_pre_clip" in logged) == [2, 5]
 
 
+@pytest.mark.parametrize("interval", [3, 4])
+def test_own_interval_logs_fresh_values_only_on_its_steps(tmp_path: Path, interval: int) -> None:
+    """An interval other than the Trainer's still logs each value once, at its own step, never stale."""
+    model = _ReferenceClipping()
+    monitor = GradientNormMonitor(log_every_n_steps=interval)
+    rows = _fit_logged(tmp_path, model, [monitor], max_steps=8, log_every_n_steps=2, gradient_clip_val=1e9)
+    logged = sorted(step for step, row in rows.items() if "grad_norm/total_pre_clip" in row)
+    assert logged == [s for s in range(8) if (s + 1) % interval == 0]
+    for step in logged:
+        assert rows[step]["grad_norm/total_pre_clip"] == pytest.approx(model.reference[step]["pre"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("granularity", "groups"),
     [
