@@ -188,7 +188,8 @@ def write(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f'{args.max_steps} steps ("> N": not solved after N steps; unsolved runs count as N, so the ratios '
         "against an unsolved default are upper bounds). CPU, 1 thread.\n\n"
     )
-    (out / f"{args.output}.md").write_text(header + text + f"\n\n![MSE vs steps]({args.output}.png)\n")
+    note = f"\n\n{args.note}" if args.note else ""
+    (out / f"{args.output}.md").write_text(header + text + note + f"\n\n![MSE vs steps]({args.output}.png)\n")
     plot(records, out / f"{args.output}.png", args.threshold)
     return text
 
@@ -207,6 +208,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop all runs after this")
     parser.add_argument("--output", default="adding_problem_init", help="file stem of the results")
+    parser.add_argument("--note", default="", help="markdown paragraph added below the table")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="folder of the results")
     parser.add_argument("--merge", nargs="+", type=Path, default=[], help="only report these records (json)")
     args = parser.parse_args()

@@ -16,6 +16,11 @@ def _count(value: int | None, steps: int) -> str:
     return "off" if value is None else f"{value} / {steps}"
 
 
+def _timing(result: RunResult) -> str:
+    text = f"{result.seconds:.0f} s ({1000 * result.seconds / max(result.steps, 1):.0f} ms/step)"
+    return text if result.cpu_seconds is None else f"{text}, {result.cpu_seconds:.0f} s CPU"
+
+
 def comparison_rows(results: Sequence[RunResult]) -> list[tuple[str, list[str]]]:
     """The table's rows as ``(metric, [value per run])`` strings.
 
@@ -45,10 +50,7 @@ def comparison_rows(results: Sequence[RunResult]) -> list[tuple[str, list[str]]]
             ["n/a" if r.memory_length is None else f"{r.memory_length:.0f}" for r in results],
         ),
         ("gradient flow verdict", [r.flow_verdict or "n/a" for r in results]),
-        (
-            "training time",
-            [f"{r.seconds:.0f} s ({1000 * r.seconds / max(r.steps, 1):.0f} ms/step)" for r in results],
-        ),
+        ("training time", [_timing(r) for r in results]),
     ]
     return rows
 
@@ -59,6 +61,13 @@ def comparison_table(results: Sequence[RunResult], title: str | None = None) -> 
     Args:
         results: the runs to compare.
         title: optional table title.
+
+    Example::
+
+        >>> run = RunResult("vanilla", "torch", 10, 1.0, [0.2] * 10, [0.2] * 10, 0.18, None)
+        >>> table = comparison_table([run])
+        >>> [column.header for column in table.columns], table.row_count
+        (['', 'vanilla'], 8)
     """
     table = Table(title=title, show_lines=False)
     table.add_column("", style="bold")

@@ -68,6 +68,14 @@ def build_setup(name: str, config: DemoConfig) -> Setup:
 
     Raises:
         ValueError: for an unknown ``name``.
+
+    Example::
+
+        >>> setup = build_setup("stable", DemoConfig(seq_len=20))
+        >>> setup.title
+        'rnn_stability.nn.LSTM(layer_norm=True), chrono init, AutoClip'
+        >>> [type(cb).__name__ for cb in setup.callbacks]
+        ['RNNInitializer', 'AdaptiveGradientClipping', 'GradientNormMonitor', 'GradientFlowMonitor']
     """
     common = dict(cell=config.cell, input_size=2, hidden_size=config.hidden_size, lr=config.lr)
     cell = config.cell.upper()

@@ -42,6 +42,8 @@ class RunResult:
         flow_verdict: ``"vanishing"``, ``"exploding"`` or ``"healthy"`` from the same measurement.
         flow_history: ``(step, profile)`` pairs, ``profile[t]`` = ‖∂L/∂x_t‖.
         metrics: every scalar the callbacks logged, as ``{key: [(step, value), ...]}``.
+        cpu_seconds: CPU time of this process during ``Trainer.fit`` (all its threads); on a busy machine
+            it shows what the run costs independently of how long it waited for a core.
     """
 
     name: str
@@ -58,6 +60,7 @@ class RunResult:
     flow_verdict: str | None = None
     flow_history: list[tuple[int, list[float]]] = field(default_factory=list)
     metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    cpu_seconds: float | None = None
 
 
 def first_step_below(values: list[float], threshold: float) -> int | None:
@@ -128,13 +131,13 @@ def train_setup(
         enable_checkpointing=False,
         default_root_dir=str(config.output_dir),
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*`limit_val_batches=0`.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # third-party noise under the bars
         trainer.fit(setup.model, datamodule=data)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     model = setup.model.eval()
     x, y = data.val_dataset().tensors
@@ -155,6 +158,7 @@ def train_setup(
         clipped_steps=None if clipper is None else int(clipper.num_clipped_steps),
         skipped_steps=None if clipper is None else int(clipper.num_skipped_steps),
         memory_length=memory,
+        cpu_seconds=cpu_seconds,
         flow_verdict=verdict,
         flow_history=flow,
         metrics={key: list(values) for key, values in logger.history.items()},

@@ -17,25 +17,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["GRULayerNormFunction", "LSTMLayerNormFunction", "layer_norm_backward"]
-
-
-def layer_norm_backward(grad: Tensor, normalised: Tensor, rstd: Tensor) -> Tensor:
-    """Gradient of ``x`` through ``(x - mean) * rstd`` over the last dim, given the normalised ``x``.
-
-    Example::
-
-        >>> x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-        >>> y = torch.nn.functional.layer_norm(x, (5,))
-        >>> g = torch.randn(3, 5, dtype=torch.float64)
-        >>> (expected,) = torch.autograd.grad(y, x, g)
-        >>> rstd = (x.var(-1, unbiased=False, keepdim=True) + 1e-5).rsqrt()
-        >>> torch.allclose(layer_norm_backward(g, y.detach(), rstd.detach()), expected)
-        True
-    """
-    mean_grad = grad.mean(-1, keepdim=True)
-    mean_proj = (grad * normalised).mean(-1, keepdim=True)
-    return rstd * (grad - mean_grad - normalised * mean_proj)
+__all__ = ["GRULayerNormFunction", "LSTMLayerNormFunction"]
 
 
 def _steps(num_steps: int, reverse: bool) -> range:
@@ -56,7 +38,17 @@ def _stack_in_time_order(values: list[Tensor], reverse: bool) -> Tensor:
 
 
 def _ln_input_grad(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
-    """Input gradient of ``native_layer_norm`` over the last dim, in one fused kernel."""
+    """Input gradient of ``native_layer_norm`` over the last dim, in one fused kernel.
+
+    Example::
+
+        >>> x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+        >>> y, mean, rstd = torch.native_layer_norm(x, [5], None, None, 1e-5)
+        >>> g = torch.randn(3, 5, dtype=torch.float64)
+        >>> (expected,) = torch.autograd.grad(y, x, g)
+        >>> torch.allclose(_ln_input_grad(g, x.detach(), mean, rstd, None), expected)
+        True
+    """
     return torch.ops.aten.native_layer_norm_backward(
         grad, x, [x.size(-1)], mean, rstd, weight, None, [True, False, False]
     )[0]

@@ -35,6 +35,11 @@ class GRU(StackedRNNMixin, nn.GRU):
     (``_reverse`` for the backward direction), initialised to 1; the existing biases play the role of the
     LayerNorm shifts. A torch ``state_dict`` loads with ``strict=False`` reporting only these as missing.
 
+    Gradients of the layer-norm path: for input whose sequences all have the same length, each layer runs a
+    hand-written backward (:mod:`rnn_stability.nn.fused`), which is first-order only — double backward raises,
+    as with torch's cuDNN RNN kernels; packed sequences of unequal lengths and ``torch.compile`` differentiate
+    the step loop with autograd instead.
+
     ``residual=True`` — every layer whose input width equals its output width (``hidden_size``, times 2 when
     bidirectional) adds its input to its output before inter-layer dropout: all layers but the first, and the
     first too when ``input_size`` matches (see :meth:`residual_layers`).

@@ -9,17 +9,19 @@ from torch.nn import functional as F
 __all__ = ["GateLayerNorm", "gate_layer_norm"]
 
 
-def gate_layer_norm(x: Tensor, gain: Tensor, eps: float = 1e-5) -> Tensor:
+def gate_layer_norm(x: Tensor, gain: Tensor, eps: float = 1e-5, shift: Tensor | None = None) -> Tensor:
     """Normalise each of the ``G`` gate blocks of ``x`` over its ``H`` features and scale it by ``gain``.
 
     ``x`` holds ``G`` gate pre-activations side by side (torch's fused layout, e.g. ``(i, f, g, o)`` for an
     LSTM); every block is normalised on its own, as in Ba, Kiros & Hinton (2016), "Layer Normalization".
-    All blocks go through a single ``F.layer_norm`` call on a ``(..., G, H)`` view.
+    All blocks go through a single ``F.layer_norm`` call on a ``(..., G, H)`` view; the gain and the optional
+    shift are applied in one fused ``addcmul``.
 
     Args:
         x: gate pre-activations of shape ``(..., G * H)``.
         gain: per-gate gains of shape ``(G, H)``.
         eps: added to the variance for numerical stability.
+        shift: optional per-gate shift of shape ``(G, H)`` added after the gain.
 
     Returns:
         The normalised blocks, shape ``(..., G, H)``.
@@ -33,7 +35,10 @@ def gate_layer_norm(x: Tensor, gain: Tensor, eps: float = 1e-5) -> Tensor:
     """
     num_gates, hidden_size = gain.shape
     blocks = x.unflatten(-1, (num_gates, hidden_size))
-    return F.layer_norm(blocks, (hidden_size,), eps=eps) * gain
+    normalised = F.layer_norm(blocks, (hidden_size,), eps=eps)
+    if shift is None:
+        return normalised * gain
+    return torch.addcmul(shift, normalised, gain)
 
 
 class GateLayerNorm(nn.Module):

@@ -40,6 +40,11 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     input projection and its normalisation are computed for all time steps at once; only the recurrent part
     runs step by step.
 
+    Gradients of the layer-norm path: for input whose sequences all have the same length, each layer runs a
+    hand-written backward (:mod:`rnn_stability.nn.fused`), which is first-order only — double backward raises,
+    as with torch's cuDNN RNN kernels; packed sequences of unequal lengths and ``torch.compile`` differentiate
+    the step loop with autograd instead.
+
     ``residual=True`` — every layer whose input width equals its output width (``hidden_size`` or
     ``proj_size``, times 2 when bidirectional) adds its input to its output, before the inter-layer dropout
     is applied to the next layer's input: all layers but the first, and the first too when ``input_size``

@@ -33,10 +33,8 @@ def lstm_input_gates(
 
     Both biases sit outside the normalisation, so they are added here, once for all time steps.
     """
-    gates = gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps)
-    if bias_ih is not None and bias_hh is not None:
-        gates = gates + (bias_ih + bias_hh).view_as(gain_ih)
-    return gates
+    shift = (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
+    return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift)
 
 
 def gru_input_gates(
@@ -46,13 +44,13 @@ def gru_input_gates(
 
     Returns ``(gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0), b_hn)``; the first has shape ``(..., 3, H)``.
     """
-    gates = gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps)
+    projection = F.linear(x, weight_ih)
     if bias_ih is None or bias_hh is None:
-        return gates, None
+        return gate_layer_norm(projection, gain_ih, eps), None
     bias_ih = bias_ih.view_as(gain_ih)
     bias_hh = bias_hh.view_as(gain_ih)
     outside = torch.cat([bias_ih[:2] + bias_hh[:2], bias_ih[2:]], 0)
-    return gates + outside, bias_hh[2]
+    return gate_layer_norm(projection, gain_ih, eps, outside), bias_hh[2]
 
 
 def lstm_layer_norm_step(
