@@ -153,12 +153,12 @@ def test_sequential_jobs_show_both_runs(monkeypatch, tmp_path):
         runner.run_setups(DemoConfig(), jobs=3)
 
 
-def test_failed_run_exits_1_with_message(monkeypatch, capsys):
+def test_failed_run_exits_1_with_message(monkeypatch, capsys, tmp_path):
     from rnn_stability.demo import DemoError, app
 
     def fail(config, jobs=None):
         raise DemoError("the 'stable' run failed:\nboom")
 
     monkeypatch.setattr(app, "run_demo", fail)
-    assert main(["demo", "--steps", "2"]) == 1
+    assert main(["demo", "--steps", "2", "--output-dir", str(tmp_path)]) == 1
     assert "rnn-stability demo: error: the 'stable' run failed" in capsys.readouterr().err

@@ -135,7 +135,9 @@ def train_setup(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*`limit_val_batches=0`.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # third-party noise under the bars
+        # Third-party deprecation notices (torch's pytree via Lightning) would break up the progress display.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*", category=FutureWarning)
         trainer.fit(setup.model, datamodule=data)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
