@@ -48,14 +48,6 @@ from rnn_stability.functional.flow_statistics import FlowStatistics, flow_statis
 from rnn_stability.functional.gradient_flow import GradientFlowRecorder, gradient_flow
 
 __all__ = [
-    # issue 5
-    "chrono_",
-    "forget_gate_bias_",
-    "identity_",
-    "init_rnn_",
-    "orthogonal_",
-    "xavier_normal_",
-    "xavier_uniform_",
     "foreach_norms",
     "grad_norms",
     "nonfinite_count",
@@ -76,6 +68,14 @@ __all__ = [
     "clip_grads_with_norm_",
     "discard_grads_",
     "nonfinite_parameter_names",
+    # issue 5
+    "chrono_",
+    "forget_gate_bias_",
+    "identity_",
+    "init_rnn_",
+    "orthogonal_",
+    "xavier_normal_",
+    "xavier_uniform_",
     # issue 6
     "FlowStatistics",
     "GradientFlowRecorder",
