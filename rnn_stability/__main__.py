@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
@@ -14,6 +15,16 @@ _DEFAULTS_NOTE = (
     "Trains a vanilla setup (torch.nn.LSTM, default init, no clipping) and the stable setup "
     "(rnn_stability.nn.LSTM with layer norm, chrono init, adaptive clipping, monitors) on the adding "
     "problem side by side, then prints a comparison table and writes plots."
+)
+
+
+#: Integer options of ``demo``: flag, smallest and largest accepted value, help text.
+_INT_OPTIONS = (
+    ("--seq-len", 2, 10_000, "sequence length T of the adding problem"),
+    ("--steps", 1, 1_000_000, "optimizer steps per setup"),
+    ("--seed", 0, 2**32 - 1, "random seed of data and models"),
+    ("--hidden-size", 1, 4096, "hidden width"),
+    ("--batch-size", 1, 100_000, "sequences per step"),
 )
 
 
@@ -65,40 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=_DEFAULTS_NOTE,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument(
-        "--seq-len",
-        type=_bounded_int("--seq-len", 2, 10_000),
-        default=defaults.seq_len,
-        help="sequence length T of the adding problem",
-    )
-    demo.add_argument(
-        "--steps",
-        type=_bounded_int("--steps", 1, 1_000_000),
-        default=defaults.steps,
-        help="optimizer steps per setup",
-    )
-    demo.add_argument(
-        "--seed",
-        type=_bounded_int("--seed", 0, 2**32 - 1),
-        default=defaults.seed,
-        help="random seed of data and models",
-    )
+    for flag, low, high, help_text in _INT_OPTIONS:
+        dest = flag[2:].replace("-", "_")
+        demo.add_argument(
+            flag, type=_bounded_int(flag, low, high), default=getattr(defaults, dest), help=help_text
+        )
     demo.add_argument(
         "--output-dir", type=Path, default=defaults.output_dir, help="folder for plots, table and metrics"
     )
     demo.add_argument("--cell", choices=CELLS, default=defaults.cell, help="recurrent cell")
-    demo.add_argument(
-        "--hidden-size",
-        type=_bounded_int("--hidden-size", 1, 4096),
-        default=defaults.hidden_size,
-        help="hidden width",
-    )
-    demo.add_argument(
-        "--batch-size",
-        type=_bounded_int("--batch-size", 1, 100_000),
-        default=defaults.batch_size,
-        help="sequences per step",
-    )
     demo.add_argument("--lr", type=_positive_float("--lr"), default=defaults.lr, help="Adam learning rate")
     demo.add_argument(
         "--jobs",
@@ -125,16 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rnn_stability.demo import DemoConfig
 
     try:
-        config = DemoConfig(
-            seq_len=args.seq_len,
-            steps=args.steps,
-            seed=args.seed,
-            output_dir=args.output_dir,
-            cell=args.cell,
-            hidden_size=args.hidden_size,
-            batch_size=args.batch_size,
-            lr=args.lr,
-        )
+        config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig) if f.name in args})
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     if importlib.util.find_spec("matplotlib") is None:  # checked now, not after minutes of training

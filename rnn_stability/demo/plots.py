@@ -49,6 +49,12 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _loss_curves(plt: Any, results: Sequence[RunResult], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for r in results:
@@ -65,9 +71,7 @@ def _loss_curves(plt: Any, results: Sequence[RunResult], path: Path) -> None:
         title="Adding problem: loss",
     )
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _grad_norms(plt: Any, results: Sequence[RunResult], path: Path) -> None:
@@ -92,9 +96,7 @@ def _grad_norms(plt: Any, results: Sequence[RunResult], path: Path) -> None:
             )
     ax.set(yscale="log", xlabel="optimizer step", ylabel="gradient norm", title="Gradient norms")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _flow_profiles(plt: Any, results: Sequence[RunResult], path: Path) -> None:
@@ -110,9 +112,7 @@ def _flow_profiles(plt: Any, results: Sequence[RunResult], path: Path) -> None:
         title=f"Gradient flow at the last measurement (step {step})",
     )
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_plots(results: Sequence[RunResult], output_dir: Path) -> list[Path]:
