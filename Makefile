@@ -40,6 +40,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/rnn_speed.py
 	$(BIN)/python benchmarks/callback_overhead.py
+	$(BIN)/python benchmarks/gradient_flow_overhead.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info
