@@ -96,6 +96,11 @@ def run(cell: str, scheme: str, seed: int, args: argparse.Namespace, deadline: f
     }
 
 
+def group_order(key: tuple[str, int]) -> tuple[bool, int]:
+    """LSTM before GRU, longer sequences first."""
+    return key[0] != "lstm", -key[1]
+
+
 def first_below(record: dict[str, Any], level: float) -> str:
     step = next((step for step, mse in record["curve"] if mse < level), None)
     return str(step) if step is not None else f"> {record['steps_run']}"
@@ -117,7 +122,8 @@ def table(records: list[dict[str, Any]], threshold: float) -> str:
         groups.setdefault((record["cell"], record["seq_len"]), {}).setdefault(record["scheme"], []).append(
             record
         )
-    for (cell, seq_len), by_scheme in groups.items():
+    for cell, seq_len in sorted(groups, key=group_order):
+        by_scheme = groups[cell, seq_len]
 
         def cost(runs: list[dict[str, Any]]) -> tuple[float, bool]:
             # unsolved runs count as their step cap: a lower bound on the true cost
@@ -136,7 +142,9 @@ def table(records: list[dict[str, Any]], threshold: float) -> str:
             # an unsolved run counts as its cap: against an unsolved default the ratio is an upper bound
             bound = {(True, True): "", (True, False): "≤ ", (False, True): "≥ ", (False, False): "n/a "}
             ratio_text = f"{bound[solved, base_solved]}{mean / base:.2f}×"
-            if not solved and not base_solved:
+            if scheme == "default":
+                ratio_text = "1.00× (baseline)"
+            elif not solved and not base_solved:
                 ratio_text = "n/a (both unsolved)"
             lines.append(
                 f"| {cell.upper()} | {seq_len} | {scheme} | {' / '.join(first_below(r, MILESTONE) for r in runs)} | "
@@ -152,7 +160,7 @@ def plot(records: list[dict[str, Any]], path: Path, threshold: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({(r["cell"], r["seq_len"]) for r in records})
+    keys = sorted({(r["cell"], r["seq_len"]) for r in records}, key=group_order)
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
     colors = {"default": "tab:gray", "orthogonal": "tab:blue", "chrono": "tab:orange"}
     for ax, (cell, seq_len) in zip(axes[0], keys, strict=True):

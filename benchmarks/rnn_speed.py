@@ -6,7 +6,9 @@ median is reported with its ratio to torch's module. The table is printed and wr
 
 Usage::
 
-    python benchmarks/rnn_speed.py [--repeats 7] [--threads 1]
+    python benchmarks/rnn_speed.py [--repeats 7] [--threads 1] [--only LSTM]
+
+``--only`` times one module kind (a quick check while tuning); only a full run writes the results file.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ TARGETS = {
     ("LSTM", "layer_norm"): 1.25,
     ("GRU", "layer_norm"): 1.10,
 }
+KINDS = ("LSTM", "GRU")
 RESULTS = Path(__file__).parent / "results" / "rnn_speed.md"
 
 
@@ -64,13 +67,13 @@ def _step(module: nn.Module, x: torch.Tensor, onednn: bool = True) -> Callable[[
     return run
 
 
-def measure(repeats: int, warmup: int = 2) -> list[tuple[str, str, float]]:
-    """Median seconds per forward + backward of every variant, measured interleaved."""
+def measure(repeats: int, warmup: int = 2, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str, float]]:
+    """Median seconds per forward + backward of every variant of ``kinds``, measured interleaved."""
     torch.manual_seed(0)
     x = torch.randn(SEQ_LEN, BATCH, INPUT_SIZE, requires_grad=True)
     runs = {
         (kind, name): _step(m, x, onednn=name != ONEDNN_OFF)
-        for kind in ("LSTM", "GRU")
+        for kind in kinds
         for name, m in _variants(kind).items()
     }
     times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
@@ -110,16 +113,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per variant (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--only", choices=KINDS, type=str.upper, help="time one module kind, write no file")
     args = parser.parse_args()
     if args.repeats < 1:
         raise ValueError(f"`--repeats` must be a positive int, got {args.repeats}")
     torch.set_num_threads(args.threads)
     # Toggling oneDNN for the context row makes torch mention TF32 on Intel GPUs, irrelevant here.
     warnings.filterwarnings("ignore", message="TF32 acceleration")
-    text = table(measure(args.repeats))
+    text = table(measure(args.repeats, kinds=KINDS if args.only is None else (args.only,)))
     print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    if args.only is None:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Autograd through a step-by-step loop records ~20 small ops per step and accumulates the recurrent weight
 gradient one step at a time. These ``autograd.Function`` s run the forward loop without recording, keep the
 few tensors the backward needs, and in the backward compute the gate gradients step by step but the weight
-and gain gradients with one matmul / reduction over all steps. Formulas are those of
+and gain gradients with one matmul / reduction over all steps. On CPU at the sizes these layers run (a step is
+a ``(B, G * H)`` block of a few hundred kB), the cost besides the matmuls is per-call dispatch and memory
+traffic, so both loops make few calls per step, write into preallocated buffers and keep per-step scratch
+tensors in cache. Formulas are those of
 :func:`rnn_stability.nn.recurrence.lstm_layer_norm_step` / :func:`~rnn_stability.nn.recurrence.gru_layer_norm_step`
 (Ba, Kiros & Hinton (2016), "Layer Normalization"). Like torch's cuDNN RNN kernels they are differentiable
 once (no double backward).
@@ -19,43 +22,37 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["GRULayerNormFunction", "LSTMLayerNormFunction"]
 
+# Input gradient of ``native_layer_norm`` in one kernel (called with ``output_mask=[True, False, False]``).
+_LN_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
+
 
 def _steps(num_steps: int, reverse: bool) -> range:
     return range(num_steps - 1, -1, -1) if reverse else range(num_steps)
 
 
-def _previous(values: Tensor, initial: Tensor, reverse: bool) -> Tensor:
-    """``v_{t-1}`` for every step of time-ordered ``values`` (``v_{t+1}`` for the reverse direction)."""
-    if reverse:
-        return torch.cat([values[1:], initial.unsqueeze(0)], 0)
-    return torch.cat([initial.unsqueeze(0), values[:-1]], 0)
+def _recurrent_weight_grad(grad_hh: Tensor, first: Tensor, out: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+    """``dW_hh = sum_t dhh_t^T h_{t-1}``: one matmul over all steps but the first, whose ``h_{t-1}`` is ``h0``.
 
-
-def _stack_in_time_order(values: list[Tensor], reverse: bool) -> Tensor:
-    if reverse:
-        values.reverse()
-    return torch.stack(values, 0)
-
-
-def _ln_input_grad(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
-    """Input gradient of ``native_layer_norm`` over the last dim, in one fused kernel.
-
-    Example::
-
-        >>> x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-        >>> y, mean, rstd = torch.native_layer_norm(x, [5], None, None, 1e-5)
-        >>> g = torch.randn(3, 5, dtype=torch.float64)
-        >>> (expected,) = torch.autograd.grad(y, x, g)
-        >>> torch.allclose(_ln_input_grad(g, x.detach(), mean, rstd, None), expected)
-        True
+    ``grad_hh`` is ``(T, B, G * H)`` in time order and ``first`` its slice for the step processed first.
     """
-    return torch.ops.aten.native_layer_norm_backward(
-        grad, x, [x.size(-1)], mean, rstd, weight, None, [True, False, False]
-    )[0]
+    steps, batch = grad_hh.shape[:2]
+    grad = torch.mm(first.t(), h0)
+    if steps > 1:
+        later, earlier = (slice(0, -1), slice(1, None)) if reverse else (slice(1, None), slice(0, -1))
+        rows = (steps - 1) * batch
+        grad.addmm_(grad_hh[later].reshape(rows, -1).t(), out[earlier].reshape(rows, -1))
+    return grad
 
 
 class LSTMLayerNormFunction(torch.autograd.Function):
-    """Layer-normalised LSTM over ``x_gates`` of shape ``(T, B, 4, H)``; returns ``(out, h_n, c_n)``."""
+    """Layer-normalised LSTM over ``x_gates`` of shape ``(T, B, 4, H)``; returns ``(out, h_n, c_n)``.
+
+    Per-step results go straight into preallocated ``(T, ...)`` buffers (``out=``, with the per-step views
+    made once by ``unbind``), so nothing is indexed or stacked inside or after the loop. On this scale (a
+    ``(B, 4H)`` step is a few hundred kB) every ATen call costs several microseconds of dispatch, so the loops
+    keep the number of calls per step low. The forward also stores the coefficients that turn ``dc`` / ``dh``
+    into gate gradients, computed while the step's activations are still in cache.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -72,90 +69,161 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         reverse: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         steps, batch, _, hidden = x_gates.shape
+        needs_grad = any(ctx.needs_input_grad)
         w_hh_t = weight_hh.t()
         w_hr_t = weight_hr.t() if weight_hr is not None else None
-        saved: list[list[Tensor]] = [[] for _ in range(10)]
+        new = x_gates.new_empty
+        out = new(steps, batch, h0.size(-1))
+        cells = new(steps, batch, hidden)
+        # Per step: coefficients of the (i, f, g, o) gate gradients and of the LN_c output gradient, and σ(f).
+        coef = new(steps, batch, 4, hidden)
+        coef_read = new(steps, batch, hidden)
+        forget = new(steps, batch, hidden)
+        pre_proj = new(steps, batch, hidden) if w_hr_t is not None else None
+        hh = new(batch, 4, hidden)
+        gates = new(batch, 4, hidden)
+        act = new(batch, 4, hidden)
+        slope = new(batch, 4, hidden)
+        one = x_gates.new_ones(())
+        g_pre = gates[:, 2]
+        i, f, g, o = act.unbind(1)
+        sd_i, sd_f, sd_g, sd_o = slope.unbind(1)
+        x_s, cells_s, out_s = x_gates.unbind(0), cells.unbind(0), out.unbind(0)
+        hh_flat = hh.view(batch, 4 * hidden)
+        coef_s = [coef[:, :, k].unbind(0) for k in range(4)]
+        coef_read_s, forget_s = coef_read.unbind(0), forget.unbind(0)
+        pre_proj_s = pre_proj.unbind(0) if pre_proj is not None else ()
+        normed: list[Tensor] = [one] * steps
+        rstd: list[Tensor] = [one] * steps
+        mean_c: list[Tensor] = [one] * steps
+        rstd_c: list[Tensor] = [one] * steps
         h, c = h0, c0
+        shape = [hidden]
         for t in _steps(steps, reverse):
-            hh = torch.mm(h, w_hh_t).view(batch, 4, hidden)
-            normed, mean, rstd = torch.native_layer_norm(hh, [hidden], None, None, eps)
-            gates = torch.addcmul(x_gates[t], normed, gain_hh)
-            act = torch.sigmoid(gates)
-            g = torch.tanh(gates[:, 2])
-            i, f, _, o = act.unbind(1)
-            c = torch.addcmul(f * c, i, g)
-            read, mean_c, rstd_c = torch.native_layer_norm(c, [hidden], cell_weight, cell_bias, eps)
-            tanh_c = torch.tanh(read)
-            h = o * tanh_c
-            if w_hr_t is not None:
-                h = torch.mm(h, w_hr_t)
-            for store, value in zip(
-                saved, (h, hh, mean, rstd, act, g, c, mean_c, rstd_c, tanh_c), strict=True
-            ):
-                store.append(value)
-        out, *tensors = (_stack_in_time_order(values, reverse) for values in saved)
-        ctx.save_for_backward(out, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr, *tensors)
+            torch.mm(h, w_hh_t, out=hh_flat)
+            normed_t, _, rstd[t] = torch.native_layer_norm(hh, shape, None, None, eps)
+            normed[t] = normed_t
+            torch.addcmul(x_s[t], normed_t, gain_hh, out=gates)
+            torch.sigmoid(gates, out=act)
+            torch.tanh(g_pre, out=g)
+            c_prev = c
+            c = torch.addcmul(f * c_prev, i, g, out=cells_s[t])
+            read, mean_c[t], rstd_c[t] = torch.native_layer_norm(c, shape, cell_weight, cell_bias, eps)
+            tc = torch.tanh(read, out=read)
+            if w_hr_t is None:
+                h = torch.mul(o, tc, out=out_s[t])
+            else:
+                h = torch.mm(torch.mul(o, tc, out=pre_proj_s[t]), w_hr_t, out=out_s[t])
+            if needs_grad:
+                torch.addcmul(act, act, act, value=-1, out=slope)
+                torch.addcmul(one, g, g, value=-1, out=sd_g)
+                torch.mul(g, sd_i, out=coef_s[0][t])
+                torch.mul(c_prev, sd_f, out=coef_s[1][t])
+                torch.mul(i, sd_g, out=coef_s[2][t])
+                torch.mul(tc, sd_o, out=coef_s[3][t])
+                torch.mul(o, torch.addcmul(one, tc, tc, value=-1, out=read), out=coef_read_s[t])
+                forget_s[t].copy_(f)
+        ctx.save_for_backward(
+            out, h0, weight_hh, gain_hh, cell_weight, weight_hr, cells, coef, coef_read, forget, pre_proj
+        )
+        # Intermediate results (never returned), kept per step as the backward reads them per step.
+        ctx.steps_saved = (normed, rstd, mean_c, rstd_c)
+        ctx.has_cell_bias = cell_bias is not None
         ctx.reverse = reverse
         return out, h.clone(), c.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor) -> tuple[Tensor | None, ...]:
-        (out, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr, *saved) = ctx.saved_tensors
-        hh, mean, rstd, act, g, cells, mean_c, rstd_c, tanh_c = saved
+        out, h0, weight_hh, gain_hh, cell_weight, weight_hr, cells, coef, coef_read, forget, pre_proj = (
+            ctx.saved_tensors
+        )
+        normed, rstd, mean_c, rstd_c = ctx.steps_saved
         reverse: bool = ctx.reverse
-        steps, batch, _, hidden = act.shape
-        # Everything that does not depend on the incoming gradient, for all steps at once.
-        sig_grad = act * (1 - act)
-        i, f, o = act[:, :, 0], act[:, :, 1], act[:, :, 3]
-        prev_c = _previous(cells, c0, reverse)
-        coef_c = torch.stack([g * sig_grad[:, :, 0], prev_c * sig_grad[:, :, 1], i * (1 - g * g)], 2)
-        coef_o = tanh_c * sig_grad[:, :, 3]
-        coef_read = o * (1 - tanh_c * tanh_c)
-        grads_gates: list[Tensor] = []
-        grads_hh: list[Tensor] = []
-        grads_read: list[Tensor] = []
-        grads_h: list[Tensor] = []
-        dh, dc = grad_hn, grad_cn
+        steps, batch, _, hidden = coef.shape
+        new = coef.new_empty
+        grad_gates = new(steps, batch, 4, hidden)
+        grad_hh = new(steps, batch, 4 * hidden)
+        grad_read = new(steps, batch, hidden)
+        # dL/dh_t of every step is only kept for the projection's weight gradient; else one buffer is reused.
+        grad_h = new(steps if weight_hr is not None else 1, batch, out.size(-1))
+        gain_acc = coef.new_zeros(batch, 4, hidden)
+        scaled = new(batch, 4, hidden)
+        gain_rstd = new(batch, 4, hidden)
+        zeros, ones = coef.new_zeros(batch, 4, 1), coef.new_ones(batch, 4, 1)
+        grad_out_s, grad_read_s = grad_out.unbind(0), grad_read.unbind(0)
+        grad_h_s = grad_h.unbind(0) if weight_hr is not None else grad_h.expand(steps, -1, -1).unbind(0)
+        grad_gates_s, grad_hh_s = grad_gates.unbind(0), grad_hh.unbind(0)
+        dg_cell_s, dg_o_s = grad_gates[:, :, :3].unbind(0), grad_gates[:, :, 3].unbind(0)
+        coef_cell_s, coef_o_s = coef[:, :, :3].unbind(0), coef[:, :, 3].unbind(0)
+        coef_read_s, forget_s, cells_s = coef_read.unbind(0), forget.unbind(0), cells.unbind(0)
+        mask = [True, False, False]
+        shape = [hidden]
+        dhh: Tensor | None = None
+        dc = new(batch, hidden)
+        dc_gates = dc.unsqueeze(1)
+        f_next: Tensor | None = None
         for t in _steps(steps, not reverse):
-            dh_t = dh + grad_out[t]
-            if weight_hr is not None:
-                grads_h.append(dh_t)
-                dm = torch.mm(dh_t, weight_hr)
+            if dhh is None:
+                dh_t = torch.add(grad_hn, grad_out_s[t], out=grad_h_s[t])
             else:
-                dm = dh_t
-            d_read = dm * coef_read[t]
-            grads_read.append(d_read)
-            dc = dc + _ln_input_grad(d_read, cells[t], mean_c[t], rstd_c[t], cell_weight)
-            dg = torch.cat([dc.unsqueeze(1) * coef_c[t], (dm * coef_o[t]).unsqueeze(1)], 1)
-            grads_gates.append(dg)
-            dc = dc * f[t]
-            dhh = _ln_input_grad(dg * gain_hh, hh[t], mean[t], rstd[t], None)
-            grads_hh.append(dhh)
-            dh = torch.mm(dhh.view(batch, 4 * hidden), weight_hh)
-        backward_order = not reverse
-        grad_gates = _stack_in_time_order(grads_gates, backward_order)
-        flat = steps * batch
+                dh_t = torch.addmm(grad_out_s[t], dhh, weight_hh, out=grad_h_s[t])
+            dm = dh_t if weight_hr is None else torch.mm(dh_t, weight_hr)
+            d_read = torch.mul(dm, coef_read_s[t], out=grad_read_s[t])
+            d_cell = _LN_BACKWARD(d_read, cells_s[t], shape, mean_c[t], rstd_c[t], cell_weight, None, mask)[0]
+            if f_next is None:
+                torch.add(d_cell, grad_cn, out=dc)
+            else:
+                torch.addcmul(d_cell, dc, f_next, out=dc)
+            f_next = forget_s[t]
+            torch.mul(dc_gates, coef_cell_s[t], out=dg_cell_s[t])
+            torch.mul(dm, coef_o_s[t], out=dg_o_s[t])
+            dg = grad_gates_s[t]
+            normed_t = normed[t]
+            gain_acc.addcmul_(dg, normed_t)
+            # LN backward from the saved normalised values (mean 0, rstd 1) with rstd folded into the gradient.
+            torch.mul(gain_hh, rstd[t], out=gain_rstd)
+            dhh = _LN_BACKWARD(
+                torch.mul(dg, gain_rstd, out=scaled), normed_t, shape, zeros, ones, None, None, mask
+            )[0].view(batch, 4 * hidden)
+            grad_hh_s[t].copy_(dhh)
+        assert dhh is not None and f_next is not None
+        grad_h0 = torch.mm(dhh, weight_hh)
+        grad_c0 = dc * f_next
         need = ctx.needs_input_grad
         grad_w_hh = grad_gain = grad_cell_w = grad_cell_b = grad_w_hr = None
         if need[3]:
-            grad_hh = _stack_in_time_order(grads_hh, backward_order).view(flat, 4 * hidden)
-            grad_w_hh = torch.mm(grad_hh.t(), _previous(out, h0, reverse).view(flat, -1))
+            grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, out, h0, reverse)
         if need[4]:
-            grad_gain = (grad_gates * (hh - mean) * rstd).sum((0, 1))
-        grad_read = _stack_in_time_order(grads_read, backward_order)
+            grad_gain = gain_acc.sum(0)
         if need[5]:
-            grad_cell_w = (grad_read * (cells - mean_c) * rstd_c).sum((0, 1))
-        if cell_bias is not None and need[6]:
+            xhat_c = (cells - torch.stack(mean_c, 0)) * torch.stack(rstd_c, 0)
+            grad_cell_w = (grad_read * xhat_c).sum((0, 1))
+        if ctx.has_cell_bias and need[6]:
             grad_cell_b = grad_read.sum((0, 1))
         if weight_hr is not None and need[7]:
-            grad_h = _stack_in_time_order(grads_h, backward_order).view(flat, -1)
-            grad_w_hr = torch.mm(grad_h.t(), (o * tanh_c).reshape(flat, hidden))
-        return grad_gates, dh, dc, grad_w_hh, grad_gain, grad_cell_w, grad_cell_b, grad_w_hr, None, None
+            flat = steps * batch
+            grad_w_hr = torch.mm(grad_h.view(flat, -1).t(), pre_proj.view(flat, hidden))
+        return (
+            grad_gates,
+            grad_h0,
+            grad_c0,
+            grad_w_hh,
+            grad_gain,
+            grad_cell_w,
+            grad_cell_b,
+            grad_w_hr,
+            None,
+            None,
+        )
 
 
 class GRULayerNormFunction(torch.autograd.Function):
-    """Layer-normalised GRU over ``x_gates`` of shape ``(T, B, 3, H)``; returns ``(out, h_n)``."""
+    """Layer-normalised GRU over ``x_gates`` of shape ``(T, B, 3, H)``; returns ``(out, h_n)``.
+
+    Laid out like :class:`LSTMLayerNormFunction`: preallocated buffers, per-step views made once, and the
+    coefficients that turn ``dh`` into gate gradients computed in the forward while the step is in cache.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -169,22 +237,53 @@ class GRULayerNormFunction(torch.autograd.Function):
         reverse: bool,
     ) -> tuple[Tensor, Tensor]:
         steps, batch, _, hidden = x_gates.shape
+        needs_grad = any(ctx.needs_input_grad)
         w_hh_t = weight_hh.t()
-        saved: list[list[Tensor]] = [[] for _ in range(7)]
+        new = x_gates.new_empty
+        out = new(steps, batch, hidden)
+        rz = new(steps, batch, 2, hidden)
+        # Per step: d(x_r, x_z, x_n) / dh' and d(a_n) / dh' (a = gain_hh * LN(W_hh h)).
+        coef = new(steps, batch, 3, hidden)
+        coef_nr = new(steps, batch, hidden)
+        hh = new(batch, 3, hidden)
+        hh_flat = hh.view(batch, 3 * hidden)
+        a = new(batch, 3, hidden)
+        a_rz, hn = a[:, :2], a[:, 2]
+        s_rz = new(batch, 2, hidden)
+        n_pre, n, diff, one_m_n2, scratch = (new(batch, hidden) for _ in range(5))
+        slope = new(batch, 2, hidden)
+        sd_r, sd_z = slope.unbind(1)
+        one = x_gates.new_ones(())
+        x_rz_s, x_n_s = x_gates[:, :, :2].unbind(0), x_gates[:, :, 2].unbind(0)
+        rz_s, r_s, z_s = rz.unbind(0), rz[:, :, 0].unbind(0), rz[:, :, 1].unbind(0)
+        coef_r_s, coef_z_s, coef_n_s = (coef[:, :, k].unbind(0) for k in range(3))
+        out_s, coef_nr_s = out.unbind(0), coef_nr.unbind(0)
+        normed: list[Tensor] = [one] * steps
+        rstd: list[Tensor] = [one] * steps
+        shape = [hidden]
         h = h0
         for t in _steps(steps, reverse):
-            hh = torch.mm(h, w_hh_t).view(batch, 3, hidden)
-            normed, mean, rstd = torch.native_layer_norm(hh, [hidden], None, None, eps)
-            a_h = normed * gain_hh
-            x = x_gates[t]
-            rz = torch.sigmoid(x[:, :2] + a_h[:, :2])
-            hn = a_h[:, 2] if bias_hn is None else a_h[:, 2] + bias_hn
-            n = torch.tanh(torch.addcmul(x[:, 2], rz[:, 0], hn))
-            h = torch.addcmul(n, rz[:, 1], h - n)
-            for store, value in zip(saved, (h, hh, mean, rstd, rz, hn, n), strict=True):
-                store.append(value)
-        out, *tensors = (_stack_in_time_order(values, reverse) for values in saved)
-        ctx.save_for_backward(out, h0, weight_hh, gain_hh, *tensors)
+            torch.mm(h, w_hh_t, out=hh_flat)
+            normed_t, _, rstd[t] = torch.native_layer_norm(hh, shape, None, None, eps)
+            normed[t] = normed_t
+            torch.mul(normed_t, gain_hh, out=a)
+            if bias_hn is not None:
+                hn.add_(bias_hn)
+            rz_t = torch.sigmoid(torch.add(x_rz_s[t], a_rz, out=s_rz), out=rz_s[t])
+            r, z = r_s[t], z_s[t]
+            torch.tanh(torch.addcmul(x_n_s[t], r, hn, out=n_pre), out=n)
+            torch.sub(h, n, out=diff)
+            h = torch.addcmul(n, z, diff, out=out_s[t])
+            if needs_grad:
+                torch.addcmul(one, n, n, value=-1, out=one_m_n2)
+                coef_n = torch.addcmul(one_m_n2, one_m_n2, z, value=-1, out=coef_n_s[t])
+                torch.addcmul(rz_t, rz_t, rz_t, value=-1, out=slope)
+                torch.mul(torch.mul(coef_n, hn, out=scratch), sd_r, out=coef_r_s[t])
+                torch.mul(diff, sd_z, out=coef_z_s[t])
+                torch.mul(coef_n, r, out=coef_nr_s[t])
+        ctx.save_for_backward(out, h0, weight_hh, gain_hh, rz, coef, coef_nr)
+        # Intermediate results (never returned), kept per step as the backward reads them per step.
+        ctx.steps_saved = (normed, rstd)
         ctx.has_bias = bias_hn is not None
         ctx.reverse = reverse
         return out, h.clone()
@@ -192,40 +291,57 @@ class GRULayerNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor) -> tuple[Tensor | None, ...]:
-        out, h0, weight_hh, gain_hh, hh, mean, rstd, rz, hn, n = ctx.saved_tensors
+        out, h0, weight_hh, gain_hh, rz, coef, coef_nr = ctx.saved_tensors
+        normed, rstd = ctx.steps_saved
         reverse: bool = ctx.reverse
-        steps, batch, _, hidden = hh.shape
-        prev_h = _previous(out, h0, reverse)
-        r, z = rz[:, :, 0], rz[:, :, 1]
-        # Every gate gradient is dh_t times a coefficient known from the forward pass.
-        coef_n = (1 - z) * (1 - n * n)
-        coef_r = coef_n * hn * r * (1 - r)
-        coef_z = (prev_h - n) * z * (1 - z)
-        coef_gates = torch.stack([coef_r, coef_z, coef_n], 2)
-        coef_a = torch.stack([coef_r, coef_z, coef_n * r], 2)
-        coef_hh = coef_a * gain_hh
-        grads_h: list[Tensor] = []
-        grads_hh: list[Tensor] = []
-        dh = grad_hn
-        for t in _steps(steps, not reverse):
-            dh_t = dh + grad_out[t]
-            grads_h.append(dh_t)
-            dhh = _ln_input_grad(dh_t.unsqueeze(1) * coef_hh[t], hh[t], mean[t], rstd[t], None)
-            grads_hh.append(dhh)
-            dh = torch.addmm(dh_t * z[t], dhh.view(batch, 3 * hidden), weight_hh)
-        backward_order = not reverse
-        grad_h = _stack_in_time_order(grads_h, backward_order).unsqueeze(2)
-        grad_gates = grad_h * coef_gates
-        flat = steps * batch
+        steps, batch, _, hidden = coef.shape
+        new = coef.new_empty
+        grad_gates = new(steps, batch, 3, hidden)
+        grad_hh = new(steps, batch, 3 * hidden)
+        gain_acc = coef.new_zeros(batch, 3, hidden)
+        bias_acc = coef.new_zeros(batch, hidden) if ctx.has_bias else None
+        grad_a = new(batch, 3, hidden)
+        grad_a_rz, grad_a_n = grad_a[:, :2], grad_a[:, 2]
+        gain_rstd = new(batch, 3, hidden)
+        scaled = new(batch, 3, hidden)
+        zeros, ones = coef.new_zeros(batch, 3, 1), coef.new_ones(batch, 3, 1)
+        dh_bufs = (new(batch, hidden), new(batch, hidden))
+        dh_gates = tuple(buf.unsqueeze(1) for buf in dh_bufs)
+        grad_out_s, grad_gates_s, grad_hh_s = grad_out.unbind(0), grad_gates.unbind(0), grad_hh.unbind(0)
+        grad_gates_rz_s = grad_gates[:, :, :2].unbind(0)
+        coef_s, coef_nr_s, z_s = coef.unbind(0), coef_nr.unbind(0), rz[:, :, 1].unbind(0)
+        mask = [True, False, False]
+        shape = [hidden]
+        dhh: Tensor | None = None
+        dh_prev = z_next = grad_hn
+        for k, t in enumerate(_steps(steps, not reverse)):
+            dh = dh_bufs[k % 2]
+            if dhh is None:
+                torch.add(grad_hn, grad_out_s[t], out=dh)
+            else:
+                torch.addcmul(grad_out_s[t], dh_prev, z_next, out=dh).addmm_(dhh, weight_hh)
+            torch.mul(dh_gates[k % 2], coef_s[t], out=grad_gates_s[t])
+            grad_a_rz.copy_(grad_gates_rz_s[t])
+            torch.mul(dh, coef_nr_s[t], out=grad_a_n)
+            normed_t = normed[t]
+            gain_acc.addcmul_(grad_a, normed_t)
+            if bias_acc is not None:
+                bias_acc.add_(grad_a_n)
+            # LN backward from the saved normalised values (mean 0, rstd 1) with rstd folded into the gradient.
+            torch.mul(gain_hh, rstd[t], out=gain_rstd)
+            dhh = _LN_BACKWARD(
+                torch.mul(grad_a, gain_rstd, out=scaled), normed_t, shape, zeros, ones, None, None, mask
+            )[0].view(batch, 3 * hidden)
+            grad_hh_s[t].copy_(dhh)
+            dh_prev, z_next = dh, z_s[t]
+        assert dhh is not None
+        grad_h0 = torch.addmm(dh_prev * z_next, dhh, weight_hh)
         need = ctx.needs_input_grad
         grad_w_hh = grad_gain = grad_bias_hn = None
         if need[2]:
-            grad_hh = _stack_in_time_order(grads_hh, backward_order).view(flat, 3 * hidden)
-            grad_w_hh = torch.mm(grad_hh.t(), prev_h.view(flat, hidden))
-        if need[3] or need[4]:
-            grad_a = grad_h * coef_a
-            if need[3]:
-                grad_gain = (grad_a * (hh - mean) * rstd).sum((0, 1))
-            if ctx.has_bias and need[4]:
-                grad_bias_hn = grad_a[:, :, 2].sum((0, 1))
-        return grad_gates, dh, grad_w_hh, grad_gain, grad_bias_hn, None, None
+            grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, out, h0, reverse)
+        if need[3]:
+            grad_gain = gain_acc.sum(0)
+        if bias_acc is not None and need[4]:
+            grad_bias_hn = bias_acc.sum(0)
+        return grad_gates, grad_h0, grad_w_hh, grad_gain, grad_bias_hn, None, None
