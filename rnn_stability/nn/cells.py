@@ -20,7 +20,10 @@ __all__ = ["GRUCell", "LSTMCell"]
 
 
 class _LayerNormCellMixin(nn.RNNCellBase):
-    """Layer-norm parameters and input checks shared by both cells; listed before the torch cell class."""
+    """Layer-norm parameters and input checks shared by both cells; listed before the torch cell class.
+
+    Builds ``layer_norm_ih`` / ``layer_norm_hh`` (``num_gates`` blocks), and ``layer_norm_cell`` for the LSTM.
+    """
 
     num_gates: int
     layer_norm: bool
@@ -42,6 +45,8 @@ class _LayerNormCellMixin(nn.RNNCellBase):
             factory: dict[str, Any] = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
             self.layer_norm_ih = GateLayerNorm(self.num_gates, hidden_size, **factory)
             self.layer_norm_hh = GateLayerNorm(self.num_gates, hidden_size, **factory)
+            if isinstance(self, nn.LSTMCell):
+                self.layer_norm_cell = nn.LayerNorm(hidden_size, bias=bias, **factory)
 
     def reset_parameters(self) -> None:
         """torch's uniform init for the weights; layer-norm gains 1 and biases 0."""
@@ -113,22 +118,6 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
     """
 
     num_gates = 4
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        layer_norm: bool = False,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias, device, dtype, layer_norm=layer_norm)
-        if layer_norm:
-            self.layer_norm_cell = nn.LayerNorm(
-                hidden_size, bias=bias, device=self.weight_ih.device, dtype=self.weight_ih.dtype
-            )
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """torch's ``LSTMCell.forward``, or the layer-normalised step (same shapes and checks)."""

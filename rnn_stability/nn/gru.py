@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from rnn_stability.nn.fused import GRULayerNormFunction
 from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence
-from rnn_stability.nn.stacked import StackedRNNMixin, split_steps, use_fused
+from rnn_stability.nn.stacked import StackedRNNMixin
 
 __all__ = ["GRU"]
 
@@ -67,6 +67,8 @@ class GRU(StackedRNNMixin, nn.GRU):
     """
 
     num_gates = 3
+    _layer_norm_function = GRULayerNormFunction
+    _layer_norm_sequence = staticmethod(gru_layer_norm_sequence)
 
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
         if is_batched:
@@ -95,30 +97,9 @@ class GRU(StackedRNNMixin, nn.GRU):
             )
         return out, (h,)
 
-    def _layer_norm_direction(
-        self,
-        x: Tensor,
-        step_sizes: list[int],
-        hx: tuple[Tensor, ...],
-        weights: list[Tensor],
-        suffix: str,
-        reverse: bool,
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
-        gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
+    def _layer_norm_inputs(
+        self, x: Tensor, weights: list[Tensor], suffix: str
+    ) -> tuple[Tensor, tuple[Tensor | float | None, ...]]:
+        bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
         gates, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
-        args = (
-            hx[0],
-            weights[1],
-            getattr(self, f"layer_norm_hh{suffix}").weight,
-            bias_hn,
-            self.layer_norm_eps,
-        )
-        if use_fused(step_sizes):
-            out, h = GRULayerNormFunction.apply(
-                gates.view(len(step_sizes), -1, 3, self.hidden_size), *args, reverse
-            )
-            out = out.view(x.size(0), -1)
-        else:
-            out, h = gru_layer_norm_sequence(split_steps(gates, step_sizes), *args, reverse)
-        return out, (h,)
+        return gates, (weights[1], gain_hh, bias_hn, self.layer_norm_eps)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.recurrence import lstm_input_gates, lstm_layer_norm_sequence
-from rnn_stability.nn.stacked import StackedRNNMixin, split_steps, use_fused
+from rnn_stability.nn.stacked import StackedRNNMixin
 
 __all__ = ["LSTM"]
 
@@ -75,6 +75,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     """
 
     num_gates = 4
+    _layer_norm_function = LSTMLayerNormFunction
+    _layer_norm_sequence = staticmethod(lstm_layer_norm_sequence)
 
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
         h, c = hx
@@ -106,37 +108,11 @@ class LSTM(StackedRNNMixin, nn.LSTM):
             )
         return out, (h, c)
 
-    def _layer_norm_direction(
-        self,
-        x: Tensor,
-        step_sizes: list[int],
-        hx: tuple[Tensor, ...],
-        weights: list[Tensor],
-        suffix: str,
-        reverse: bool,
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        weight_ih, weight_hh = weights[0], weights[1]
-        weight_hr = weights[-1] if self.proj_size > 0 else None
+    def _layer_norm_inputs(
+        self, x: Tensor, weights: list[Tensor], suffix: str
+    ) -> tuple[Tensor, tuple[Tensor | float | None, ...]]:
+        bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
+        gates = lstm_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
-        bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
-        gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
-        gates = lstm_input_gates(x, weight_ih, gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
-        gain_hh = getattr(self, f"layer_norm_hh{suffix}").weight
-        args = (
-            hx[0],
-            hx[1],
-            weight_hh,
-            gain_hh,
-            cell_norm.weight,
-            cell_norm.bias,
-            weight_hr,
-            self.layer_norm_eps,
-        )
-        if use_fused(step_sizes):
-            out, h, c = LSTMLayerNormFunction.apply(
-                gates.view(len(step_sizes), -1, 4, self.hidden_size), *args, reverse
-            )
-            out = out.view(x.size(0), -1)
-        else:
-            out, h, c = lstm_layer_norm_sequence(split_steps(gates, step_sizes), *args, reverse)
-        return out, (h, c)
+        weight_hr = weights[-1] if self.proj_size > 0 else None
+        return gates, (weights[1], gain_hh, cell_norm.weight, cell_norm.bias, weight_hr, self.layer_norm_eps)

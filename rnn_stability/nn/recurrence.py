@@ -10,6 +10,9 @@ loops was tried and dropped: its optimised autodiff graph returned wrong gradien
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -24,6 +27,11 @@ __all__ = [
     "lstm_layer_norm_sequence",
     "lstm_layer_norm_step",
 ]
+
+# Arguments of the steps after the input gates and the state: (weight_hh, gain_hh, cell_weight, cell_bias,
+# weight_hr, eps) for the LSTM, (weight_hh, gain_hh, bias_hn, eps) for the GRU.
+LSTMStepParams = tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, float]
+GRUStepParams = tuple[Tensor, Tensor, Tensor | None, float]
 
 
 def lstm_input_gates(
@@ -106,84 +114,65 @@ def gru_layer_norm_step(
     return torch.addcmul(n, z, h - n)
 
 
-def lstm_layer_norm_sequence(
+def _layer_norm_loop(
+    step: Callable[..., Any],
     xs: list[Tensor],
-    h0: Tensor,
-    c0: Tensor,
-    weight_hh: Tensor,
-    gain_hh: Tensor,
-    cell_weight: Tensor,
-    cell_bias: Tensor | None,
-    weight_hr: Tensor | None,
-    eps: float,
+    state0: tuple[Tensor, ...],
+    params: tuple[Any, ...],
     reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Run :func:`lstm_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n, c_n)``.
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Run ``step(x, *state, *params)`` over ``xs`` (oldest first); returns ``(outputs, final state)``.
 
-    ``outputs`` is the concatenation of the per-step hidden states in time order (packed layout).
+    ``step`` returns the new state, or the new hidden state alone when ``state0`` has one tensor. Rows leave
+    the state when the batch shrinks and are put back at the end. ``outputs`` is the concatenation of the
+    per-step hidden states in time order (packed layout).
     """
     steps = len(xs)
+    single = len(state0) == 1
     outs: list[Tensor] = []
-    finished_h: list[Tensor] = []
-    finished_c: list[Tensor] = []
-    if reverse:
-        h = h0[: xs[steps - 1].size(0)]
-        c = c0[: xs[steps - 1].size(0)]
-    else:
-        h = h0
-        c = c0
+    finished: list[tuple[Tensor, ...]] = []
+    state = tuple(s[: xs[steps - 1].size(0)] for s in state0) if reverse else state0
     for k in range(steps):
         t = steps - 1 - k if reverse else k
         x = xs[t]
         batch = x.size(0)
-        if batch > h.size(0):
-            h = torch.cat([h, h0[h.size(0) : batch]], 0)
-            c = torch.cat([c, c0[c.size(0) : batch]], 0)
-        elif batch < h.size(0):
-            finished_h.append(h[batch:])
-            finished_c.append(c[batch:])
-            h = h[:batch]
-            c = c[:batch]
-        h, c = lstm_layer_norm_step(x, h, c, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr, eps)
-        outs.append(h)
-    if reverse:
-        outs.reverse()
-    if len(finished_h) > 0:
-        finished_h.reverse()
-        finished_c.reverse()
-        h = torch.cat([h] + finished_h, 0)
-        c = torch.cat([c] + finished_c, 0)
-    return torch.cat(outs, 0), h, c
-
-
-def gru_layer_norm_sequence(
-    xs: list[Tensor],
-    h0: Tensor,
-    weight_hh: Tensor,
-    gain_hh: Tensor,
-    bias_hn: Tensor | None,
-    eps: float,
-    reverse: bool,
-) -> tuple[Tensor, Tensor]:
-    """Run :func:`gru_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n)``."""
-    steps = len(xs)
-    outs: list[Tensor] = []
-    finished: list[Tensor] = []
-    h = h0[: xs[steps - 1].size(0)] if reverse else h0
-    for k in range(steps):
-        t = steps - 1 - k if reverse else k
-        x = xs[t]
-        batch = x.size(0)
-        if batch > h.size(0):
-            h = torch.cat([h, h0[h.size(0) : batch]], 0)
-        elif batch < h.size(0):
-            finished.append(h[batch:])
-            h = h[:batch]
-        h = gru_layer_norm_step(x, h, weight_hh, gain_hh, bias_hn, eps)
-        outs.append(h)
+        size = state[0].size(0)
+        if batch > size:
+            state = tuple(torch.cat([s, s0[size:batch]], 0) for s, s0 in zip(state, state0, strict=True))
+        elif batch < size:
+            finished.append(tuple(s[batch:] for s in state))
+            state = tuple(s[:batch] for s in state)
+        new = step(x, *state, *params)
+        state = (new,) if single else new
+        outs.append(state[0])
     if reverse:
         outs.reverse()
     if len(finished) > 0:
         finished.reverse()
-        h = torch.cat([h] + finished, 0)
-    return torch.cat(outs, 0), h
+        state = tuple(
+            torch.cat([s, *rows], 0) for s, rows in zip(state, zip(*finished, strict=True), strict=True)
+        )
+    return torch.cat(outs, 0), state
+
+
+def lstm_layer_norm_sequence(
+    xs: list[Tensor], h0: Tensor, c0: Tensor, params: LSTMStepParams, reverse: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run :func:`lstm_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n, c_n)``.
+
+    ``params`` are the step's arguments after ``(x_gates, h, c)``. ``outputs`` is the concatenation of the
+    per-step hidden states in time order (packed layout).
+    """
+    out, (h, c) = _layer_norm_loop(lstm_layer_norm_step, xs, (h0, c0), params, reverse)
+    return out, h, c
+
+
+def gru_layer_norm_sequence(
+    xs: list[Tensor], h0: Tensor, params: GRUStepParams, reverse: bool
+) -> tuple[Tensor, Tensor]:
+    """Run :func:`gru_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n)``.
+
+    ``params`` are the step's arguments after ``(x_gates, h)``.
+    """
+    out, (h,) = _layer_norm_loop(gru_layer_norm_step, xs, (h0,), params, reverse)
+    return out, h

@@ -10,7 +10,8 @@ length, the autograd loops of :mod:`rnn_stability.nn.recurrence` otherwise.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,11 +33,14 @@ def check_flag(name: str, value: Any) -> bool:
 class StackedRNNMixin(nn.RNNBase):
     """Adds ``layer_norm`` / ``residual`` options to a torch RNN class; listed before it in the bases.
 
-    Subclasses set ``num_gates`` and implement ``_state_tuple``, ``_state_output``, ``_native_layer`` and
-    ``_layer_norm_direction``.
+    Subclasses set ``num_gates``, ``_layer_norm_function`` and ``_layer_norm_sequence`` and implement
+    ``_state_tuple``, ``_state_output``, ``_native_layer`` and ``_layer_norm_inputs``.
     """
 
     num_gates: int
+    # Time loops of the layer-norm path: hand-written backward (fixed batch size) and autograd fallback.
+    _layer_norm_function: ClassVar[type[torch.autograd.Function]]
+    _layer_norm_sequence: ClassVar[Callable[..., tuple[Tensor, ...]]]
     layer_norm: bool
     residual: bool
     layer_norm_eps: float = 1e-5
@@ -114,6 +118,21 @@ class StackedRNNMixin(nn.RNNBase):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         raise NotImplementedError
 
+    def _layer_norm_inputs(
+        self, x: Tensor, weights: list[Tensor], suffix: str
+    ) -> tuple[Tensor, tuple[Tensor | float | None, ...]]:
+        """Input gates of one direction for all steps, and the recurrent arguments after the state."""
+        raise NotImplementedError
+
+    def _gate_parameters(
+        self, weights: list[Tensor], suffix: str
+    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+        """``(bias_ih, bias_hh, gain_ih, gain_hh)`` of one layer and direction."""
+        bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
+        gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
+        gain_hh = getattr(self, f"layer_norm_hh{suffix}").weight
+        return bias_ih, bias_hh, gain_ih, gain_hh
+
     def _layer_norm_direction(
         self,
         x: Tensor,
@@ -123,7 +142,16 @@ class StackedRNNMixin(nn.RNNBase):
         suffix: str,
         reverse: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        raise NotImplementedError
+        """One layer-normalised direction: ``_layer_norm_function`` for a constant batch size, else the loop."""
+        gates, args = self._layer_norm_inputs(x, weights, suffix)
+        if use_fused(step_sizes):
+            out, *final = self._layer_norm_function.apply(
+                gates.view(len(step_sizes), -1, self.num_gates, self.hidden_size), *hx, *args, reverse
+            )
+            out = out.view(x.size(0), -1)
+        else:
+            out, *final = self._layer_norm_sequence(split_steps(gates, step_sizes), *hx, args, reverse)
+        return out, tuple(final)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None) -> Any:
