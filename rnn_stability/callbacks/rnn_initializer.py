@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -14,8 +13,7 @@ from torch import nn
 from typing_extensions import override
 
 from rnn_stability.functional.init import SCHEMES, check_scheme, init_rnn_, recurrent_kind, recurrent_modules
-from rnn_stability.functional.init.chrono import check_max_timescale
-from rnn_stability.functional.init.gates import check_gain
+from rnn_stability.functional.init.scheme import check_scheme_options
 
 __all__ = ["RNNInitializer"]
 
@@ -83,21 +81,7 @@ class RNNInitializer(Callback):
         seed: int | None = None,
     ) -> None:
         schemes = _check_scheme_argument(scheme)
-        if "chrono" in schemes:
-            if max_timescale is None:
-                raise ValueError(
-                    "`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None"
-                )
-            check_max_timescale(max_timescale)
-        elif max_timescale is not None:
-            check_max_timescale(max_timescale)
-        check_gain("gain", gain)
-        if (
-            isinstance(forget_bias, bool)
-            or not isinstance(forget_bias, (int, float))
-            or not math.isfinite(forget_bias)
-        ):
-            raise ValueError(f"`forget_bias` must be a finite float, got {forget_bias!r}")
+        check_scheme_options(schemes, gain=gain, forget_bias=forget_bias, max_timescale=max_timescale)
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
         ):
@@ -152,17 +136,16 @@ class RNNInitializer(Callback):
                 "RNNInitializer: the LightningModule has no recurrent module; nothing initialised."
             )
             return
+        options: dict[str, Any] = {
+            "gain": self.gain,
+            "forget_bias": self.forget_bias,
+            "max_timescale": self.max_timescale,
+        }
         plan: list[tuple[str, nn.Module, str]] = []
         for name, module in modules:
             scheme = self.scheme_for(name)
             if scheme is not None:
-                check_scheme(
-                    module,
-                    scheme,
-                    gain=self.gain,
-                    forget_bias=self.forget_bias,
-                    max_timescale=self.max_timescale,
-                )
+                check_scheme(module, scheme, **options)
                 plan.append((name, module, scheme))
         if isinstance(self.scheme, dict):
             for pattern in self.scheme:
@@ -172,14 +155,7 @@ class RNNInitializer(Callback):
                     )
         generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         for name, module, scheme in plan:
-            init_rnn_(
-                module,
-                scheme,
-                gain=self.gain,
-                forget_bias=self.forget_bias,
-                max_timescale=self.max_timescale,
-                generator=generator,
-            )
+            init_rnn_(module, scheme, generator=generator, **options)
             self.initialized.append((name, type(module).__name__, scheme))
         self.applied = True
         rank_zero_info(self._table(modules))

@@ -10,7 +10,7 @@ the subclasses of :mod:`rnn_stability.nn`) and touch nothing else, so layer-norm
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "recurrent_modules",
     "require_biases",
     "require_kind",
+    "sample_gate_blocks_",
     "sample_into_",
 ]
 
@@ -228,3 +229,32 @@ def sample_into_(
     sampler(staging, generator=generator, **kwargs)
     with torch.no_grad():
         target.copy_(staging)
+
+
+def sample_gate_blocks_(
+    module: nn.Module,
+    sampler: Callable[..., Any],
+    gain: Any,
+    generator: torch.Generator | None,
+    *,
+    parts: Sequence[str],
+) -> nn.Module:
+    """Fill every gate block of the weights named in ``parts`` with ``sampler(block, gain=gain)``, in place.
+
+    ``parts`` is an ordered selection of ``"weight_ih"`` and ``"weight_hh"`` (the order fixes the order of the
+    random draws); the LSTM projection ``weight_hr`` is filled along with ``"weight_hh"``. Every layer and
+    direction is handled.
+    """
+    kind = recurrent_kind(module)
+    gain = check_gain("gain", gain)
+    check_generator(generator)
+    with torch.no_grad():
+        for weights in layer_weights(module):
+            targets: list[Tensor] = []
+            for part in parts:
+                targets += gate_blocks(getattr(weights, part), kind)
+            if "weight_hh" in parts and weights.weight_hr is not None:
+                targets.append(weights.weight_hr)
+            for block in targets:
+                sample_into_(block, sampler, generator, gain=gain)
+    return module

@@ -5,14 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnn_stability.functional.init.gates import (
-    check_gain,
-    check_generator,
-    gate_blocks,
-    layer_weights,
-    recurrent_kind,
-    sample_into_,
-)
+from rnn_stability.functional.init.gates import sample_gate_blocks_
 
 __all__ = ["orthogonal_"]
 
@@ -56,16 +49,5 @@ def orthogonal_(
         >>> torch.allclose(block @ block.T, torch.eye(16), atol=1e-5)
         True
     """
-    kind = recurrent_kind(module)
-    gain = check_gain("gain", gain)
-    check_generator(generator)
-    with torch.no_grad():
-        for weights in layer_weights(module):
-            targets = list(gate_blocks(weights.weight_hh, kind))
-            if input_weights:
-                targets += gate_blocks(weights.weight_ih, kind)
-            if weights.weight_hr is not None:
-                targets.append(weights.weight_hr)
-            for block in targets:
-                sample_into_(block, torch.nn.init.orthogonal_, generator, gain=gain)
-    return module
+    parts = ("weight_hh", "weight_ih") if input_weights else ("weight_hh",)
+    return sample_gate_blocks_(module, torch.nn.init.orthogonal_, gain, generator, parts=parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -21,10 +22,37 @@ from rnn_stability.functional.init.identity import identity_
 from rnn_stability.functional.init.orthogonal import orthogonal_
 from rnn_stability.functional.init.xavier import xavier_uniform_
 
-__all__ = ["SCHEMES", "check_scheme", "init_rnn_"]
+__all__ = ["SCHEMES", "check_scheme", "check_scheme_options", "init_rnn_"]
 
 #: Names accepted by :func:`init_rnn_` (and by :class:`rnn_stability.callbacks.RNNInitializer`).
 SCHEMES: tuple[str, ...] = ("orthogonal", "chrono", "irnn", "xavier")
+
+
+def check_scheme_options(
+    schemes: Iterable[str], *, gain: float, forget_bias: float, max_timescale: float | None
+) -> None:
+    """Check the options shared by every scheme, raising ``ValueError`` naming the bad one.
+
+    ``max_timescale`` is required when ``"chrono"`` is among ``schemes`` and checked whenever it is given.
+
+    Example::
+
+        >>> check_scheme_options(["chrono"], gain=1.0, forget_bias=1.0, max_timescale=None)
+        Traceback (most recent call last):
+        ...
+        ValueError: `max_timescale` is required by the 'chrono' scheme (a number >= 2), got None
+    """
+    check_gain("gain", gain)
+    if (
+        isinstance(forget_bias, bool)
+        or not isinstance(forget_bias, (int, float))
+        or not math.isfinite(forget_bias)
+    ):
+        raise ValueError(f"`forget_bias` must be a finite float, got {forget_bias!r}")
+    if max_timescale is not None:
+        check_max_timescale(max_timescale)
+    elif "chrono" in schemes:
+        raise ValueError("`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None")
 
 
 def check_scheme(
@@ -52,17 +80,8 @@ def check_scheme(
     if scheme not in SCHEMES:
         raise ValueError(f"`scheme` must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
     kind = recurrent_kind(module)
-    check_gain("gain", gain)
-    if (
-        isinstance(forget_bias, bool)
-        or not isinstance(forget_bias, (int, float))
-        or not math.isfinite(forget_bias)
-    ):
-        raise ValueError(f"`forget_bias` must be a finite float, got {forget_bias!r}")
+    check_scheme_options((scheme,), gain=gain, forget_bias=forget_bias, max_timescale=max_timescale)
     if scheme == "chrono":
-        if max_timescale is None:
-            raise ValueError("`max_timescale` is required by the 'chrono' scheme (a number >= 2), got None")
-        check_max_timescale(max_timescale)
         require_kind(module, "init_rnn_(scheme='chrono')", ("LSTM", "GRU"))
         require_biases(module, layer_weights(module)[0], "init_rnn_(scheme='chrono')")
     if scheme == "irnn":

@@ -2,44 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import nn
 
-from rnn_stability.functional.init.gates import (
-    check_gain,
-    check_generator,
-    gate_blocks,
-    layer_weights,
-    recurrent_kind,
-    sample_into_,
-)
+from rnn_stability.functional.init.gates import sample_gate_blocks_
 
 __all__ = ["xavier_normal_", "xavier_uniform_"]
-
-
-def _xavier_blocks_(
-    module: nn.Module,
-    gain: Any,
-    recurrent_weights: bool,
-    generator: torch.Generator | None,
-    sampler: Callable[..., Any],
-) -> nn.Module:
-    kind = recurrent_kind(module)
-    gain = check_gain("gain", gain)
-    check_generator(generator)
-    with torch.no_grad():
-        for weights in layer_weights(module):
-            targets = list(gate_blocks(weights.weight_ih, kind))
-            if recurrent_weights:
-                targets += gate_blocks(weights.weight_hh, kind)
-                if weights.weight_hr is not None:
-                    targets.append(weights.weight_hr)
-            for block in targets:
-                sample_into_(block, sampler, generator, gain=gain)
-    return module
 
 
 def xavier_uniform_(
@@ -75,7 +43,8 @@ def xavier_uniform_(
         >>> bool(gru.weight_ih_l0.abs().max() <= (6 / (10 + 20)) ** 0.5)
         True
     """
-    return _xavier_blocks_(module, gain, recurrent_weights, generator, torch.nn.init.xavier_uniform_)
+    parts = ("weight_ih", "weight_hh") if recurrent_weights else ("weight_ih",)
+    return sample_gate_blocks_(module, torch.nn.init.xavier_uniform_, gain, generator, parts=parts)
 
 
 def xavier_normal_(
@@ -109,4 +78,5 @@ def xavier_normal_(
         >>> round(cell.weight_ih[:64].std().item() / (2 / 128) ** 0.5, 1)
         1.0
     """
-    return _xavier_blocks_(module, gain, recurrent_weights, generator, torch.nn.init.xavier_normal_)
+    parts = ("weight_ih", "weight_hh") if recurrent_weights else ("weight_ih",)
+    return sample_gate_blocks_(module, torch.nn.init.xavier_normal_, gain, generator, parts=parts)
