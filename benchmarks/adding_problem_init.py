@@ -197,7 +197,7 @@ def write(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "against an unsolved default are upper bounds). CPU, 1 thread.\n\n"
     )
     note = f"\n\n{args.note}" if args.note else ""
-    (out / f"{args.output}.md").write_text(header + text + note + f"\n\n![MSE vs steps]({args.output}.png)\n")
+    (out / f"{args.output}.md").write_text(header + text + note + "\n")
     plot(records, out / f"{args.output}.png", args.threshold)
     return text
 

@@ -1,84 +1,25 @@
 """Pure tensor functions: gradient norms, clipping strategies, gate-aware initialisation, gradient flow.
 
 Nothing in this package imports Lightning; the callbacks in :mod:`rnn_stability.callbacks` are thin
-shells over these functions, and each is usable from a plain PyTorch training loop.
+shells over these functions, and each is usable from a plain PyTorch training loop. Every name listed in
+the ``__all__`` of the modules below is re-exported here.
 """
 
-# --- gradient norms (issue 4) ---
-from rnn_stability.functional.grad_norm import (
-    foreach_norms,
-    grad_norms,
-    nonfinite_count,
-    total_grad_norm,
-    total_norm,
-)
-from rnn_stability.functional.norm_groups import group_norms, group_parameters, update_to_weight_ratio
-
-# --- clipping strategies (issue 4) ---
-# isort: split
-from rnn_stability.functional.clipping import (
-    AutoClip,
-    PercentileClipper,
-    ZClip,
-    ZScoreClipper,
-    adaptive_grad_clip_,
-    any_across_ranks,
-    clip_grad_norm_,
-    clip_grad_value_,
-    clip_grads_with_norm_,
-    discard_grads_,
-    nonfinite_parameter_names,
-)
-
-# --- gate-aware initialisation (issue 5) ---
-# isort: split
-from rnn_stability.functional.init import (
-    chrono_,
-    forget_gate_bias_,
-    identity_,
-    init_rnn_,
-    orthogonal_,
-    xavier_normal_,
-    xavier_uniform_,
-)
-
-# --- temporal gradient flow (issue 6) ---
-# isort: split
-from rnn_stability.functional.flow_statistics import FlowStatistics, flow_statistics
-from rnn_stability.functional.gradient_flow import GradientFlowRecorder, gradient_flow
+from rnn_stability.functional import clipping, grad_norm, init, norm_groups
+from rnn_stability.functional import flow_statistics as _flow_statistics_module
+from rnn_stability.functional import gradient_flow as _gradient_flow_module
+from rnn_stability.functional.clipping import *  # noqa: F403
+from rnn_stability.functional.flow_statistics import *  # noqa: F403
+from rnn_stability.functional.grad_norm import *  # noqa: F403
+from rnn_stability.functional.gradient_flow import *  # noqa: F403
+from rnn_stability.functional.init import *  # noqa: F403
+from rnn_stability.functional.norm_groups import *  # noqa: F403
 
 __all__ = [
-    "foreach_norms",
-    "grad_norms",
-    "nonfinite_count",
-    "total_grad_norm",
-    "total_norm",
-    "group_norms",
-    "group_parameters",
-    "update_to_weight_ratio",
-    # issue 4: clipping
-    "AutoClip",
-    "PercentileClipper",
-    "ZClip",
-    "ZScoreClipper",
-    "adaptive_grad_clip_",
-    "any_across_ranks",
-    "clip_grad_norm_",
-    "clip_grad_value_",
-    "clip_grads_with_norm_",
-    "discard_grads_",
-    "nonfinite_parameter_names",
-    # issue 5
-    "chrono_",
-    "forget_gate_bias_",
-    "identity_",
-    "init_rnn_",
-    "orthogonal_",
-    "xavier_normal_",
-    "xavier_uniform_",
-    # issue 6
-    "FlowStatistics",
-    "GradientFlowRecorder",
-    "flow_statistics",
-    "gradient_flow",
+    *grad_norm.__all__,
+    *norm_groups.__all__,
+    *clipping.__all__,
+    *init.__all__,
+    *_gradient_flow_module.__all__,
+    *_flow_statistics_module.__all__,
 ]
