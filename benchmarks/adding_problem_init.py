@@ -14,9 +14,6 @@ Run (CPU, single thread; about 0.1-0.25 s per step)::
 
 On a shared machine, one process per run (``--cells lstm --seeds 0 --schemes chrono --output lstm_chrono_0
 --results-dir /tmp/runs``) and a final ``--merge /tmp/runs/*.json`` gets the most out of the spare cores.
-
-Separate runs (e.g. one per cell, in parallel, each with its own ``--output``) are merged into one table with
-``--merge results/a.json results/b.json``.
 """
 
 from __future__ import annotations
@@ -189,12 +186,13 @@ def write(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.output}.json").write_text(json.dumps(records, indent=1))
     text = table(records, args.threshold)
+    cap = "step caps as listed below" if args.merge else f"cap {args.max_steps} steps"
     header = (
         "# Adding problem: steps to solve by initialisation scheme\n\n"
         f"`python benchmarks/adding_problem_init.py` — hidden {args.hidden}, Adam 1e-3, batch {args.batch_size}, "
-        f"clip 1.0, val MSE on {args.val_size} held-out sequences every {args.eval_every} steps, cap "
-        f'{args.max_steps} steps ("> N": not solved after N steps; unsolved runs count as N, so the ratios '
-        "against an unsolved default are upper bounds). CPU, 1 thread.\n\n"
+        f"clip 1.0, val MSE on {args.val_size} held-out sequences every {args.eval_every} steps, {cap} "
+        '("> N": not reached after N steps; unsolved runs count as N, so the ratios against an unsolved '
+        "default are upper bounds). Per-seed values are separated by `/`. CPU, 1 thread per run.\n\n"
     )
     note = f"\n\n{args.note}" if args.note else ""
     (out / f"{args.output}.md").write_text(header + text + note + "\n")

@@ -64,10 +64,16 @@ class RNNInitializer(Callback):
 
     Example::
 
-        >>> from tests.helpers import TinyRNNRegressor, adding_loader, quiet_trainer
-        >>> model = TinyRNNRegressor(torch.nn.LSTM(2, 8, batch_first=True))
+        >>> from lightning import Trainer
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from rnn_stability.data import adding_problem
+        >>> from rnn_stability.demo.models import SequenceRegressor
+        >>> model = SequenceRegressor(hidden_size=8)  # a torch.nn.LSTM named ``rnn`` and a linear head
+        >>> data = DataLoader(TensorDataset(*adding_problem(16, 12)), batch_size=8)
         >>> init = RNNInitializer("chrono", max_timescale=12, seed=0)
-        >>> quiet_trainer(max_steps=1, callbacks=[init]).fit(model, adding_loader())
+        >>> trainer = Trainer(max_steps=1, callbacks=[init], logger=False, enable_checkpointing=False,
+        ...                   enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(model, data)
         >>> init.applied, init.initialized
         (True, [('rnn', 'LSTM', 'chrono')])
     """
