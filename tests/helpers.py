@@ -65,3 +65,49 @@ def quiet_trainer(tmp_path: Any = None, **kwargs: Any) -> L.Trainer:
     )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
+
+
+def run_two_rank_ddp(script: Any, out_dir: Any, timeout: float = 180.0) -> None:
+    """Run ``python SCRIPT OUT_DIR`` as ranks 0 and 1 of a CPU DDP (gloo) job and assert both succeed.
+
+    The environment (``LOCAL_RANK``/``NODE_RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``) makes
+    Lightning's ``strategy="ddp"`` join the two processes instead of launching workers, so pytest never
+    re-launches itself.
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "NODE_RANK": "0",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(out_dir)],
+            cwd=root,
+            env={**env, "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-3000:]

@@ -40,9 +40,9 @@ class RNNInitializer(Callback):
     :func:`~rnn_stability.functional.init_rnn_`.
 
     **Ranks.** With ``seed`` set, every rank draws from its own ``torch.Generator`` seeded with ``seed``, so the
-    weights are identical on all ranks and independent of the global RNG state. With ``seed=None`` the global
-    torch RNG is used, which is identical across ranks only after ``lightning.seed_everything`` (DDP has already
-    broadcast rank 0's weights by ``on_fit_start`` and does not do it again): pass a ``seed`` for multi-rank runs.
+    weights are identical on all ranks and independent of the global RNG state. With ``seed=None`` rank 0 draws a
+    seed from its global torch RNG and broadcasts it, so the ranks still agree without ``lightning.seed_everything``
+    (DDP has already broadcast rank 0's weights by ``on_fit_start`` and does not do it again).
 
     Modules are visited in ``named_modules`` order; cells inside a recurrent layer belong to that layer. A short
     table (module name, type, scheme) is logged on rank zero.
@@ -54,7 +54,7 @@ class RNNInitializer(Callback):
         max_timescale: ``T_max`` of the ``"chrono"`` scheme (required there): the longest dependency expected.
         forget_bias: effective LSTM forget-gate bias of the ``"orthogonal"`` and ``"xavier"`` schemes.
         gain: gain of the recurrent weights.
-        seed: seed of the initialisation; ``None`` uses the global torch RNG.
+        seed: seed of the initialisation; ``None`` draws one from rank 0's global torch RNG.
 
     Raises:
         ValueError: for an unknown scheme, an empty mapping, ``"chrono"`` without ``max_timescale``, a
@@ -159,7 +159,12 @@ class RNNInitializer(Callback):
                     rank_zero_warn(
                         f"RNNInitializer: pattern {pattern!r} of `scheme` matches no recurrent module."
                     )
-        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        seed = self.seed
+        if seed is None:
+            # one draw from rank 0's global RNG, shared with every rank: the ranks get identical weights even
+            # without `seed_everything` (DDP broadcast rank 0's weights before this hook and won't do it again)
+            seed = trainer.strategy.broadcast(int(torch.randint(0, 2**62, (1,)).item()), src=0)
+        generator = torch.Generator().manual_seed(seed)
         for name, module, scheme in plan:
             init_rnn_(module, scheme, generator=generator, **options)
             self.initialized.append((name, type(module).__name__, scheme))
