@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -37,29 +35,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import grad_norm
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+from trainer_timing import LSTMRegressor, StepTimer, adding_loader, step_time_parser
 
 from rnn_stability.callbacks import AdaptiveGradientClipping, GradientNormMonitor
-from rnn_stability.data import adding_problem
 
-RESULTS = Path(__file__).parent / "results"
 STRATEGIES = ("norm", "value", "percentile", "zscore", "agc")
-
-
-class LSTMRegressor(L.LightningModule):
-    def __init__(self, hidden_size: int = 128, num_layers: int = 2) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(2, hidden_size, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, 1)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        out, _ = self.rnn(x)
-        return nn.functional.mse_loss(self.head(out[:, -1]), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
 class LightningGradNorm(LSTMRegressor):
@@ -67,19 +48,6 @@ class LightningGradNorm(LSTMRegressor):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.log_dict(grad_norm(self, norm_type=2))
-
-
-class StepTimer(Callback):
-    """Wall and process CPU time at the start of every step (and at the end of training)."""
-
-    def __init__(self) -> None:
-        self.starts: list[tuple[float, float]] = []
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self.starts.append((time.perf_counter(), time.process_time()))
-
-    def on_train_end(self, *args: Any) -> None:
-        self.starts.append((time.perf_counter(), time.process_time()))
 
 
 Config = tuple[type[LSTMRegressor], Callable[[], list[Callback]], dict[str, Any]]
@@ -119,28 +87,20 @@ def time_run(config: Config, loader: DataLoader, args: argparse.Namespace, root:
         **trainer_kwargs,
     )
     trainer.fit(model_cls(args.hidden), loader)
-    (wall0, cpu0), (wall1, cpu1) = timer.starts[args.warmup], timer.starts[-1]
+    (_, wall0, cpu0), (_, wall1, cpu1) = timer.starts[args.warmup], timer.starts[-1]
     steps = len(timer.starts) - 1 - args.warmup
     return (cpu1 - cpu0) / steps, (wall1 - wall0) / steps
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per run (a multiple of 50)")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--seq-len", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", type=Path, default=RESULTS / "callback_overhead.md")
+    parser = step_time_parser(__doc__.split("\n")[0], repeats=5, steps=50, output="callback_overhead.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import warnings
 
     warnings.filterwarnings("ignore")
 
-    x, y = adding_problem(args.batch_size * 50, args.seq_len, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=False)
+    loader = adding_loader(args)
     configs = configurations()
     names = list(configs)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}

@@ -33,7 +33,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,40 +40,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+from trainer_timing import LSTMRegressor, StepTimer, adding_loader, step_time_parser
 
 from rnn_stability.callbacks import GradientFlowMonitor
-from rnn_stability.data import adding_problem
 from rnn_stability.functional import GradientFlowRecorder, flow_statistics
-
-RESULTS = Path(__file__).parent / "results"
-
-
-class LSTMRegressor(L.LightningModule):
-    def __init__(self, hidden_size: int = 128, num_layers: int = 2) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(2, hidden_size, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, 1)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        out, _ = self.rnn(x)
-        return nn.functional.mse_loss(self.head(out[:, -1]), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-class StepTimer(Callback):
-    def __init__(self) -> None:
-        self.starts: list[tuple[int, float]] = []
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self.starts.append((trainer.global_step, time.perf_counter()))
-
-    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.starts.append((trainer.global_step, time.perf_counter()))
-
 
 CONFIGS: dict[str, int | None] = {"none": None, "monitor, every step": 1, "monitor, every 10 steps": 10}
 
@@ -101,7 +71,7 @@ def time_run(
     )
     trainer.fit(LSTMRegressor(args.hidden), loader)
     starts = timer.starts[args.warmup :]
-    return [(step, t1 - t0) for (step, t0), (_, t1) in zip(starts, starts[1:], strict=False)]
+    return [(step, t1 - t0) for (step, t0, _), (_, t1, _) in zip(starts, starts[1:], strict=False)]
 
 
 def hook_cost_per_idle_step(calls: int = 100_000) -> float:
@@ -174,20 +144,12 @@ def plot_cost(seq_len: int, history: int = 200) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per run (a multiple of 10)")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--seq-len", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", type=Path, default=RESULTS / "gradient_flow_overhead.md")
+    parser = step_time_parser(__doc__.split("\n")[0], repeats=8, steps=40, output="gradient_flow_overhead.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
 
-    x, y = adding_problem(args.batch_size * 50, args.seq_len, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=False)
+    loader = adding_loader(args)
     names = list(CONFIGS)
     runs: dict[str, list[list[tuple[int, float]]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as root:
