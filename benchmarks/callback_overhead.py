@@ -36,7 +36,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader
-from trainer_timing import LSTMRegressor, StepTimer, adding_loader, step_time_parser
+from trainer_timing import LSTMRegressor, StepTimer, parse_step_benchmark, step_time_parser
 
 from rnn_stability.callbacks import AdaptiveGradientClipping, GradientNormMonitor
 
@@ -94,13 +94,7 @@ def time_run(config: Config, loader: DataLoader, args: argparse.Namespace, root:
 
 def main() -> None:
     parser = step_time_parser(__doc__.split("\n")[0], repeats=5, steps=50, output="callback_overhead.md")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    import warnings
-
-    warnings.filterwarnings("ignore")
-
-    loader = adding_loader(args)
+    args, loader = parse_step_benchmark(parser)
     configs = configurations()
     names = list(configs)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}

@@ -31,7 +31,6 @@ import argparse
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -41,7 +40,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
-from trainer_timing import LSTMRegressor, StepTimer, adding_loader, step_time_parser
+from trainer_timing import LSTMRegressor, StepTimer, parse_step_benchmark, step_time_parser
 
 from rnn_stability.callbacks import GradientFlowMonitor
 from rnn_stability.functional import GradientFlowRecorder, flow_statistics
@@ -145,11 +144,7 @@ def plot_cost(seq_len: int, history: int = 200) -> float:
 
 def main() -> None:
     parser = step_time_parser(__doc__.split("\n")[0], repeats=8, steps=40, output="gradient_flow_overhead.md")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-
-    loader = adding_loader(args)
+    args, loader = parse_step_benchmark(parser)
     names = list(CONFIGS)
     runs: dict[str, list[list[tuple[int, float]]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as root:

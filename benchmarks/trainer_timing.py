@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,14 @@ def step_time_parser(description: str, *, repeats: int, steps: int, output: str)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", type=Path, default=RESULTS / output)
     return parser
+
+
+def parse_step_benchmark(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, DataLoader]:
+    """Parse the arguments, use one intra-op thread, silence Lightning's advice, and build the data."""
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    return args, adding_loader(args)
 
 
 def adding_loader(args: argparse.Namespace) -> DataLoader:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from rnn_stability.nn import GRU, LSTM
-from tests.nn.inputs import flatten_output, make_case
+from tests.nn.inputs import Case, flatten_output, make_case
 from tests.nn.naive_reference import reference_forward
 
 ATOL = 1e-6
@@ -59,8 +59,8 @@ def grads(loss: Tensor, tensors: list[Tensor]) -> list[Tensor]:
     return list(torch.autograd.grad(loss, tensors, allow_unused=True))
 
 
-def run(module: nn.RNNBase, cfg: dict, seed: int) -> tuple[list[Tensor], tuple[Tensor, ...], list[Tensor]]:
-    case = make_case(
+def _case(module: nn.RNNBase, cfg: dict, seed: int) -> Case:
+    return make_case(
         module,
         batch=3,
         steps=4,
@@ -69,6 +69,10 @@ def run(module: nn.RNNBase, cfg: dict, seed: int) -> tuple[list[Tensor], tuple[T
         unbatched=cfg["unbatched"],
         seed=seed,
     )
+
+
+def run(module: nn.RNNBase, cfg: dict, seed: int) -> tuple[list[Tensor], tuple[Tensor, ...], list[Tensor]]:
+    case = _case(module, cfg, seed)
     outs, state = flatten_output(module(case.input, case.hx), case, cfg["batch_first"])
     loss = weighted_loss(outs, state)
     return outs, state, grads(loss, case.leaves + list(module.parameters()))
@@ -102,15 +106,7 @@ def test_options_off_bit_identical_to_torch(cfg: dict, seed: int) -> None:
 def test_options_match_naive_reference(layer_norm: bool, residual: bool, cfg: dict, seed: int) -> None:
     module = build(cfg, layer_norm=layer_norm, residual=residual)
     outs, state, module_grads = run(module, cfg, seed)
-    case = make_case(
-        module,
-        batch=3,
-        steps=4,
-        packed=cfg["packed"] and not cfg["unbatched"],
-        with_h0=cfg["with_h0"],
-        unbatched=cfg["unbatched"],
-        seed=seed,
-    )
+    case = _case(module, cfg, seed)
     ref_outs, ref_state = reference_forward(module, case.sequences, case.state)
     ref_grads = grads(weighted_loss(ref_outs, ref_state), case.leaves + list(module.parameters()))
     for a, b in zip(outs + list(state), ref_outs + list(ref_state), strict=True):
