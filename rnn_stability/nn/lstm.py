@@ -6,10 +6,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from rnn_stability.nn.fused import LSTMLayerNormFunction
+from rnn_stability.nn.native import LSTMLayerNormNative, native_lstm_supported
 from rnn_stability.nn.recurrence import lstm_input_gates, lstm_layer_norm_sequence
-from rnn_stability.nn.stacked import StackedRNNMixin
+from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
 
 __all__ = ["LSTM"]
 
@@ -107,6 +109,38 @@ class LSTM(StackedRNNMixin, nn.LSTM):
                 x, batch_sizes, hx, weights, self.bias, 1, 0.0, self.training, self.bidirectional
             )
         return out, (h, c)
+
+    def _layer_norm_direction(
+        self,
+        x: Tensor,
+        step_sizes: list[int],
+        hx: tuple[Tensor, ...],
+        weights: list[Tensor],
+        suffix: str,
+        reverse: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The C++ loop of :mod:`rnn_stability.nn.native` where it applies, else the PyTorch loops."""
+        if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *weights)):
+            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
+        bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
+        shift = (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
+        projection = F.linear(x, weights[0]).view(len(step_sizes), -1, 4, self.hidden_size)
+        cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
+        weight_hr = weights[-1] if self.proj_size > 0 else None
+        out, h, c = LSTMLayerNormNative.apply(
+            projection,
+            gain_ih,
+            shift,
+            *hx,
+            weights[1],
+            gain_hh,
+            cell_norm.weight,
+            cell_norm.bias,
+            weight_hr,
+            self.layer_norm_eps,
+            reverse,
+        )
+        return out.view(x.size(0), -1), (h, c)
 
     def _layer_norm_inputs(
         self, x: Tensor, weights: list[Tensor], suffix: str

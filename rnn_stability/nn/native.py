@@ -1,0 +1,219 @@
+"""Just-in-time build of the C++ time loop of the layer-normalised LSTM (``csrc/lstm_layer_norm.cpp``).
+
+The first ``LSTM(layer_norm=True)`` forward on CPU compiles the kernel with
+:func:`torch.utils.cpp_extension.load` (a C++17 compiler and ``ninja`` are needed; this takes about a
+minute once, after which the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``). If the build fails, a warning says why and the module keeps running the
+pure-PyTorch loop of :mod:`rnn_stability.nn.fused`, which computes the same values more slowly. Set the
+environment variable ``RNN_STABILITY_NATIVE=0`` to skip the build and always use the PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["LSTMLayerNormNative", "native_enabled", "native_lstm_supported", "native_ops"]
+
+_SOURCE = Path(__file__).parent / "csrc" / "lstm_layer_norm.cpp"
+_ENV = "RNN_STABILITY_NATIVE"
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def native_enabled() -> bool:
+    """Whether the environment allows the C++ kernel (``RNN_STABILITY_NATIVE`` is not ``0``)."""
+    return os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _compile_flags() -> list[str]:
+    """Optimisation flags; AVX2 + FMA vector code (ATen's ``Vectorized``, Sleef) where the CPU has them."""
+    flags = ["-O3", "-fopenmp-simd"]
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return flags
+
+
+def _find_ninja() -> None:
+    """Put the ``ninja`` of the ``ninja`` package on ``PATH`` when none is there (a venv not activated)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # type: ignore[import-untyped]
+        except ImportError:
+            return
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+def _build() -> Any:
+    from torch.utils import cpp_extension
+
+    _find_ninja()
+    cpp_extension.load(
+        name="rnn_stability_lstm_layer_norm",
+        sources=[str(_SOURCE)],
+        extra_cflags=_compile_flags(),
+        is_python_module=False,
+        verbose=False,
+    )
+    return torch.ops.rnn_stability
+
+
+def native_ops() -> Any | None:
+    """``torch.ops.rnn_stability`` with the C++ kernel loaded, or ``None`` when it is disabled or cannot build.
+
+    Builds on the first call and remembers the outcome for the process; a failed build warns once.
+    """
+    if not native_enabled():
+        return None
+    with _lock:
+        if "ops" not in _state:
+            try:
+                _state["ops"] = _build()
+            except Exception as error:  # compiler or ninja missing, build error: fall back, say why
+                _state["ops"] = None
+                warnings.warn(
+                    "rnn_stability: could not build the C++ layer-norm LSTM kernel, using the slower PyTorch "
+                    f"loop instead ({type(error).__name__}: {error}). Set {_ENV}=0 to skip the build.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _state["ops"]
+
+
+def native_lstm_supported(*tensors: torch.Tensor) -> bool:
+    """Whether :class:`LSTMLayerNormNative` can take ``tensors``: all on CPU, all float32 or all float64,
+    outside autocast, and the kernel is built (building it on the first call)."""
+    dtype = tensors[0].dtype
+    return (
+        dtype in (torch.float32, torch.float64)
+        and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+        and native_ops() is not None
+    )
+
+
+class LSTMLayerNormNative(torch.autograd.Function):
+    """One layer-normalised LSTM direction in C++, from the raw input projection; returns ``(out, h_n, c_n)``.
+
+    Takes ``xp = W_ih x`` of shape ``(T, B, 4, H)`` (all sequences of one length), its layer-norm gain
+    ``gain_ih`` and ``shift = b_ih + b_hh`` (``(4, H)`` or ``None``), the state ``(h0, c0)``, the recurrent
+    parameters (as :class:`rnn_stability.nn.fused.LSTMLayerNormFunction`), ``eps`` and ``reverse``. The
+    formulas are those of :mod:`rnn_stability.nn.recurrence`; first-order differentiable only.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        xp: torch.Tensor,
+        gain_ih: torch.Tensor,
+        shift: torch.Tensor | None,
+        h0: torch.Tensor,
+        c0: torch.Tensor,
+        weight_hh: torch.Tensor,
+        gain_hh: torch.Tensor,
+        cell_weight: torch.Tensor,
+        cell_bias: torch.Tensor | None,
+        weight_hr: torch.Tensor | None,
+        eps: float,
+        reverse: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        save = any(ctx.needs_input_grad)
+        ops = native_ops()
+        assert ops is not None
+        out, h_n, c_n, pre_proj, *per_step = ops.lstm_ln_forward(
+            xp,
+            gain_ih,
+            shift,
+            h0,
+            c0,
+            weight_hh,
+            gain_hh,
+            cell_weight,
+            cell_bias,
+            weight_hr,
+            eps,
+            reverse,
+            save,
+        )
+        if save:
+            ctx.save_for_backward(
+                xp,
+                gain_ih,
+                shift,
+                h0,
+                c0,
+                weight_hh,
+                gain_hh,
+                cell_weight,
+                weight_hr,
+                out,
+                pre_proj,
+                *per_step,
+            )
+        ctx.eps, ctx.reverse = eps, reverse
+        ctx.has_cell_bias = cell_bias is not None
+        return out, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        xp, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr, out, pre_proj, *per_step = (
+            ctx.saved_tensors
+        )
+        ops = native_ops()
+        assert ops is not None
+        (
+            grad_xp,
+            grad_h0,
+            grad_c0,
+            grad_w_hh,
+            grad_gain_ih,
+            grad_shift,
+            grad_gain_hh,
+            grad_cw,
+            grad_cb,
+            grad_w_hr,
+        ) = ops.lstm_ln_backward(
+            grad_out,
+            grad_hn,
+            grad_cn,
+            xp,
+            gain_ih,
+            shift,
+            h0,
+            c0,
+            weight_hh,
+            gain_hh,
+            cell_weight,
+            weight_hr,
+            out,
+            pre_proj,
+            per_step,
+            ctx.eps,
+            ctx.reverse,
+        )
+        grads = (
+            grad_xp,
+            grad_gain_ih,
+            grad_shift if shift is not None else None,
+            grad_h0,
+            grad_c0,
+            grad_w_hh,
+            grad_gain_hh,
+            grad_cw,
+            grad_cb if ctx.has_cell_bias else None,
+            grad_w_hr if weight_hr is not None else None,
+        )
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=False)) + (
+            None,
+            None,
+        )
