@@ -6,6 +6,12 @@ minute once, after which the build is cached under ``TORCH_EXTENSIONS_DIR``, by 
 ``~/.cache/torch_extensions``). If the build fails, a warning says why and the module keeps running the
 pure-PyTorch loop of :mod:`rnn_stability.nn.fused`, which computes the same values more slowly. Set the
 environment variable ``RNN_STABILITY_NATIVE=0`` to skip the build and always use the PyTorch loop.
+
+The kernel keeps its large per-step buffers (those saved for the backward, and the gradient scratch) in a
+process-wide pool and reuses a buffer once nothing references it, as torch's CUDA caching allocator does:
+on CPU, fresh multi-megabyte allocations come from the OS page by page, and faulting them in cost more than
+the loop's arithmetic. Up to 1 GiB of unused buffers is kept; :func:`empty_cache` releases them all and
+:func:`workspace_bytes` reports what is held.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["LSTMLayerNormNative", "native_enabled", "native_lstm_supported", "native_ops"]
+__all__ = [
+    "LSTMLayerNormNative",
+    "empty_cache",
+    "native_enabled",
+    "native_lstm_supported",
+    "native_ops",
+    "workspace_bytes",
+]
 
 _SOURCE = Path(__file__).parent / "csrc" / "lstm_layer_norm.cpp"
 _ENV = "RNN_STABILITY_NATIVE"
@@ -85,6 +98,17 @@ def native_ops() -> Any | None:
                     stacklevel=3,
                 )
     return _state["ops"]
+
+
+def empty_cache() -> None:
+    """Release the kernel's pooled buffers that nothing references (a no-op when the kernel is not loaded)."""
+    if _state.get("ops") is not None:
+        _state["ops"].empty_cache()
+
+
+def workspace_bytes() -> int:
+    """Bytes held by the kernel's buffer pool, in use or not (0 when the kernel is not loaded)."""
+    return int(_state["ops"].workspace_bytes()) if _state.get("ops") is not None else 0
 
 
 def native_lstm_supported(*tensors: torch.Tensor) -> bool:

@@ -14,13 +14,87 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <optional>
 #include <vector>
 
 namespace {
 
 using at::Tensor;
+
+// Reusable buffers for the large per-step tensors. On CPU every fresh multi-megabyte allocation is fresh
+// pages from the OS, and faulting them in cost more than the arithmetic of the whole loop; the pool hands out
+// views of blocks that nothing else references any more (storage use count 1), like a caching allocator.
+// Blocks not in use beyond kMaxFreeBytes are released; empty_cache() releases all of them.
+class Workspace {
+ public:
+  static Workspace& get() {
+    static Workspace instance;
+    return instance;
+  }
+
+  Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+    const int64_t n = c10::multiply_integers(sizes);
+    std::lock_guard<std::mutex> guard(mutex_);
+    Tensor* best = nullptr;
+    for (Tensor& block : blocks_) {
+      if (free(block) && block.scalar_type() == opts.dtype().toScalarType() && block.numel() >= n &&
+          block.numel() <= 2 * n + 4096 && (best == nullptr || block.numel() < best->numel())) {
+        best = &block;
+      }
+    }
+    if (best == nullptr) {
+      blocks_.push_back(at::empty({n}, opts));
+      best = &blocks_.back();
+      Tensor view = best->narrow(0, 0, n).view(sizes);
+      trim(kMaxFreeBytes);
+      return view;
+    }
+    return best->narrow(0, 0, n).view(sizes);
+  }
+
+  void release_unused() {
+    std::lock_guard<std::mutex> guard(mutex_);
+    trim(0);
+  }
+
+  int64_t nbytes() {
+    std::lock_guard<std::mutex> guard(mutex_);
+    int64_t total = 0;
+    for (const Tensor& block : blocks_) total += block.nbytes();
+    return total;
+  }
+
+ private:
+  static constexpr int64_t kMaxFreeBytes = int64_t(1) << 30;
+
+  static bool free(const Tensor& block) { return block.storage().use_count() == 1; }
+
+  // Drop free blocks, oldest first, until at most max_bytes of them are kept.
+  void trim(int64_t max_bytes) {
+    int64_t free_bytes = 0;
+    for (const Tensor& block : blocks_) free_bytes += free(block) ? block.nbytes() : 0;
+    for (auto it = blocks_.begin(); it != blocks_.end() && free_bytes > max_bytes;) {
+      if (free(*it)) {
+        free_bytes -= it->nbytes();
+        it = blocks_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  std::mutex mutex_;
+  std::vector<Tensor> blocks_;
+};
+
+Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& opts) { return Workspace::get().empty(sizes, opts); }
+
+void empty_cache() { Workspace::get().release_unused(); }
+
+int64_t workspace_bytes() { return Workspace::get().nbytes(); }
 
 // Mean and 1 / sqrt(var + eps) of n values (two passes, biased variance).
 template <typename T>
@@ -173,15 +247,15 @@ struct Buffers {
   Tensor x_mean, x_rstd, normed, rstd, act, cell, cell_xhat, cell_rstd, tc;
 
   Buffers(int64_t slots, int64_t cell_slots, int64_t B, int64_t H, const at::TensorOptions& opts)
-      : x_mean(at::empty({slots, B, 4}, opts)),
-        x_rstd(at::empty({slots, B, 4}, opts)),
-        normed(at::empty({slots, B, 4 * H}, opts)),
-        rstd(at::empty({slots, B, 4}, opts)),
-        act(at::empty({slots, B, 4 * H}, opts)),
-        cell(at::empty({cell_slots, B, H}, opts)),
-        cell_xhat(at::empty({slots, B, H}, opts)),
-        cell_rstd(at::empty({slots, B}, opts)),
-        tc(at::empty({slots, B, H}, opts)) {}
+      : x_mean(workspace({slots, B, 4}, opts)),
+        x_rstd(workspace({slots, B, 4}, opts)),
+        normed(workspace({slots, B, 4 * H}, opts)),
+        rstd(workspace({slots, B, 4}, opts)),
+        act(workspace({slots, B, 4 * H}, opts)),
+        cell(workspace({cell_slots, B, H}, opts)),
+        cell_xhat(workspace({slots, B, H}, opts)),
+        cell_rstd(workspace({slots, B}, opts)),
+        tc(workspace({slots, B, H}, opts)) {}
 
   explicit Buffers(const std::vector<Tensor>& t)
       : x_mean(t[0]), x_rstd(t[1]), normed(t[2]), rstd(t[3]), act(t[4]), cell(t[5]), cell_xhat(t[6]),
@@ -221,7 +295,7 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const Tensor& gain_ih, 
   const int64_t T_ = xp.size(0), B = xp.size(1), H = xp.size(3);
   const auto opts = xp.options();
   Buffers buf(save ? T_ : 1, save ? T_ : 2, B, H, opts);
-  Tensor pre_proj = at::empty({w_hr.defined() ? (save ? T_ : 1) : 0, B, H}, opts);
+  Tensor pre_proj = workspace({w_hr.defined() ? (save ? T_ : 1) : 0, B, H}, opts);
   Tensor out = at::empty({T_, B, h0.size(-1)}, opts);
   Tensor hh = at::empty({B, 4 * H}, opts);
   const Tensor w_hh_t = weight_hh.t();
@@ -262,9 +336,9 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
   const Buffers buf(saved.vec());
   const int64_t T_ = xp.size(0), B = xp.size(1), H = xp.size(3);
   const auto opts = xp.options();
-  Tensor grad_xp = at::empty({T_, B, 4, H}, opts);
-  Tensor grad_hh = at::empty({T_, B, 4 * H}, opts);
-  Tensor grad_h = at::empty({w_hr.defined() ? T_ : 1, B, out.size(-1)}, opts);
+  Tensor grad_xp = workspace({T_, B, 4, H}, opts);
+  Tensor grad_hh = workspace({T_, B, 4 * H}, opts);
+  Tensor grad_h = workspace({w_hr.defined() ? T_ : 1, B, out.size(-1)}, opts);
   Tensor dm = at::empty({B, H}, opts);
   Tensor dc = grad_cn.contiguous().clone();
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
@@ -328,6 +402,8 @@ TORCH_LIBRARY(rnn_stability, m) {
       "lstm_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor xp, Tensor gain_ih, "
       "Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, Tensor gain_hh, Tensor cell_weight, "
       "Tensor? weight_hr, Tensor out, Tensor pre_proj, Tensor[] saved, float eps, bool reverse) -> Tensor[]");
+  m.def("empty_cache() -> ()", &empty_cache);
+  m.def("workspace_bytes() -> int", &workspace_bytes);
 }
 
 TORCH_LIBRARY_IMPL(rnn_stability, CPU, m) {
