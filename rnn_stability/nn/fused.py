@@ -9,7 +9,8 @@ traffic, so both loops make few calls per step, write into preallocated buffers 
 tensors in cache. Formulas are those of
 :func:`rnn_stability.nn.recurrence.lstm_layer_norm_step` / :func:`~rnn_stability.nn.recurrence.gru_layer_norm_step`
 (Ba, Kiros & Hinton (2016), "Layer Normalization"). Like torch's cuDNN RNN kernels they are differentiable
-once (no double backward).
+once (no double backward). On CPU in float32/float64 the LSTM runs the C++ loop of :mod:`rnn_stability.nn.native`
+instead; this one serves the other devices and dtypes and the case where the C++ loop cannot be built.
 """
 
 from __future__ import annotations

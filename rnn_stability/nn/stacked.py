@@ -5,7 +5,8 @@ stack is run one layer at a time, so that residual connections can be added betw
 ``layer_norm=False`` each layer still runs torch's native one-layer kernel; with ``layer_norm=True`` each
 layer and direction computes its input projection and its layer norm for all steps at once, then runs the
 recurrent part step by step: :mod:`rnn_stability.nn.fused` (hand-written backward) when all sequences have one
-length, the autograd loops of :mod:`rnn_stability.nn.recurrence` otherwise.
+length (the LSTM runs the C++ loop of :mod:`rnn_stability.nn.native` instead where it can), the autograd loops of
+:mod:`rnn_stability.nn.recurrence` otherwise.
 """
 
 from __future__ import annotations
