@@ -122,12 +122,13 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         reverse: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The C++ loop of :mod:`rnn_stability.nn.native` where it applies, else the PyTorch loops."""
-        if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *weights)):
-            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
         bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
+        cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
+        params = [*weights, gain_ih, gain_hh, *cell_norm.parameters()]
+        if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
+            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
         shift = (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
         projection = F.linear(x, weights[0]).view(len(step_sizes), -1, 4, self.hidden_size)
-        cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
         weight_hr = weights[-1] if self.proj_size > 0 else None
         out, h, c = LSTMLayerNormNative.apply(
             projection,

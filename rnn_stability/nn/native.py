@@ -182,6 +182,7 @@ class LSTMLayerNormNative(torch.autograd.Function):
                 *per_step,
             )
         ctx.eps, ctx.reverse = eps, reverse
+        ctx.ops = ops  # the backward runs the kernel that ran forward, whatever the environment says by then
         ctx.has_cell_bias = cell_bias is not None
         return out, h_n, c_n
 
@@ -193,8 +194,7 @@ class LSTMLayerNormNative(torch.autograd.Function):
         xp, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr, out, pre_proj, *per_step = (
             ctx.saved_tensors
         )
-        ops = native_ops()
-        assert ops is not None
+        ops = ctx.ops
         (
             grad_xp,
             grad_h0,

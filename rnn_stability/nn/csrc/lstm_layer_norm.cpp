@@ -168,7 +168,7 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
     if (k == 2) {
       at::vec::map([](Vec v) { return v.tanh(); }, ak, ak, H);
     } else {
-      at::vec::map([](Vec v) { return Vec(T(1)) / (Vec(T(1)) + v.neg().exp_u20()); }, ak, ak, H);
+      at::vec::map([](Vec v) { return Vec(T(1)) / (Vec(T(1)) + v.neg().exp()); }, ak, ak, H);
     }
   }
   const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
@@ -272,15 +272,20 @@ struct Buffers {
   }
 };
 
-template <typename T>
-Params<T> params(const Tensor& gain_ih, const Tensor& shift, const Tensor& gain_hh, const Tensor& cell_weight,
-                 const Tensor& cell_bias, int64_t H, double eps) {
-  auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; };
-  return Params<T>{ptr(gain_ih), ptr(shift), ptr(gain_hh), ptr(cell_weight), ptr(cell_bias), H, static_cast<T>(eps)};
-}
-
 Tensor contiguous_or_undefined(const std::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : Tensor();
+}
+
+// Contiguous copies (where needed) of the layer-norm parameters, owned for as long as Params points into them.
+struct LayerNormParams {
+  Tensor gain_ih, shift, gain_hh, cell_weight, cell_bias;
+};
+
+template <typename T>
+Params<T> params(const LayerNormParams& t, int64_t H, double eps) {
+  auto ptr = [](const Tensor& x) { return x.defined() ? x.data_ptr<T>() : nullptr; };
+  return Params<T>{ptr(t.gain_ih),     ptr(t.shift),     ptr(t.gain_hh), ptr(t.cell_weight),
+                   ptr(t.cell_bias),   H,                static_cast<T>(eps)};
 }
 
 // Returns [out, h_n, c_n, pre_proj (empty without projection), then the per-step buffers of Buffers::list()].
@@ -300,9 +305,10 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const Tensor& gain_ih, 
   Tensor hh = at::empty({B, 4 * H}, opts);
   const Tensor w_hh_t = weight_hh.t();
   Tensor h = h0, c = c0;
+  const LayerNormParams lnp{gain_ih.contiguous(), contiguous_or_undefined(shift), gain_hh.contiguous(),
+                            cell_weight.contiguous(), contiguous_or_undefined(cell_bias)};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
-    const auto p = params<scalar_t>(gain_ih.contiguous(), contiguous_or_undefined(shift), gain_hh.contiguous(),
-                                    cell_weight.contiguous(), contiguous_or_undefined(cell_bias), H, eps);
+    const auto p = params<scalar_t>(lnp, H, eps);
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0, cell_slot = save ? t : s % 2;
       at::mm_out(hh, h, w_hh_t);
@@ -344,9 +350,10 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
   Tensor scratch = at::empty({5 * H}, opts);
   int64_t later = -1;  // the step processed just before this one (the next one in time order)
+  const LayerNormParams lnp{gain_ih.contiguous(), contiguous_or_undefined(shift), gain_hh.contiguous(),
+                            cell_weight.contiguous(), Tensor()};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_backward", [&] {
-    const auto p = params<scalar_t>(gain_ih.contiguous(), contiguous_or_undefined(shift), gain_hh.contiguous(),
-                                    cell_weight.contiguous(), Tensor(), H, eps);
+    const auto p = params<scalar_t>(lnp, H, eps);
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? s : T_ - 1 - s, earlier = reverse ? t + 1 : t - 1;

@@ -1,0 +1,713 @@
+"""The C++ time loop of the layer-normalised LSTM (:mod:`rnn_stability.nn.native`).
+
+Which loop runs (C++, PyTorch fused, autograd step loop), parity of outputs and gradients with the PyTorch
+loop and the naive reference, ``gradcheck`` of the autograd binding, the inference path (no saved buffers),
+float32 accuracy, the build-failure fallback, double backward and gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+from torch.nn.utils.rnn import pack_sequence
+
+from rnn_stability.nn import LSTM, native
+from rnn_stability.nn.fused import LSTMLayerNormFunction
+from rnn_stability.nn.native import LSTMLayerNormNative, native_enabled, native_ops
+from tests.helpers import native_kernel_or_skip
+from tests.nn.inputs import Case, flatten_output, make_case
+from tests.nn.naive_reference import reference_forward
+
+ENV = "RNN_STABILITY_NATIVE"
+EPS = 1e-5
+# The C++ and the PyTorch loops evaluate the same float64 formulas: they agree to rounding.
+ATOL_LOOPS = 1e-10
+RTOL_LOOPS = 1e-10  # gradients of a weighted sum over all outputs reach a few hundred
+# The naive reference normalises with its own hand-written formula, one sample at a time.
+ATOL_REFERENCE = 1e-8
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Any:
+    """The built C++ ops; the module is skipped where they cannot be built (no compiler)."""
+    return native_kernel_or_skip()
+
+
+pytestmark = pytest.mark.usefixtures("kernel")
+
+
+@pytest.fixture(autouse=True)
+def _native_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests set the environment variable themselves; an outer ``RNN_STABILITY_NATIVE=0`` must not leak in."""
+    monkeypatch.delenv(ENV, raising=False)
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+
+
+class PathSpy:
+    """Counts the calls of the three time loops of the layer-norm LSTM and keeps the C++ loop's outputs."""
+
+    def __init__(self) -> None:
+        self.calls = {"native": 0, "fused": 0, "loop": 0}
+        self.native_outputs: list[tuple[Tensor, ...]] = []
+
+    def wrap(self, key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[key] += 1
+            result = fn(*args, **kwargs)
+            if key == "native":
+                self.native_outputs.append(result)
+            return result
+
+        return counted
+
+
+@contextmanager
+def spy_paths() -> Iterator[PathSpy]:
+    """Within the block, count which loop each layer-norm LSTM direction runs."""
+    spy = PathSpy()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LSTMLayerNormNative, "apply", spy.wrap("native", LSTMLayerNormNative.apply))
+        mp.setattr(LSTMLayerNormFunction, "apply", spy.wrap("fused", LSTMLayerNormFunction.apply))
+        mp.setattr(LSTM, "_layer_norm_sequence", staticmethod(spy.wrap("loop", LSTM._layer_norm_sequence)))
+        yield spy
+
+
+@contextmanager
+def native_switch(enabled: bool) -> Iterator[None]:
+    """Run the block with the C++ loop allowed (``enabled``) or disabled through the environment variable."""
+    with pytest.MonkeyPatch.context() as mp:
+        if enabled:
+            mp.delenv(ENV, raising=False)
+        else:
+            mp.setenv(ENV, "0")
+        yield
+
+
+def perturb(module: LSTM, seed: int) -> LSTM:
+    """Random parameters, layer-norm gains around 1 (but away from it) and cell biases away from 0."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.rand(p.shape, generator=gen, dtype=torch.float64).mul(1.4).sub(0.7).to(p.dtype)
+            if name.startswith("layer_norm") and name.endswith("weight"):
+                p.copy_(noise + 1.0)
+            else:
+                p.copy_(noise)
+    return module
+
+
+def build(
+    *,
+    input_size: int = 3,
+    hidden_size: int = 4,
+    num_layers: int = 1,
+    proj_size: int = 0,
+    bias: bool = True,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    residual: bool = False,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> LSTM:
+    module = LSTM(
+        input_size,
+        hidden_size,
+        num_layers,
+        bias=bias,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+        proj_size=proj_size,
+        layer_norm=True,
+        residual=residual,
+        dtype=dtype,
+    )
+    return perturb(module, seed).eval()
+
+
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def weighted_loss(tensors: list[Tensor]) -> Tensor:
+    """Weights every position of every tensor differently, so that misplaced gradients show."""
+    total = tensors[0].new_zeros(())
+    for k, t in enumerate(tensors):
+        weights = torch.linspace(0.5, 1.5, t.numel(), dtype=t.dtype).view_as(t)
+        total = total + (t * weights).sum() * (1.0 + 0.1 * k)
+    return total
+
+
+def assert_all_close(actual: list[Tensor], expected: list[Tensor], atol: float, rtol: float = 0.0) -> None:
+    assert len(actual) == len(expected)
+    for k, (a, b) in enumerate(zip(actual, expected, strict=True)):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, k=k: f"tensor {k}: {m}")
+
+
+# ---- 1. which loop runs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_float_runs_the_cpp_loop(dtype: torch.dtype) -> None:
+    module = build(num_layers=2, bidirectional=True, proj_size=2, dtype=dtype)
+    x = randn(4, 3, 3, dtype=dtype).requires_grad_()
+    with spy_paths() as spy:
+        out, (h, c) = module(x)
+    assert spy.calls == {"native": 4, "fused": 0, "loop": 0}
+    for result in spy.native_outputs:
+        assert all("LSTMLayerNormNative" in type(t.grad_fn).__name__ for t in result)
+        assert all(t.dtype == dtype for t in result)
+    assert out.shape == (4, 3, 4) and h.shape == (4, 3, 2) and c.shape == (4, 3, 4)
+
+
+def test_packed_sequences_of_equal_lengths_run_the_cpp_loop() -> None:
+    module = build(bidirectional=True)
+    packed = pack_sequence([randn(5, 3, seed=k) for k in range(3)])
+    with spy_paths() as spy:
+        module(packed)
+    assert spy.calls == {"native": 2, "fused": 0, "loop": 0}
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", " off "])
+def test_environment_variable_disables_the_cpp_loop(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = build(num_layers=2)
+    x = randn(3, 2, 3)
+    monkeypatch.setenv(ENV, value)
+    assert not native_enabled() and native_ops() is None
+    with spy_paths() as spy:
+        module(x)
+    assert spy.calls == {"native": 0, "fused": 2, "loop": 0}
+    # Read at every call: allowing it again takes effect at once.
+    monkeypatch.setenv(ENV, "1")
+    with spy_paths() as spy:
+        module(x)
+    assert spy.calls == {"native": 2, "fused": 0, "loop": 0}
+
+
+def test_bfloat16_runs_the_pytorch_loop() -> None:
+    module = build(bidirectional=True, dtype=torch.bfloat16)
+    with spy_paths() as spy:
+        out, _ = module(randn(3, 2, 3, dtype=torch.bfloat16))
+    assert spy.calls == {"native": 0, "fused": 2, "loop": 0}
+    assert out.dtype == torch.bfloat16
+
+
+def test_packed_sequences_of_unequal_lengths_run_the_autograd_loop() -> None:
+    module = build(bidirectional=True)
+    packed = pack_sequence([randn(n, 3, seed=n) for n in (2, 5, 3)], enforce_sorted=False)
+    with spy_paths() as spy:
+        module(packed)
+    assert spy.calls == {"native": 0, "fused": 0, "loop": 2}
+
+
+def test_cpu_autocast_runs_the_pytorch_loop() -> None:
+    module = build(num_layers=2, dtype=torch.float32)
+    with spy_paths() as spy, torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = module(randn(3, 2, 3, dtype=torch.float32))
+    assert spy.calls == {"native": 0, "fused": 2, "loop": 0}
+    assert out.isfinite().all()
+
+
+# ---- 2. parity with the PyTorch loop and the naive reference -------------------------------------------------
+
+configs = st.fixed_dictionaries(
+    {
+        "num_layers": st.integers(1, 2),
+        "bidirectional": st.booleans(),
+        "batch_first": st.booleans(),
+        "proj": st.booleans(),
+        "bias": st.booleans(),
+        "residual": st.booleans(),
+        "residual_first": st.booleans(),
+        "with_h0": st.booleans(),
+        "unbatched": st.booleans(),
+        "steps": st.sampled_from([1, 2, 5]),
+        "batch": st.integers(1, 3),
+    }
+)
+
+
+def _config_module(cfg: dict[str, Any], seed: int) -> LSTM:
+    hidden, proj = 4, 2 if cfg["proj"] else 0
+    width = (proj or hidden) * (2 if cfg["bidirectional"] else 1)
+    return build(
+        # input as wide as the layer output makes layer 0 residual too (with ``residual=True``)
+        input_size=width if cfg["residual_first"] else 3,
+        hidden_size=hidden,
+        num_layers=cfg["num_layers"],
+        proj_size=proj,
+        bias=cfg["bias"],
+        bidirectional=cfg["bidirectional"],
+        batch_first=cfg["batch_first"],
+        residual=cfg["residual"],
+        seed=seed,
+    )
+
+
+def _config_case(module: LSTM, cfg: dict[str, Any], seed: int) -> Case:
+    return make_case(
+        module,
+        batch=cfg["batch"],
+        steps=cfg["steps"],
+        packed=False,
+        with_h0=cfg["with_h0"],
+        unbatched=cfg["unbatched"],
+        seed=seed,
+    )
+
+
+def _module_run(module: LSTM, case: Case, enabled: bool) -> tuple[list[Tensor], list[Tensor], PathSpy]:
+    """Outputs (per sequence, then final states) and gradients of inputs, state and parameters."""
+    with native_switch(enabled), spy_paths() as spy:
+        outs, state = flatten_output(module(case.input, case.hx), case, module.batch_first)
+        values = outs + list(state)
+        gradients = torch.autograd.grad(weighted_loss(values), case.leaves + list(module.parameters()))
+    return values, list(gradients), spy
+
+
+_FULL = dict(num_layers=2, bidirectional=True, proj=True, bias=True, residual=True, residual_first=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cfg=configs, seed=st.integers(0, 3))
+@example(
+    cfg=dict(_FULL, batch_first=True, with_h0=True, unbatched=False, steps=5, batch=3),
+    seed=0,
+)
+@example(
+    cfg=dict(_FULL, bias=False, batch_first=False, with_h0=True, unbatched=False, steps=1, batch=2),
+    seed=1,
+)
+@example(
+    cfg=dict(
+        num_layers=2,
+        bidirectional=False,
+        proj=False,
+        bias=True,
+        residual=True,
+        residual_first=True,
+        batch_first=True,
+        with_h0=True,
+        unbatched=True,
+        steps=5,
+        batch=1,
+    ),
+    seed=2,
+)
+def test_cpp_loop_matches_pytorch_loop_and_naive_reference(cfg: dict[str, Any], seed: int) -> None:
+    module = _config_module(cfg, seed)
+    case = _config_case(module, cfg, seed)
+    directions = cfg["num_layers"] * (2 if cfg["bidirectional"] else 1)
+
+    values, gradients, spy = _module_run(module, case, enabled=True)
+    assert spy.calls == {"native": directions, "fused": 0, "loop": 0}
+    torch_values, torch_gradients, torch_spy = _module_run(module, case, enabled=False)
+    assert torch_spy.calls == {"native": 0, "fused": directions, "loop": 0}
+    assert_all_close(values, torch_values, ATOL_LOOPS, RTOL_LOOPS)
+    assert_all_close(gradients, torch_gradients, ATOL_LOOPS, RTOL_LOOPS)
+
+    ref_outs, ref_state = reference_forward(module, case.sequences, case.state)
+    ref_values = ref_outs + list(ref_state)
+    ref_gradients = torch.autograd.grad(weighted_loss(ref_values), case.leaves + list(module.parameters()))
+    assert_all_close(values, ref_values, ATOL_REFERENCE)
+    assert_all_close(gradients, list(ref_gradients), ATOL_REFERENCE)
+
+
+def test_parity_with_large_gains_and_spread_cell_state() -> None:
+    """Gains far from 1 and a large initial state saturate some gates: the loops still agree with the reference."""
+    module = build(input_size=3, hidden_size=8, num_layers=2, bidirectional=True, proj_size=3, seed=5)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("layer_norm"):
+                p.mul_(3.0)
+    case = make_case(module, batch=4, steps=7, packed=False, with_h0=True, unbatched=False, seed=5)
+    assert case.state is not None
+    with torch.no_grad():
+        for s in case.state:  # the same tensors as ``case.hx``: a large initial cell state
+            s.mul_(4.0)
+    values, gradients, spy = _module_run(module, case, enabled=True)
+    assert spy.calls["native"] == 4
+    torch_values, torch_gradients, _ = _module_run(module, case, enabled=False)
+    assert_all_close(values, torch_values, ATOL_LOOPS, RTOL_LOOPS)
+    assert_all_close(gradients, torch_gradients, ATOL_LOOPS, RTOL_LOOPS)
+    ref_outs, ref_state = reference_forward(module, case.sequences, case.state)
+    ref_gradients = torch.autograd.grad(
+        weighted_loss(ref_outs + list(ref_state)), case.leaves + list(module.parameters())
+    )
+    assert_all_close(values, ref_outs + list(ref_state), ATOL_REFERENCE)
+    assert_all_close(gradients, list(ref_gradients), ATOL_REFERENCE)
+
+
+# ---- 3. gradcheck of the autograd binding --------------------------------------------------------------------
+
+NATIVE_ARGS = (
+    "xp",
+    "gain_ih",
+    "shift",
+    "h0",
+    "c0",
+    "weight_hh",
+    "gain_hh",
+    "cell_weight",
+    "cell_bias",
+    "weight_hr",
+)
+
+
+def native_args(
+    *,
+    steps: int = 3,
+    batch: int = 2,
+    hidden: int = 3,
+    proj: int = 0,
+    shift: bool = True,
+    cell_bias: bool = True,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, Tensor | None]:
+    """Arguments of :meth:`LSTMLayerNormNative.apply` before ``eps`` and ``reverse`` (``weight_hr`` if ``proj``)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = proj or hidden
+
+    def rand(*shape: int, scale: float, offset: float = 0.0) -> Tensor:
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + offset).to(dtype)
+
+    return {
+        "xp": rand(steps, batch, 4, hidden, scale=1.5, offset=0.3),
+        "gain_ih": rand(4, hidden, scale=0.4, offset=1.0),
+        "shift": rand(4, hidden, scale=0.5) if shift else None,
+        "h0": rand(batch, out, scale=0.5),
+        "c0": rand(batch, hidden, scale=0.8),
+        "weight_hh": rand(4 * hidden, out, scale=0.7),
+        "gain_hh": rand(4, hidden, scale=0.4, offset=1.0),
+        "cell_weight": rand(hidden, scale=0.4, offset=1.0),
+        "cell_bias": rand(hidden, scale=0.5) if cell_bias else None,
+        "weight_hr": rand(out, hidden, scale=0.7) if proj else None,
+    }
+
+
+def apply_native(args: dict[str, Tensor | None], reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return LSTMLayerNormNative.apply(*(args[name] for name in NATIVE_ARGS), EPS, reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(
+    ("shift", "cell_bias", "proj"),
+    [(True, True, 2), (False, False, 0), (True, False, 0), (False, True, 2)],
+    ids=["all", "none", "shift", "cell_bias+weight_hr"],
+)
+def test_gradcheck_native_function(shift: bool, cell_bias: bool, proj: int, reverse: bool) -> None:
+    args = native_args(shift=shift, cell_bias=cell_bias, proj=proj)
+    names = [name for name in NATIVE_ARGS if args[name] is not None]
+    inputs = tuple(args[name].requires_grad_() for name in names)  # type: ignore[union-attr]
+
+    def fn(*tensors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return apply_native(dict(args, **dict(zip(names, tensors, strict=True))), reverse)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_native_function_partial_requires_grad(reverse: bool) -> None:
+    """Asking for one input's gradient gives the same value as asking for all of them."""
+    args = native_args(proj=2, steps=4)
+    names = [name for name in NATIVE_ARGS if args[name] is not None]
+    full = {name: args[name].detach().requires_grad_() for name in names}  # type: ignore[union-attr]
+    out, h, c = apply_native(dict(full), reverse)
+    all_grads = torch.autograd.grad(weighted_loss([out, h, c]), [full[n] for n in names])
+    for name, expected in zip(names, all_grads, strict=True):
+        single: dict[str, Tensor | None] = {n: args[n].detach() for n in names}  # type: ignore[union-attr]
+        single[name] = args[name].detach().requires_grad_()  # type: ignore[union-attr]
+        out, h, c = apply_native(dict(args, **single), reverse)
+        (grad,) = torch.autograd.grad(weighted_loss([out, h, c]), [single[name]])
+        torch.testing.assert_close(grad, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_native_function_matches_pytorch_fused_function(reverse: bool) -> None:
+    """Direct call against :class:`LSTMLayerNormFunction` fed the normalised input gates; sum losses, which
+    hand the backward expanded (stride 0) gradients of ``h_n`` and ``c_n``."""
+    args = native_args(steps=5, batch=3, hidden=4, proj=3)
+    leaves = {n: t.requires_grad_() for n, t in args.items() if t is not None}
+    out, h, c = apply_native(args, reverse)
+    loss = out.sum() + h.sum() * 0.5 + c.sum() * 2.0
+    got = torch.autograd.grad(loss, list(leaves.values()))
+
+    xp, shift = leaves["xp"], leaves["shift"]
+    gates = torch.addcmul(
+        shift, torch.nn.functional.layer_norm(xp, [xp.size(-1)], eps=EPS), leaves["gain_ih"]
+    )
+    ref = LSTMLayerNormFunction.apply(
+        gates,
+        leaves["h0"],
+        leaves["c0"],
+        leaves["weight_hh"],
+        leaves["gain_hh"],
+        leaves["cell_weight"],
+        leaves["cell_bias"],
+        leaves["weight_hr"],
+        EPS,
+        reverse,
+    )
+    assert_all_close([out, h, c], list(ref), ATOL_LOOPS, RTOL_LOOPS)
+    ref_loss = ref[0].sum() + ref[1].sum() * 0.5 + ref[2].sum() * 2.0
+    expected = torch.autograd.grad(ref_loss, list(leaves.values()))
+    assert_all_close(list(got), list(expected), ATOL_LOOPS, RTOL_LOOPS)
+
+
+def non_contiguous(t: Tensor) -> Tensor:
+    """The values of ``t`` in a non-contiguous layout (differentiable with respect to ``t``)."""
+    if t.dim() == 1:
+        return torch.stack([t, t], 1)[:, 0]  # stride 2
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+def _values_and_grads(
+    args: dict[str, Tensor | None], layout: Callable[[str, Tensor], Tensor], reverse: bool
+) -> list[Tensor]:
+    leaves = {n: t.detach().requires_grad_() for n, t in args.items() if t is not None}
+    result = apply_native({n: layout(n, leaves[n]) if n in leaves else None for n in NATIVE_ARGS}, reverse)
+    return list(result) + list(torch.autograd.grad(weighted_loss(list(result)), list(leaves.values())))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_native_function_non_contiguous_state_and_weights(reverse: bool) -> None:
+    """Strided input projection, state and weight matrices give the values and gradients of contiguous ones."""
+    args = native_args(steps=4, batch=3, hidden=4, proj=2)
+    strided = ("xp", "h0", "c0", "weight_hh", "weight_hr")
+
+    def layout(name: str, t: Tensor) -> Tensor:
+        if name in strided:
+            t = non_contiguous(t)
+            assert not t.is_contiguous()
+        return t
+
+    expected = _values_and_grads(args, lambda _, t: t, reverse)
+    # Matrix products of other layouts may round differently: not bit-identical.
+    assert_all_close(_values_and_grads(args, layout, reverse), expected, 1e-12)
+
+
+@pytest.mark.parametrize("name", ["gain_ih", "shift", "gain_hh", "cell_weight", "cell_bias"])
+def test_native_function_non_contiguous_layer_norm_parameters(name: str) -> None:
+    args = native_args(steps=4, batch=3, hidden=4, proj=2)
+
+    def layout(arg: str, t: Tensor) -> Tensor:
+        return non_contiguous(t) if arg == name else t
+
+    expected = _values_and_grads(args, lambda _, t: t, reverse=False)
+    got = _values_and_grads(args, layout, reverse=False)
+    assert_all_close(got, expected, ATOL_LOOPS, RTOL_LOOPS)
+
+
+def test_module_with_non_contiguous_gains_matches_pytorch_loop() -> None:
+    module = build(num_layers=2, bidirectional=True)
+    params = {
+        name: non_contiguous(p.detach()) if name.startswith("layer_norm") else p.detach()
+        for name, p in module.named_parameters()
+    }
+    x = randn(4, 3, 3)
+    with spy_paths() as spy:
+        out, (h, c) = torch.func.functional_call(module, params, (x,))
+    assert spy.calls["native"] == 4
+    with native_switch(False):
+        expected_out, (expected_h, expected_c) = torch.func.functional_call(module, params, (x,))
+    assert_all_close([out, h, c], [expected_out, expected_h, expected_c], ATOL_LOOPS, RTOL_LOOPS)
+
+
+# ---- 4. inference path ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(num_layers=2, bidirectional=True, proj_size=2),
+        dict(bias=False, batch_first=True),
+        dict(num_layers=2, bidirectional=True, residual=True, input_size=8),
+    ],
+    ids=["bi-proj", "nobias-batch-first", "bi-residual"],
+)
+def test_no_grad_outputs_equal_grad_outputs(options: dict[str, Any]) -> None:
+    """Without gradients the C++ loop saves nothing and reuses one set of per-step buffers: same values."""
+    module = build(**options)
+    x = randn(6, 3, module.input_size, seed=1)  # 6 steps, or 6 sequences of 3 steps when batch_first
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    batch = x.size(0 if module.batch_first else 1)
+    h0 = randn(layers, batch, module.proj_size or module.hidden_size, seed=2)
+    c0 = randn(layers, batch, module.hidden_size, seed=3)
+    with spy_paths() as spy:
+        out, (h, c) = module(x.requires_grad_(), (h0, c0))
+    assert spy.calls["native"] == layers and out.requires_grad
+    for context in (torch.no_grad, torch.inference_mode):
+        with spy_paths() as spy, context():
+            out_i, (h_i, c_i) = module(x, (h0, c0))
+        assert spy.calls == {"native": layers, "fused": 0, "loop": 0}
+        assert not out_i.requires_grad
+        for a, b in zip((out_i, h_i, c_i), (out, h, c), strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("proj", [0, 2], ids=["no-proj", "proj"])
+def test_native_function_without_saving_equals_with_saving(reverse: bool, proj: int) -> None:
+    """``save=False`` (nothing needs a gradient) reuses per-step buffers; values are those of ``save=True``."""
+    args = native_args(steps=6, batch=3, hidden=4, proj=proj, seed=7)
+    with torch.no_grad():
+        unsaved = apply_native(args, reverse)
+    detached = apply_native(args, reverse)  # grad mode on but no input requires grad: also save=False
+    saved_args = {n: t.detach().requires_grad_() if t is not None else None for n, t in args.items()}
+    saved = apply_native(saved_args, reverse)
+    assert all(t.requires_grad for t in saved) and not any(t.requires_grad for t in detached)
+    for a, b, c in zip(unsaved, detached, saved, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, c)
+
+
+# ---- 5. float32 ----------------------------------------------------------------------------------------------
+
+
+def test_float32_close_to_float64() -> None:
+    module = build(input_size=5, hidden_size=8, num_layers=2, bidirectional=True, proj_size=5, seed=3)
+    x = randn(7, 4, 5, seed=3).requires_grad_()
+    h0, c0 = randn(4, 4, 5, seed=4).mul(0.5), randn(4, 4, 8, seed=5).mul(0.5)
+    out, (h, c) = module(x, (h0, c0))
+    expected = [out, h, c]
+    expected_grads = torch.autograd.grad(weighted_loss(expected), [x, *module.parameters()])
+
+    low = build(input_size=5, hidden_size=8, num_layers=2, bidirectional=True, proj_size=5, seed=3)
+    low = low.float()
+    x32 = x.detach().float().requires_grad_()
+    with spy_paths() as spy:
+        out, (h, c) = low(x32, (h0.float(), c0.float()))
+    assert spy.calls["native"] == 4
+    got = [out, h, c]
+    assert all(t.dtype == torch.float32 for t in got)
+    got_grads = torch.autograd.grad(weighted_loss(got), [x32, *low.parameters()])
+    assert_all_close([t.double() for t in got], [t.detach() for t in expected], atol=1e-4, rtol=1e-4)
+    # Gradients reach ~300 here (a weighted sum over every output): compare relative to each one's scale.
+    for got_grad, expected_grad in zip(got_grads, expected_grads, strict=True):
+        scale = expected_grad.abs().max().item()
+        torch.testing.assert_close(got_grad.double(), expected_grad, atol=5e-4 * scale, rtol=0)
+
+
+# ---- 6. build failure ----------------------------------------------------------------------------------------
+
+
+def test_failed_build_warns_once_and_falls_back_to_pytorch_loop() -> None:
+    module = build(num_layers=2, bidirectional=True, proj_size=2)
+    x = randn(4, 2, 3, seed=1).requires_grad_()
+    with spy_paths() as spy:
+        expected = module(x)[0]
+    assert spy.calls["native"] == 4
+    (expected_grad,) = torch.autograd.grad(weighted_loss([expected]), [x])
+
+    builds: list[int] = []
+
+    def broken_build() -> Any:
+        builds.append(1)
+        raise RuntimeError("no C++ compiler here")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_build", broken_build)
+        mp.setattr(native, "_state", {})  # forget the successful build of this process
+        # Disabled through the environment: no build is attempted, nothing is said.
+        mp.setenv(ENV, "0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert native_ops() is None
+        assert builds == [] and native._state == {}
+        mp.delenv(ENV)
+
+        with pytest.warns(RuntimeWarning, match=ENV) as record, spy_paths() as spy:
+            out = module(x)[0]
+        ours = [w for w in record if issubclass(w.category, RuntimeWarning)]
+        assert len(ours) == 1 and "no C++ compiler here" in str(ours[0].message)
+        assert builds == [1] and native._state == {"ops": None}
+        assert spy.calls == {"native": 0, "fused": 4, "loop": 0}
+        torch.testing.assert_close(out, expected, atol=ATOL_LOOPS, rtol=RTOL_LOOPS)
+        (grad,) = torch.autograd.grad(weighted_loss([out]), [x])
+        torch.testing.assert_close(grad, expected_grad, atol=ATOL_LOOPS, rtol=RTOL_LOOPS)
+
+        # The outcome is remembered: no second build, no second warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert native_ops() is None
+            with spy_paths() as spy:
+                module(x)
+        assert builds == [1] and spy.calls["native"] == 0
+
+    # The real ops are back for everything that runs after this test.
+    assert native_ops() is not None
+    with spy_paths() as spy:
+        module(x)
+    assert spy.calls["native"] == 4
+
+
+# ---- 7. double backward --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["cpp", "pytorch"])
+def test_double_backward_raises(enabled: bool) -> None:
+    module = build(num_layers=2, proj_size=2)
+    x = randn(3, 2, 3).requires_grad_()
+    with native_switch(enabled), spy_paths() as spy:
+        out, (h, c) = module(x)
+        # A loss non-linear in the outputs, so that the backward's incoming gradients require grad (with a
+        # linear loss once_differentiable cannot tell that a second derivative is wanted).
+        loss = weighted_loss([out.pow(2), h.pow(2), c.pow(2)])
+        grads = torch.autograd.grad(loss, [x, *module.parameters()], create_graph=True)
+        # ``.backward()`` runs every node of the graph, the error node of once_differentiable included (an
+        # ``autograd.grad`` restricted to some inputs may prune it and silently miss the second-order terms).
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            sum(g.pow(2).sum() for g in grads).backward()
+    assert spy.calls["native" if enabled else "fused"] == 2
+
+
+# ---- 8. gradient accumulation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_two_backward_passes_accumulate(proj_size: int) -> None:
+    module = build(num_layers=2, bidirectional=True, proj_size=proj_size, residual=True, input_size=3)
+    x = randn(5, 3, 3, seed=1).requires_grad_()
+    h0 = randn(4, 3, proj_size or 4, seed=2).requires_grad_()
+    c0 = randn(4, 3, 4, seed=3).requires_grad_()
+    leaves = [x, h0, c0, *module.parameters()]
+    with native_switch(False):
+        out, (h, c) = module(x, (h0, c0))
+        expected = torch.autograd.grad(weighted_loss([out, h, c]), leaves)
+
+    with spy_paths() as spy:
+        out, (h, c) = module(x, (h0, c0))
+    assert spy.calls["native"] == 4
+    loss = weighted_loss([out, h, c])
+    loss.backward(retain_graph=True)
+    first = [t.grad.clone() for t in leaves]  # type: ignore[union-attr]
+    assert_all_close(first, list(expected), ATOL_LOOPS, RTOL_LOOPS)
+    loss.backward()
+    for t, g in zip(leaves, first, strict=True):
+        torch.testing.assert_close(t.grad, 2 * g, atol=1e-12, rtol=1e-12)
+    # Distinct leaves own distinct memory (no gradient buffer shared between two of them).
+    pointers = [t.grad.data_ptr() for t in leaves]  # type: ignore[union-attr]
+    assert len(set(pointers)) == len(pointers)
+
+
+# ---- robustness of the binding -------------------------------------------------------------------------------
+
+
+def test_backward_after_disabling_between_forward_and_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = build()
+    x = randn(3, 2, 3).requires_grad_()
+    out, _ = module(x)
+    monkeypatch.setenv(ENV, "0")
+    (grad,) = torch.autograd.grad(out.sum(), [x])
+    monkeypatch.delenv(ENV)
+    (expected,) = torch.autograd.grad(module(x)[0].sum(), [x])
+    torch.testing.assert_close(grad, expected, atol=ATOL_LOOPS, rtol=RTOL_LOOPS)

@@ -1,0 +1,71 @@
+"""The C++ LSTM kernel's buffer pool: reuse once free, never while referenced, release on demand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnn_stability.nn import LSTM, native
+from tests.helpers import native_kernel_or_skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel() -> None:
+    native_kernel_or_skip()
+
+
+def _grads(module: LSTM) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in module.parameters()]  # type: ignore[union-attr]
+
+
+def test_buffers_are_reused_once_the_graph_is_freed() -> None:
+    torch.manual_seed(0)
+    module = LSTM(5, 7, 2, layer_norm=True)
+    x = torch.randn(9, 3, 5)
+    native.empty_cache()
+    for _ in range(2):
+        out, _ = module(x)
+        out.sum().backward()
+    held = native.workspace_bytes()
+    assert held > 0
+    for _ in range(3):
+        out, _ = module(x)
+        out.sum().backward()
+    assert native.workspace_bytes() == held
+    native.empty_cache()
+    assert native.workspace_bytes() == 0
+
+
+def test_graphs_alive_at_once_get_their_own_buffers() -> None:
+    """Two forwards before one backward: the second must not overwrite what the first saved."""
+    torch.manual_seed(0)
+    module = LSTM(5, 7, 2, layer_norm=True, bidirectional=True)
+    x = torch.randn(6, 3, 5)
+    out_a, _ = module(x)
+    out_b, _ = module(2 * x)
+    (out_a.sum() + out_b.pow(2).sum()).backward()
+    together = _grads(module)
+    module.zero_grad()
+    out_a, _ = module(x)
+    out_a.sum().backward()
+    out_b, _ = module(2 * x)
+    out_b.pow(2).sum().backward()
+    for a, b in zip(together, _grads(module), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_outputs_kept_by_the_caller_are_not_overwritten() -> None:
+    torch.manual_seed(0)
+    module = LSTM(5, 7, layer_norm=True)
+    x = torch.randn(6, 3, 5, requires_grad=True)
+    out, _ = module(x)
+    out.sum().backward()
+    kept, grad = out.detach().clone(), x.grad.clone()  # type: ignore[union-attr]
+    first, _ = module(x)
+    for _ in range(3):
+        again, _ = module(torch.randn(6, 3, 5, requires_grad=True))
+        again.sum().backward()
+    assert torch.equal(first.detach(), kept)
+    x.grad = None
+    first.sum().backward()
+    assert torch.equal(x.grad, grad)
