@@ -48,7 +48,7 @@ def native_enabled() -> bool:
 
 def _compile_flags() -> list[str]:
     """Optimisation flags; AVX2 + FMA vector code (ATen's ``Vectorized``, Sleef) where the CPU has them."""
-    flags = ["-O3", "-fopenmp-simd"]
+    flags = ["-O3", "-fopenmp"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return flags
@@ -72,6 +72,7 @@ def _build() -> Any:
         name="rnn_stability_lstm_layer_norm",
         sources=[str(_SOURCE)],
         extra_cflags=_compile_flags(),
+        extra_ldflags=["-fopenmp"],
         is_python_module=False,
         verbose=False,
     )

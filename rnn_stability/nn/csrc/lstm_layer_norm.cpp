@@ -10,6 +10,7 @@
 // matrix products go through ATen (MKL / oneDNN); everything else of a step is one pass over each batch row
 // while it is in cache (ATen's Vectorized / Sleef for sigmoid and tanh), instead of ~20 dispatched ops.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
@@ -241,6 +242,9 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
   }
 }
 
+// Batch rows per task of at::parallel_for: a row is only a few microseconds of work.
+inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 8192 / (4 * H)); }
+
 // Per-step buffers, (slots, B, ...) each. With save == false a step reuses slot 0 (cells alternate between two
 // slots, as a step reads the previous step's cell).
 struct Buffers {
@@ -315,10 +319,14 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const Tensor& gain_ih, 
       Tensor out_t = out[t];
       Tensor h_pre = w_hr.defined() ? pre_proj[slot] : out_t;
       const scalar_t* c_prev = c.data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        forward_row<scalar_t>(p, xp.data_ptr<scalar_t>() + (t * B + b) * 4 * H, hh.data_ptr<scalar_t>() + b * 4 * H,
-                              c_prev + b * H, buf.row<scalar_t>(slot, cell_slot, b), h_pre.data_ptr<scalar_t>() + b * H);
-      }
+      const scalar_t *xp_p = xp.data_ptr<scalar_t>(), *hh_p = hh.data_ptr<scalar_t>();
+      scalar_t* h_p = h_pre.data_ptr<scalar_t>();
+      at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          forward_row<scalar_t>(p, xp_p + (t * B + b) * 4 * H, hh_p + b * 4 * H, c_prev + b * H,
+                                buf.row<scalar_t>(slot, cell_slot, b), h_p + b * H);
+        }
+      });
       if (w_hr.defined()) at::mm_out(out_t, h_pre, w_hr.t());
       h = out_t;
       c = buf.cell[cell_slot];
@@ -348,13 +356,16 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
   Tensor dm = at::empty({B, H}, opts);
   Tensor dc = grad_cn.contiguous().clone();
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
-  Tensor scratch = at::empty({5 * H}, opts);
+  Tensor scratch = at::empty({B, 5 * H}, opts);
   int64_t later = -1;  // the step processed just before this one (the next one in time order)
   const LayerNormParams lnp{gain_ih.contiguous(), contiguous_or_undefined(shift), gain_hh.contiguous(),
                             cell_weight.contiguous(), Tensor()};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_backward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps);
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
+    scalar_t *dc_p = dc.data_ptr<scalar_t>(), *grad_xp_p = grad_xp.data_ptr<scalar_t>();
+    scalar_t *grad_hh_p = grad_hh.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
+    const scalar_t* xp_p = xp.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? s : T_ - 1 - s, earlier = reverse ? t + 1 : t - 1;
       Tensor dh = grad_h[w_hr.defined() ? t : 0];
@@ -368,15 +379,16 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
       const bool first = earlier < 0 || earlier >= T_;
       const scalar_t* c_prev = (first ? c0 : buf.cell[earlier]).data_ptr<scalar_t>();
       const scalar_t* f_next = later < 0 ? nullptr : buf.act.data_ptr<scalar_t>() + later * B * 4 * H + H;
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t row = (t * B + b) * 4 * H;
-        const Acc<scalar_t> acc{acc4_p + b * 4 * H, acc4_p + (B + b) * 4 * H, acc4_p + (2 * B + b) * 4 * H,
-                                acc1_p + b * H, acc1_p + (B + b) * H};
-        backward_row<scalar_t>(p, dm_p + b * H, xp.data_ptr<scalar_t>() + row, c_prev + b * H,
-                               f_next == nullptr ? nullptr : f_next + b * 4 * H, buf.row<scalar_t>(t, t, b),
-                               dc.data_ptr<scalar_t>() + b * H, grad_xp.data_ptr<scalar_t>() + row,
-                               grad_hh.data_ptr<scalar_t>() + row, acc, scratch.data_ptr<scalar_t>());
-      }
+      at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t row = (t * B + b) * 4 * H;
+          const Acc<scalar_t> acc{acc4_p + b * 4 * H, acc4_p + (B + b) * 4 * H, acc4_p + (2 * B + b) * 4 * H,
+                                  acc1_p + b * H, acc1_p + (B + b) * H};
+          backward_row<scalar_t>(p, dm_p + b * H, xp_p + row, c_prev + b * H,
+                                 f_next == nullptr ? nullptr : f_next + b * 4 * H, buf.row<scalar_t>(t, t, b),
+                                 dc_p + b * H, grad_xp_p + row, grad_hh_p + row, acc, scratch_p + b * 5 * H);
+        }
+      });
       later = t;
     }
   });

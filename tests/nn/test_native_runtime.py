@@ -1,4 +1,5 @@
-"""The C++ LSTM kernel's buffer pool: reuse once free, never while referenced, release on demand."""
+"""The C++ LSTM kernel at run time: its buffer pool (reuse once free, never while referenced, release on
+demand) and its rows split over threads."""
 
 from __future__ import annotations
 
@@ -69,3 +70,25 @@ def test_outputs_kept_by_the_caller_are_not_overwritten() -> None:
     x.grad = None
     first.sum().backward()
     assert torch.equal(x.grad, grad)
+
+
+def test_rows_split_over_threads_match_the_pytorch_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough batch rows (70) and width (64) that the kernel splits each step's rows over two threads."""
+    torch.manual_seed(0)
+    module = LSTM(6, 64, layer_norm=True, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(4, 70, 6, dtype=torch.float64, requires_grad=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for enabled in ("1", "0"):
+            monkeypatch.setenv("RNN_STABILITY_NATIVE", enabled)
+            out, (h, c) = module(x)
+            grads = torch.autograd.grad(
+                (out * out.detach().sin()).sum() + h.sum() + c.sum(), [x, *module.parameters()]
+            )
+            results.append((out, h, c, *grads))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
