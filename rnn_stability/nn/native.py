@@ -16,6 +16,7 @@ the loop's arithmetic. Up to 1 GiB of unused buffers is kept; :func:`empty_cache
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -35,7 +36,8 @@ __all__ = [
     "workspace_bytes",
 ]
 
-_SOURCE = Path(__file__).parent / "csrc" / "lstm_layer_norm.cpp"
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCE = _CSRC / "lstm_layer_norm.cpp"
 _ENV = "RNN_STABILITY_NATIVE"
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -48,7 +50,9 @@ def native_enabled() -> bool:
 
 def _compile_flags() -> list[str]:
     """Optimisation flags; AVX2 + FMA vector code (ATen's ``Vectorized``, Sleef) where the CPU has them."""
-    flags = ["-O3", "-fopenmp"]
+    # torch rebuilds when the sources or flags change; the digest makes a change to a header count too.
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.iterdir()))).hexdigest()[:16]
+    flags = ["-O3", "-fopenmp", f"-DRNN_STABILITY_CSRC_DIGEST={digest}"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return flags
