@@ -36,8 +36,8 @@ class GRU(StackedRNNMixin, nn.GRU):
     LayerNorm shifts. A torch ``state_dict`` loads with ``strict=False`` reporting only these as missing.
 
     Gradients of the layer-norm path: for input whose sequences all have the same length, each layer runs a
-    hand-written backward (:mod:`rnn_stability.nn.fused`), which is first-order only — double backward raises,
-    as with torch's cuDNN RNN kernels; packed sequences of unequal lengths and ``torch.compile`` differentiate
+    hand-written backward (:mod:`rnn_stability.nn.fused`), which is first-order only (``once_differentiable``:
+    no double backward), as with torch's cuDNN RNN kernels; packed sequences of unequal lengths and ``torch.compile`` differentiate
     the step loop with autograd instead.
 
     ``residual=True`` — every layer whose input width equals its output width (``hidden_size``, times 2 when

@@ -45,8 +45,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     How the layer-norm path runs: for input whose sequences all have the same length, each layer and direction
     runs a C++ time loop on CPU in float32/float64 (:mod:`rnn_stability.nn.native`, built just in time; set
     ``RNN_STABILITY_NATIVE=0`` to skip it) and a PyTorch loop with a hand-written backward otherwise
-    (:mod:`rnn_stability.nn.fused`). Both are first-order only — double backward raises, as with torch's cuDNN
-    RNN kernels. Packed sequences of unequal lengths and ``torch.compile`` differentiate the step loop of
+    (:mod:`rnn_stability.nn.fused`). Both are first-order only, as with torch's cuDNN RNN kernels (no double
+    backward: they are ``once_differentiable``). Packed sequences of unequal lengths and ``torch.compile`` differentiate the step loop of
     :mod:`rnn_stability.nn.recurrence` with autograd instead.
 
     ``residual=True`` — every layer whose input width equals its output width (``hidden_size`` or

@@ -1,15 +1,12 @@
-"""The C++ time loop of the layer-normalised LSTM (:mod:`rnn_stability.nn.native`).
+"""Outputs and gradients of the C++ time loop of the layer-normalised LSTM (:mod:`rnn_stability.nn.native`).
 
-Which loop runs (C++, PyTorch fused, autograd step loop), parity of outputs and gradients with the PyTorch
-loop and the naive reference, ``gradcheck`` of the autograd binding, the inference path (no saved buffers),
-float32 accuracy, the build-failure fallback, double backward and gradient accumulation.
+Parity with the PyTorch loop and the naive reference, ``gradcheck`` of the autograd binding, partial
+``requires_grad``, non-contiguous inputs, the inference path (no saved buffers), float32 accuracy and
+gradient accumulation.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,207 +14,36 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
-from torch.nn.utils.rnn import pack_sequence
 
-from rnn_stability.nn import LSTM, native
+from rnn_stability.nn import LSTM
 from rnn_stability.nn.fused import LSTMLayerNormFunction
-from rnn_stability.nn.native import LSTMLayerNormNative, native_enabled, native_ops
-from tests.helpers import native_kernel_or_skip
 from tests.nn.inputs import Case, flatten_output, make_case
 from tests.nn.naive_reference import reference_forward
-
-ENV = "RNN_STABILITY_NATIVE"
-EPS = 1e-5
-# The C++ and the PyTorch loops evaluate the same float64 formulas: they agree to rounding.
-ATOL_LOOPS = 1e-10
-RTOL_LOOPS = 1e-10  # gradients of a weighted sum over all outputs reach a few hundred
-# The naive reference normalises with its own hand-written formula, one sample at a time.
-ATOL_REFERENCE = 1e-8
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Any:
-    """The built C++ ops; the module is skipped where they cannot be built (no compiler)."""
-    return native_kernel_or_skip()
-
+from tests.nn.native_cases import (
+    ATOL_LOOPS,
+    ATOL_REFERENCE,
+    EPS,
+    NATIVE_ARGS,
+    RTOL_LOOPS,
+    PathSpy,
+    _native_allowed,  # noqa: F401  (fixture, used by name)
+    _values_and_grads,
+    apply_native,
+    assert_all_close,
+    build,
+    kernel,  # noqa: F401  (fixture, used by name)
+    native_args,
+    native_switch,
+    non_contiguous,
+    randn,
+    spy_paths,
+    weighted_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("kernel")
 
 
-@pytest.fixture(autouse=True)
-def _native_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests set the environment variable themselves; an outer ``RNN_STABILITY_NATIVE=0`` must not leak in."""
-    monkeypatch.delenv(ENV, raising=False)
-
-
-# ---- helpers -------------------------------------------------------------------------------------------------
-
-
-class PathSpy:
-    """Counts the calls of the three time loops of the layer-norm LSTM and keeps the C++ loop's outputs."""
-
-    def __init__(self) -> None:
-        self.calls = {"native": 0, "fused": 0, "loop": 0}
-        self.native_outputs: list[tuple[Tensor, ...]] = []
-
-    def wrap(self, key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[key] += 1
-            result = fn(*args, **kwargs)
-            if key == "native":
-                self.native_outputs.append(result)
-            return result
-
-        return counted
-
-
-@contextmanager
-def spy_paths() -> Iterator[PathSpy]:
-    """Within the block, count which loop each layer-norm LSTM direction runs."""
-    spy = PathSpy()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(LSTMLayerNormNative, "apply", spy.wrap("native", LSTMLayerNormNative.apply))
-        mp.setattr(LSTMLayerNormFunction, "apply", spy.wrap("fused", LSTMLayerNormFunction.apply))
-        mp.setattr(LSTM, "_layer_norm_sequence", staticmethod(spy.wrap("loop", LSTM._layer_norm_sequence)))
-        yield spy
-
-
-@contextmanager
-def native_switch(enabled: bool) -> Iterator[None]:
-    """Run the block with the C++ loop allowed (``enabled``) or disabled through the environment variable."""
-    with pytest.MonkeyPatch.context() as mp:
-        if enabled:
-            mp.delenv(ENV, raising=False)
-        else:
-            mp.setenv(ENV, "0")
-        yield
-
-
-def perturb(module: LSTM, seed: int) -> LSTM:
-    """Random parameters, layer-norm gains around 1 (but away from it) and cell biases away from 0."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.rand(p.shape, generator=gen, dtype=torch.float64).mul(1.4).sub(0.7).to(p.dtype)
-            if name.startswith("layer_norm") and name.endswith("weight"):
-                p.copy_(noise + 1.0)
-            else:
-                p.copy_(noise)
-    return module
-
-
-def build(
-    *,
-    input_size: int = 3,
-    hidden_size: int = 4,
-    num_layers: int = 1,
-    proj_size: int = 0,
-    bias: bool = True,
-    bidirectional: bool = False,
-    batch_first: bool = False,
-    residual: bool = False,
-    dtype: torch.dtype = torch.float64,
-    seed: int = 0,
-) -> LSTM:
-    module = LSTM(
-        input_size,
-        hidden_size,
-        num_layers,
-        bias=bias,
-        batch_first=batch_first,
-        bidirectional=bidirectional,
-        proj_size=proj_size,
-        layer_norm=True,
-        residual=residual,
-        dtype=dtype,
-    )
-    return perturb(module, seed).eval()
-
-
-def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
-
-
-def weighted_loss(tensors: list[Tensor]) -> Tensor:
-    """Weights every position of every tensor differently, so that misplaced gradients show."""
-    total = tensors[0].new_zeros(())
-    for k, t in enumerate(tensors):
-        weights = torch.linspace(0.5, 1.5, t.numel(), dtype=t.dtype).view_as(t)
-        total = total + (t * weights).sum() * (1.0 + 0.1 * k)
-    return total
-
-
-def assert_all_close(actual: list[Tensor], expected: list[Tensor], atol: float, rtol: float = 0.0) -> None:
-    assert len(actual) == len(expected)
-    for k, (a, b) in enumerate(zip(actual, expected, strict=True)):
-        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, k=k: f"tensor {k}: {m}")
-
-
-# ---- 1. which loop runs --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_float_runs_the_cpp_loop(dtype: torch.dtype) -> None:
-    module = build(num_layers=2, bidirectional=True, proj_size=2, dtype=dtype)
-    x = randn(4, 3, 3, dtype=dtype).requires_grad_()
-    with spy_paths() as spy:
-        out, (h, c) = module(x)
-    assert spy.calls == {"native": 4, "fused": 0, "loop": 0}
-    for result in spy.native_outputs:
-        assert all("LSTMLayerNormNative" in type(t.grad_fn).__name__ for t in result)
-        assert all(t.dtype == dtype for t in result)
-    assert out.shape == (4, 3, 4) and h.shape == (4, 3, 2) and c.shape == (4, 3, 4)
-
-
-def test_packed_sequences_of_equal_lengths_run_the_cpp_loop() -> None:
-    module = build(bidirectional=True)
-    packed = pack_sequence([randn(5, 3, seed=k) for k in range(3)])
-    with spy_paths() as spy:
-        module(packed)
-    assert spy.calls == {"native": 2, "fused": 0, "loop": 0}
-
-
-@pytest.mark.parametrize("value", ["0", "false", "No", " off "])
-def test_environment_variable_disables_the_cpp_loop(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = build(num_layers=2)
-    x = randn(3, 2, 3)
-    monkeypatch.setenv(ENV, value)
-    assert not native_enabled() and native_ops() is None
-    with spy_paths() as spy:
-        module(x)
-    assert spy.calls == {"native": 0, "fused": 2, "loop": 0}
-    # Read at every call: allowing it again takes effect at once.
-    monkeypatch.setenv(ENV, "1")
-    with spy_paths() as spy:
-        module(x)
-    assert spy.calls == {"native": 2, "fused": 0, "loop": 0}
-
-
-def test_bfloat16_runs_the_pytorch_loop() -> None:
-    module = build(bidirectional=True, dtype=torch.bfloat16)
-    with spy_paths() as spy:
-        out, _ = module(randn(3, 2, 3, dtype=torch.bfloat16))
-    assert spy.calls == {"native": 0, "fused": 2, "loop": 0}
-    assert out.dtype == torch.bfloat16
-
-
-def test_packed_sequences_of_unequal_lengths_run_the_autograd_loop() -> None:
-    module = build(bidirectional=True)
-    packed = pack_sequence([randn(n, 3, seed=n) for n in (2, 5, 3)], enforce_sorted=False)
-    with spy_paths() as spy:
-        module(packed)
-    assert spy.calls == {"native": 0, "fused": 0, "loop": 2}
-
-
-def test_cpu_autocast_runs_the_pytorch_loop() -> None:
-    module = build(num_layers=2, dtype=torch.float32)
-    with spy_paths() as spy, torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = module(randn(3, 2, 3, dtype=torch.float32))
-    assert spy.calls == {"native": 0, "fused": 2, "loop": 0}
-    assert out.isfinite().all()
-
-
-# ---- 2. parity with the PyTorch loop and the naive reference -------------------------------------------------
+# ---- 1. parity with the PyTorch loop and the naive reference -------------------------------------------------
 
 configs = st.fixed_dictionaries(
     {
@@ -347,56 +173,7 @@ def test_parity_with_large_gains_and_spread_cell_state() -> None:
     assert_all_close(gradients, list(ref_gradients), ATOL_REFERENCE)
 
 
-# ---- 3. gradcheck of the autograd binding --------------------------------------------------------------------
-
-NATIVE_ARGS = (
-    "xp",
-    "gain_ih",
-    "shift",
-    "h0",
-    "c0",
-    "weight_hh",
-    "gain_hh",
-    "cell_weight",
-    "cell_bias",
-    "weight_hr",
-)
-
-
-def native_args(
-    *,
-    steps: int = 3,
-    batch: int = 2,
-    hidden: int = 3,
-    proj: int = 0,
-    shift: bool = True,
-    cell_bias: bool = True,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-) -> dict[str, Tensor | None]:
-    """Arguments of :meth:`LSTMLayerNormNative.apply` before ``eps`` and ``reverse`` (``weight_hr`` if ``proj``)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = proj or hidden
-
-    def rand(*shape: int, scale: float, offset: float = 0.0) -> Tensor:
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + offset).to(dtype)
-
-    return {
-        "xp": rand(steps, batch, 4, hidden, scale=1.5, offset=0.3),
-        "gain_ih": rand(4, hidden, scale=0.4, offset=1.0),
-        "shift": rand(4, hidden, scale=0.5) if shift else None,
-        "h0": rand(batch, out, scale=0.5),
-        "c0": rand(batch, hidden, scale=0.8),
-        "weight_hh": rand(4 * hidden, out, scale=0.7),
-        "gain_hh": rand(4, hidden, scale=0.4, offset=1.0),
-        "cell_weight": rand(hidden, scale=0.4, offset=1.0),
-        "cell_bias": rand(hidden, scale=0.5) if cell_bias else None,
-        "weight_hr": rand(out, hidden, scale=0.7) if proj else None,
-    }
-
-
-def apply_native(args: dict[str, Tensor | None], reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return LSTMLayerNormNative.apply(*(args[name] for name in NATIVE_ARGS), EPS, reverse)
+# ---- 2. gradcheck of the autograd binding --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -464,19 +241,7 @@ def test_native_function_matches_pytorch_fused_function(reverse: bool) -> None:
     assert_all_close(list(got), list(expected), ATOL_LOOPS, RTOL_LOOPS)
 
 
-def non_contiguous(t: Tensor) -> Tensor:
-    """The values of ``t`` in a non-contiguous layout (differentiable with respect to ``t``)."""
-    if t.dim() == 1:
-        return torch.stack([t, t], 1)[:, 0]  # stride 2
-    return t.transpose(0, 1).contiguous().transpose(0, 1)
-
-
-def _values_and_grads(
-    args: dict[str, Tensor | None], layout: Callable[[str, Tensor], Tensor], reverse: bool
-) -> list[Tensor]:
-    leaves = {n: t.detach().requires_grad_() for n, t in args.items() if t is not None}
-    result = apply_native({n: layout(n, leaves[n]) if n in leaves else None for n in NATIVE_ARGS}, reverse)
-    return list(result) + list(torch.autograd.grad(weighted_loss(list(result)), list(leaves.values())))
+# ---- 3. non-contiguous inputs --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -597,80 +362,7 @@ def test_float32_close_to_float64() -> None:
         torch.testing.assert_close(got_grad.double(), expected_grad, atol=5e-4 * scale, rtol=0)
 
 
-# ---- 6. build failure ----------------------------------------------------------------------------------------
-
-
-def test_failed_build_warns_once_and_falls_back_to_pytorch_loop() -> None:
-    module = build(num_layers=2, bidirectional=True, proj_size=2)
-    x = randn(4, 2, 3, seed=1).requires_grad_()
-    with spy_paths() as spy:
-        expected = module(x)[0]
-    assert spy.calls["native"] == 4
-    (expected_grad,) = torch.autograd.grad(weighted_loss([expected]), [x])
-
-    builds: list[int] = []
-
-    def broken_build() -> Any:
-        builds.append(1)
-        raise RuntimeError("no C++ compiler here")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "_build", broken_build)
-        mp.setattr(native, "_state", {})  # forget the successful build of this process
-        # Disabled through the environment: no build is attempted, nothing is said.
-        mp.setenv(ENV, "0")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert native_ops() is None
-        assert builds == [] and native._state == {}
-        mp.delenv(ENV)
-
-        with pytest.warns(RuntimeWarning, match=ENV) as record, spy_paths() as spy:
-            out = module(x)[0]
-        ours = [w for w in record if issubclass(w.category, RuntimeWarning)]
-        assert len(ours) == 1 and "no C++ compiler here" in str(ours[0].message)
-        assert builds == [1] and native._state == {"ops": None}
-        assert spy.calls == {"native": 0, "fused": 4, "loop": 0}
-        torch.testing.assert_close(out, expected, atol=ATOL_LOOPS, rtol=RTOL_LOOPS)
-        (grad,) = torch.autograd.grad(weighted_loss([out]), [x])
-        torch.testing.assert_close(grad, expected_grad, atol=ATOL_LOOPS, rtol=RTOL_LOOPS)
-
-        # The outcome is remembered: no second build, no second warning.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert native_ops() is None
-            with spy_paths() as spy:
-                module(x)
-        assert builds == [1] and spy.calls["native"] == 0
-
-    # The real ops are back for everything that runs after this test.
-    assert native_ops() is not None
-    with spy_paths() as spy:
-        module(x)
-    assert spy.calls["native"] == 4
-
-
-# ---- 7. double backward --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("enabled", [True, False], ids=["cpp", "pytorch"])
-def test_double_backward_raises(enabled: bool) -> None:
-    module = build(num_layers=2, proj_size=2)
-    x = randn(3, 2, 3).requires_grad_()
-    with native_switch(enabled), spy_paths() as spy:
-        out, (h, c) = module(x)
-        # A loss non-linear in the outputs, so that the backward's incoming gradients require grad (with a
-        # linear loss once_differentiable cannot tell that a second derivative is wanted).
-        loss = weighted_loss([out.pow(2), h.pow(2), c.pow(2)])
-        grads = torch.autograd.grad(loss, [x, *module.parameters()], create_graph=True)
-        # ``.backward()`` runs every node of the graph, the error node of once_differentiable included (an
-        # ``autograd.grad`` restricted to some inputs may prune it and silently miss the second-order terms).
-        with pytest.raises(RuntimeError, match="once_differentiable"):
-            sum(g.pow(2).sum() for g in grads).backward()
-    assert spy.calls["native" if enabled else "fused"] == 2
-
-
-# ---- 8. gradient accumulation --------------------------------------------------------------------------------
+# ---- 6. gradient accumulation --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("proj_size", [0, 2])
@@ -697,17 +389,3 @@ def test_two_backward_passes_accumulate(proj_size: int) -> None:
     # Distinct leaves own distinct memory (no gradient buffer shared between two of them).
     pointers = [t.grad.data_ptr() for t in leaves]  # type: ignore[union-attr]
     assert len(set(pointers)) == len(pointers)
-
-
-# ---- robustness of the binding -------------------------------------------------------------------------------
-
-
-def test_backward_after_disabling_between_forward_and_backward(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = build()
-    x = randn(3, 2, 3).requires_grad_()
-    out, _ = module(x)
-    monkeypatch.setenv(ENV, "0")
-    (grad,) = torch.autograd.grad(out.sum(), [x])
-    monkeypatch.delenv(ENV)
-    (expected,) = torch.autograd.grad(module(x)[0].sum(), [x])
-    torch.testing.assert_close(grad, expected, atol=ATOL_LOOPS, rtol=RTOL_LOOPS)
