@@ -172,20 +172,9 @@ class LSTMLayerNormNative(torch.autograd.Function):
             save,
         )
         if save:
-            ctx.save_for_backward(
-                xp,
-                gain_ih,
-                shift,
-                h0,
-                c0,
-                weight_hh,
-                gain_hh,
-                cell_weight,
-                weight_hr,
-                out,
-                pre_proj,
-                *per_step,
-            )
+            # In the order lstm_ln_backward takes them after the output gradients.
+            inputs = (xp, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr)
+            ctx.save_for_backward(*inputs, out, pre_proj, *per_step)
         ctx.eps, ctx.reverse = eps, reverse
         ctx.ops = ops  # the backward runs the kernel that ran forward, whatever the environment says by then
         ctx.has_cell_bias = cell_bias is not None
@@ -196,52 +185,16 @@ class LSTMLayerNormNative(torch.autograd.Function):
     def backward(
         ctx: Any, grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        xp, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr, out, pre_proj, *per_step = (
-            ctx.saved_tensors
+        saved = ctx.saved_tensors
+        shift, weight_hr = saved[2], saved[8]
+        grads: list[torch.Tensor | None] = list(
+            ctx.ops.lstm_ln_backward(
+                grad_out, grad_hn, grad_cn, *saved[:11], saved[11:], ctx.eps, ctx.reverse
+            )
         )
-        ops = ctx.ops
-        (
-            grad_xp,
-            grad_h0,
-            grad_c0,
-            grad_w_hh,
-            grad_gain_ih,
-            grad_shift,
-            grad_gain_hh,
-            grad_cw,
-            grad_cb,
-            grad_w_hr,
-        ) = ops.lstm_ln_backward(
-            grad_out,
-            grad_hn,
-            grad_cn,
-            xp,
-            gain_ih,
-            shift,
-            h0,
-            c0,
-            weight_hh,
-            gain_hh,
-            cell_weight,
-            weight_hr,
-            out,
-            pre_proj,
-            per_step,
-            ctx.eps,
-            ctx.reverse,
-        )
-        grads = (
-            grad_xp,
-            grad_gain_ih,
-            grad_shift if shift is not None else None,
-            grad_h0,
-            grad_c0,
-            grad_w_hh,
-            grad_gain_hh,
-            grad_cw,
-            grad_cb if ctx.has_cell_bias else None,
-            grad_w_hr if weight_hr is not None else None,
-        )
+        # In the order of forward's arguments; the optional ones that were None get None.
+        for index, present in ((2, shift is not None), (8, ctx.has_cell_bias), (9, weight_hr is not None)):
+            grads[index] = grads[index] if present else None
         return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=False)) + (
             None,
             None,

@@ -270,8 +270,8 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const Tensor& gain_ih, 
   return result;
 }
 
-// Returns [grad xp, h0, c0, weight_hh, gain_ih, shift, gain_hh, cell_weight, cell_bias, weight_hr (empty
-// without projection)]. `saved` is what lstm_ln_forward returned after pre_proj (forward run with save=true).
+// Returns the gradients of lstm_ln_forward's tensor arguments, in their order: xp, gain_ih, shift, h0, c0,
+// weight_hh, gain_hh, cell_weight, cell_bias, weight_hr (empty without projection). `saved` is what lstm_ln_forward returned after pre_proj (forward run with save=true).
 std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& grad_hn, const Tensor& grad_cn,
                                      const Tensor& xp_in, const Tensor& gain_ih, const std::optional<Tensor>& shift,
                                      const Tensor& h0, const Tensor& c0_in, const Tensor& weight_hh,
@@ -339,8 +339,8 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
   Tensor grad_w_hr = w_hr.defined() ? at::mm(grad_h.view({T_ * B, -1}).t(), pre_proj.reshape({T_ * B, H}))
                                     : at::empty({0}, opts);
   Tensor acc4_sum = acc4.sum(1).view({3, 4, H}), acc1_sum = acc1.sum(1);
-  return {grad_xp, grad_h0, grad_c0, grad_w_hh, acc4_sum[0], acc4_sum[1], acc4_sum[2], acc1_sum[0], acc1_sum[1],
-          grad_w_hr};
+  return {grad_xp,   acc4_sum[0], acc4_sum[1], grad_h0,     grad_c0,
+          grad_w_hh, acc4_sum[2], acc1_sum[0], acc1_sum[1], grad_w_hr};
 }
 
 }  // namespace
