@@ -41,7 +41,9 @@ def _recurrent_weight_grad(grad_hh: Tensor, first: Tensor, out: Tensor, h0: Tens
     if steps > 1:
         later, earlier = (slice(0, -1), slice(1, None)) if reverse else (slice(1, None), slice(0, -1))
         rows = (steps - 1) * batch
-        grad.addmm_(grad_hh[later].reshape(rows, -1).t(), out[earlier].reshape(rows, -1))
+        grad.addmm_(
+            grad_hh[later].reshape(rows, grad_hh.size(-1)).t(), out[earlier].reshape(rows, out.size(-1))
+        )
     return grad
 
 
@@ -204,7 +206,7 @@ class LSTMLayerNormFunction(torch.autograd.Function):
             grad_cell_b = grad_read.sum((0, 1))
         if weight_hr is not None and need[7]:
             flat = steps * batch
-            grad_w_hr = torch.mm(grad_h.view(flat, -1).t(), pre_proj.view(flat, hidden))
+            grad_w_hr = torch.mm(grad_h.view(flat, grad_h.size(-1)).t(), pre_proj.view(flat, hidden))
         return (
             grad_gates,
             grad_h0,

@@ -128,7 +128,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
         shift = (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
-        projection = F.linear(x, weights[0]).view(len(step_sizes), -1, 4, self.hidden_size)
+        projection = F.linear(x, weights[0]).view(len(step_sizes), step_sizes[0], 4, self.hidden_size)
         weight_hr = weights[-1] if self.proj_size > 0 else None
         out, h, c = LSTMLayerNormNative.apply(
             projection,
@@ -143,7 +143,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
             self.layer_norm_eps,
             reverse,
         )
-        return out.view(x.size(0), -1), (h, c)
+        return out.view(x.size(0), out.size(-1)), (h, c)
 
     def _layer_norm_inputs(
         self, x: Tensor, weights: list[Tensor], suffix: str

@@ -147,9 +147,12 @@ class StackedRNNMixin(nn.RNNBase):
         gates, args = self._layer_norm_inputs(x, weights, suffix)
         if use_fused(step_sizes):
             out, *final = self._layer_norm_function.apply(
-                gates.view(len(step_sizes), -1, self.num_gates, self.hidden_size), *hx, *args, reverse
+                gates.view(len(step_sizes), step_sizes[0], self.num_gates, self.hidden_size),
+                *hx,
+                *args,
+                reverse,
             )
-            out = out.view(x.size(0), -1)
+            out = out.view(x.size(0), out.size(-1))
         else:
             out, *final = self._layer_norm_sequence(split_steps(gates, step_sizes), *hx, args, reverse)
         return out, tuple(final)
@@ -198,6 +201,9 @@ class StackedRNNMixin(nn.RNNBase):
             if self.batch_first:
                 input = input.transpose(0, 1)
             steps = input.size(0)
+            if steps == 0:
+                # torch's native kernels raise this for empty sequences too.
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             x = input.reshape(steps * batch, input.size(2))
             step_sizes = [batch] * steps
 
@@ -246,7 +252,9 @@ class StackedRNNMixin(nn.RNNBase):
                 w = weights[first * per_direction : (first + directions) * per_direction]
                 hx = tuple(s[first : first + directions] for s in state)
                 if batch_sizes is None:
-                    out, final = self._native_layer(x.view(len(step_sizes), -1, x.size(-1)), None, hx, w)
+                    out, final = self._native_layer(
+                        x.view(len(step_sizes), step_sizes[0], x.size(-1)), None, hx, w
+                    )
                     out = out.reshape(x.size(0), out.size(-1))
                 else:
                     out, final = self._native_layer(x, batch_sizes, hx, w)

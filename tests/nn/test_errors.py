@@ -39,6 +39,7 @@ BAD_CALLS: dict[str, Callable[[Any, bool], Any]] = {
         torch.randn(5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)) if lstm else torch.zeros(2, 1, 4)
     ),
     "dtype": lambda m, lstm: m(torch.randn(5, 2, 3, dtype=torch.float64)),
+    "empty sequence": lambda m, lstm: m(torch.randn(0, 2, 3)),
 }
 
 
@@ -54,6 +55,22 @@ def test_forward_errors_match_torch(ours: type, theirs: type, case: str) -> None
             assert "input" in str(got)
         if "shape" in case:
             assert "hidden" in str(got)
+        if case == "empty sequence":
+            assert str(got) == str(expected)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS, ids=["LSTM", "GRU"])
+def test_empty_batch_gives_empty_outputs_like_torch(ours: type, theirs: type) -> None:
+    """A batch of 0 sequences is valid for torch's kernels: outputs and states are empty, backward works."""
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    expected, _ = theirs(3, 4, 2, bidirectional=True)(x)
+    for mode in MODES:
+        out, state = ours(3, 4, 2, bidirectional=True, **mode)(x)
+        assert out.shape == expected.shape, mode
+        for s in state if isinstance(state, tuple) else (state,):
+            assert s.shape == (4, 0, 4), mode
+        out.sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape
 
 
 CONSTRUCTOR_CASES: list[tuple[tuple, dict]] = [

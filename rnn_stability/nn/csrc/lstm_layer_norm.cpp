@@ -336,7 +336,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
     Tensor h_rest = out.narrow(0, reverse ? 1 : 0, T_ - 1).reshape({rows, out.size(-1)});
     grad_w_hh.addmm_(dhh_rest.t(), h_rest);
   }
-  Tensor grad_w_hr = w_hr.defined() ? at::mm(grad_h.view({T_ * B, -1}).t(), pre_proj.reshape({T_ * B, H}))
+  Tensor grad_w_hr = w_hr.defined() ? at::mm(grad_h.view({T_ * B, grad_h.size(-1)}).t(), pre_proj.reshape({T_ * B, H}))
                                     : at::empty({0}, opts);
   Tensor acc4_sum = acc4.sum(1).view({3, 4, H}), acc1_sum = acc1.sum(1);
   return {grad_xp,   acc4_sum[0], acc4_sum[1], grad_h0,     grad_c0,
