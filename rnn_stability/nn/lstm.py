@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.native import LSTMLayerNormNative, native_lstm_supported
-from rnn_stability.nn.recurrence import lstm_input_gates, lstm_layer_norm_sequence
+from rnn_stability.nn.recurrence import lstm_gate_shift, lstm_input_gates, lstm_layer_norm_sequence
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
 
 __all__ = ["LSTM"]
@@ -127,7 +127,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         params = [*weights, gain_ih, gain_hh, *cell_norm.parameters()]
         if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
-        shift = (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
+        shift = lstm_gate_shift(bias_ih, bias_hh, gain_ih)
         projection = F.linear(x, weights[0]).view(len(step_sizes), step_sizes[0], 4, self.hidden_size)
         weight_hr = weights[-1] if self.proj_size > 0 else None
         out, h, c = LSTMLayerNormNative.apply(

@@ -21,6 +21,7 @@ from rnn_stability.nn.layer_norm import gate_layer_norm
 
 __all__ = [
     "gru_input_gates",
+    "lstm_gate_shift",
     "lstm_input_gates",
     "gru_layer_norm_sequence",
     "gru_layer_norm_step",
@@ -34,6 +35,11 @@ LSTMStepParams = tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, flo
 GRUStepParams = tuple[Tensor, Tensor, Tensor | None, float]
 
 
+def lstm_gate_shift(bias_ih: Tensor | None, bias_hh: Tensor | None, gain_ih: Tensor) -> Tensor | None:
+    """``b_ih + b_hh`` shaped like the gain ``(4, H)``: both LSTM biases sit outside the normalisations."""
+    return (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
+
+
 def lstm_input_gates(
     x: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, eps: float
 ) -> Tensor:
@@ -41,8 +47,7 @@ def lstm_input_gates(
 
     Both biases sit outside the normalisation, so they are added here, once for all time steps.
     """
-    shift = (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
-    return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift)
+    return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, lstm_gate_shift(bias_ih, bias_hh, gain_ih))
 
 
 def gru_input_gates(
