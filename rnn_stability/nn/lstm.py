@@ -46,8 +46,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     runs a C++ time loop on CPU in float32/float64 (:mod:`rnn_stability.nn.native`, built just in time; set
     ``RNN_STABILITY_NATIVE=0`` to skip it) and a PyTorch loop with a hand-written backward otherwise
     (:mod:`rnn_stability.nn.fused`). Both are first-order only, as with torch's cuDNN RNN kernels (no double
-    backward: they are ``once_differentiable``). Packed sequences of unequal lengths and ``torch.compile`` differentiate the step loop of
-    :mod:`rnn_stability.nn.recurrence` with autograd instead.
+    backward: they are ``once_differentiable``). Packed sequences of unequal lengths and ``torch.compile``
+    differentiate the step loop of :mod:`rnn_stability.nn.recurrence` with autograd instead.
 
     ``residual=True`` — every layer whose input width equals its output width (``hidden_size`` or
     ``proj_size``, times 2 when bidirectional) adds its input to its output, before the inter-layer dropout

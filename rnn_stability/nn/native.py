@@ -1,9 +1,9 @@
 """Just-in-time build of the C++ time loop of the layer-normalised LSTM (``csrc/lstm_layer_norm.cpp``).
 
 The first ``LSTM(layer_norm=True)`` forward on CPU compiles the kernel with
-:func:`torch.utils.cpp_extension.load` (a C++17 compiler and ``ninja`` are needed; this takes about a
-minute once, after which the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``). If the build fails, a warning says why and the module keeps running the
+:func:`torch.utils.cpp_extension.load` (a C++ compiler with OpenMP, such as gcc, and ``ninja``, a dependency
+of this package, are needed; this takes about 20 s once, after which the build is cached under
+``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). If the build fails, a warning says why and the module keeps running the
 pure-PyTorch loop of :mod:`rnn_stability.nn.fused`, which computes the same values more slowly. Set the
 environment variable ``RNN_STABILITY_NATIVE=0`` to skip the build and always use the PyTorch loop.
 
