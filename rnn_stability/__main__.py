@@ -1,4 +1,4 @@
-"""Command line of rnn-stability: ``rnn-stability demo`` (also ``python -m rnn_stability demo``)."""
+"""Command line of rnn-stability: `rnn-stability demo` (also `python -m rnn_stability demo`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ _DEFAULTS_NOTE = (
 )
 
 
-#: Integer options of ``demo``: flag, smallest and largest accepted value, help text.
+#: Integer options of `demo`: flag, smallest and largest accepted value, help text.
 _INT_OPTIONS = (
     ("--seq-len", 2, 10_000, "sequence length T of the adding problem"),
     ("--steps", 1, 1_000_000, "optimizer steps per setup"),
@@ -55,10 +55,9 @@ def _positive_float(name: str) -> Callable[[str], float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``rnn-stability`` command.
+    """The argument parser of the `rnn-stability` command.
 
-    Example::
-
+    Examples:
         >>> args = build_parser().parse_args(["demo", "--seq-len", "50", "--cell", "gru"])
         >>> args.seq_len, args.cell
         (50, 'gru')
@@ -97,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``rnn-stability`` command line; returns the exit status.
+    """Runs the `rnn-stability` command line; returns the exit status.
 
     Exit status 0 on success, 2 for a bad option (argparse's convention, with a message and no
     traceback), 1 if training fails, 130 if interrupted.
 
     Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
+        argv: the arguments (default: `sys.argv[1:]`).
     """
     parser = build_parser()
     args = parser.parse_args(argv)

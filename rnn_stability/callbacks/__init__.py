@@ -1,4 +1,4 @@
-"""Lightning callbacks, one per file, each a thin shell over :mod:`rnn_stability.functional`."""
+"""Lightning callbacks, one per file, each a thin shell over `rnn_stability.functional`."""
 
 from rnn_stability.callbacks.adaptive_gradient_clipping import AdaptiveGradientClipping
 from rnn_stability.callbacks.clip_record import ClipRecord

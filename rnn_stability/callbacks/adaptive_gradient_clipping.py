@@ -36,79 +36,78 @@ STRATEGIES = ("norm", "value", "percentile", "zscore", "agc")
 class AdaptiveGradientClipping(Callback):
     r"""Clip gradients by norm, value, an adaptive threshold or unit-wise, and skip non-finite steps.
 
-    Acts in ``on_before_optimizer_step``: once per real optimizer step (on the accumulated gradient when
-    ``accumulate_grad_batches > 1``), after the fp16 ``GradScaler`` has unscaled the gradients and before
-    ``Trainer(gradient_clip_val=...)`` would clip them. Strategies:
+    Acts in `on_before_optimizer_step`: once per real optimizer step (on the accumulated gradient when
+    `accumulate_grad_batches > 1`), after the fp16 `GradScaler` has unscaled the gradients and before
+    `Trainer(gradient_clip_val=...)` would clip them. Strategies:
 
-    - ``"norm"``: total L2 norm clipped to ``max_norm``.
-    - ``"value"``: every element clamped to ``[-clip_value, clip_value]``.
-    - ``"percentile"``: AutoClip (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
-      Separation Networks"), norm clipped to the ``percentile``-th percentile of the last ``window_size``
-      total norms (:class:`~rnn_stability.functional.PercentileClipper`).
-    - ``"zscore"``: ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training"),
-      norm clipped to :math:`\mu + z\sigma` of an EMA after ``warmup_steps``
-      (:class:`~rnn_stability.functional.ZScoreClipper`).
-    - ``"agc"``: AGC (Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
-      Normalization"), unit-wise :math:`\|g_i\|/\max(\|w_i\|,\epsilon) \le \lambda`, skipping ``exclude``.
+    - `"norm"`: total L2 norm clipped to `max_norm`.
+    - `"value"`: every element clamped to `[-clip_value, clip_value]`.
+    - `"percentile"`: AutoClip (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
+      Separation Networks"), norm clipped to the `percentile`-th percentile of the last `window_size`
+      total norms (`rnn_stability.functional.PercentileClipper`).
+    - `"zscore"`: ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training"),
+      norm clipped to $\mu + z\sigma$ of an EMA after `warmup_steps`
+      (`rnn_stability.functional.ZScoreClipper`).
+    - `"agc"`: AGC (Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
+      Normalization"), unit-wise $\|g_i\|/\max(\|w_i\|,\epsilon) \le \lambda$, skipping `exclude`.
 
-    **Non-finite guard** (``skip_nonfinite=True``): when the total gradient norm of the optimizer is NaN/Inf,
-    every gradient of that optimizer is set to ``None`` so ``optimizer.step()`` leaves the weights and the
-    optimizer state (moments, step counter) bit-identical; the step is counted in ``num_skipped_steps`` and
-    never enters the adaptive statistics. After ``max_consecutive_nonfinite`` skips in a row a
-    ``RuntimeError`` names the parameters holding non-finite gradients. Deciding to skip needs the one host
-    synchronisation of the step (reading a flag; under DDP the flag is first all-reduced with ``MAX``, so
-    every rank takes the same decision). Lightning still counts a skipped step in ``global_step`` and steps
-    the LR schedulers. With ``skip_nonfinite=False`` the callback never synchronises outside logging steps.
+    **Non-finite guard** (`skip_nonfinite=True`): when the total gradient norm of the optimizer is NaN/Inf,
+    every gradient of that optimizer is set to `None` so `optimizer.step()` leaves the weights and the
+    optimizer state (moments, step counter) bit-identical; the step is counted in `num_skipped_steps` and
+    never enters the adaptive statistics. After `max_consecutive_nonfinite` skips in a row a
+    `RuntimeError` names the parameters holding non-finite gradients. Deciding to skip needs the one host
+    synchronisation of the step (reading a flag; under DDP the flag is first all-reduced with `MAX`, so
+    every rank takes the same decision). Lightning still counts a skipped step in `global_step` and steps
+    the LR schedulers. With `skip_nonfinite=False` the callback never synchronises outside logging steps.
 
-    **fp16 AMP**: with a ``GradScaler`` (``precision="16-mixed"``) Inf gradients are expected while the loss
-    scale calibrates and the scaler itself skips ``optimizer.step()``; the guard then stays out of the way
+    **fp16 AMP**: with a `GradScaler` (`precision="16-mixed"`) Inf gradients are expected while the loss
+    scale calibrates and the scaler itself skips `optimizer.step()`; the guard then stays out of the way
     (no skip counted, no error, gradients left for the scaler, non-finite norms kept out of the statistics)
     and needs no sync. Dropping gradients is not an option there anyway: for an optimizer that unscales
-    inside ``step()`` (fused), ``GradScaler.step`` would unscale no gradients and fail with "No inf checks
+    inside `step()` (fused), `GradScaler.step` would unscale no gradients and fail with "No inf checks
     were recorded"; such optimizers are refused, as their gradients are still scaled in this hook.
-    ``bf16-mixed`` has no scaler and is guarded like fp32.
+    `bf16-mixed` has no scaler and is guarded like fp32.
 
-    **Multiple optimizers** (manual optimization, where ``opt.step()`` still runs this hook) keep separate
-    adaptive state per optimizer index; clipping gradients yourself with ``self.clip_gradients`` in manual
+    **Multiple optimizers** (manual optimization, where `opt.step()` still runs this hook) keep separate
+    adaptive state per optimizer index; clipping gradients yourself with `self.clip_gradients` in manual
     optimization is not affected by this callback. **FSDP** / model-parallel strategies are refused (each
     rank holds only a shard of the gradients, so its local norm is not the total norm).
 
-    Logged through ``pl_module.log`` every ``log_every_n_steps`` optimizer steps (see that argument; with
-    several optimizers each key gets the suffix ``/optimizer_{idx}``):
+    Logged through `pl_module.log` every `log_every_n_steps` optimizer steps (see that argument; with
+    several optimizers each key gets the suffix `/optimizer_{idx}`):
 
-    - ``grad_clip/threshold``: the threshold in force (see :class:`~rnn_stability.callbacks.ClipRecord`).
-    - ``grad_clip/pre_clip_norm``, ``grad_clip/post_clip_norm``: total L2 gradient norm before and after.
-    - ``grad_clip/clipped_fraction``: fraction of optimizer steps since the previous logged value where
+    - `grad_clip/threshold`: the threshold in force (see `rnn_stability.callbacks.ClipRecord`).
+    - `grad_clip/pre_clip_norm`, `grad_clip/post_clip_norm`: total L2 gradient norm before and after.
+    - `grad_clip/clipped_fraction`: fraction of optimizer steps since the previous logged value where
       clipping changed the gradients.
-    - ``grad_clip/skipped_steps``: total number of steps skipped by the non-finite guard.
+    - `grad_clip/skipped_steps`: total number of steps skipped by the non-finite guard.
 
     Args:
-        strategy: one of ``"norm"``, ``"value"``, ``"percentile"``, ``"zscore"``, ``"agc"``.
-        max_norm: threshold of ``"norm"`` (> 0).
-        clip_value: element bound of ``"value"`` (> 0).
-        percentile: AutoClip percentile in ``[0, 100]`` (paper: 10).
+        strategy: one of `"norm"`, `"value"`, `"percentile"`, `"zscore"`, `"agc"`.
+        max_norm: threshold of `"norm"` (> 0).
+        clip_value: element bound of `"value"` (> 0).
+        percentile: AutoClip percentile in `[0, 100]` (paper: 10).
         window_size: AutoClip history length (>= 1).
-        alpha: ZClip EMA factor in ``(0, 1)`` (paper: 0.97).
+        alpha: ZClip EMA factor in `(0, 1)` (paper: 0.97).
         z_threshold: ZClip z-score threshold (> 0; paper: 2.5).
         warmup_steps: ZClip warm-up steps (>= 1; paper: 25).
-        clip_factor: AGC :math:`\lambda` (> 0; paper: 0.01).
-        eps: AGC weight-norm floor :math:`\epsilon` (> 0; paper: 1e-3).
-        exclude: parameter names, module names or ``fnmatch`` patterns AGC leaves alone (e.g. ``["head"]``).
+        clip_factor: AGC $\lambda$ (> 0; paper: 0.01).
+        eps: AGC weight-norm floor $\epsilon$ (> 0; paper: 1e-3).
+        exclude: parameter names, module names or `fnmatch` patterns AGC leaves alone (e.g. `["head"]`).
         skip_nonfinite: skip steps with NaN/Inf gradients (see above).
         max_consecutive_nonfinite: skipped steps in a row before raising (>= 1).
-        log_every_n_steps: logging interval in optimizer steps; ``None`` uses the Trainer's. Another interval
-            is written straight to ``trainer.loggers`` (as ``LearningRateMonitor`` does), because Lightning
-            would repeat a ``pl_module.log`` value, stale, at each of its own logging steps.
+        log_every_n_steps: logging interval in optimizer steps; `None` uses the Trainer's. Another interval
+            is written straight to `trainer.loggers` (as `LearningRateMonitor` does), because Lightning
+            would repeat a `pl_module.log` value, stale, at each of its own logging steps.
 
     Raises:
         ValueError: if an argument is outside its range.
         TypeError: if an argument has the wrong type.
-        MisconfigurationException: at ``setup`` under FSDP or model-parallel strategies.
-        RuntimeError: after ``max_consecutive_nonfinite`` consecutive non-finite steps, or for a fused
-            optimizer under a ``GradScaler``.
+        MisconfigurationException: at `setup` under FSDP or model-parallel strategies.
+        RuntimeError: after `max_consecutive_nonfinite` consecutive non-finite steps, or for a fused
+            optimizer under a `GradScaler`.
 
-    Example::
-
+    Examples:
         >>> from lightning import Trainer
         >>> clipper = AdaptiveGradientClipping(strategy="percentile", percentile=10.0, window_size=500)
         >>> trainer = Trainer(callbacks=[clipper], logger=False, enable_progress_bar=False)

@@ -1,4 +1,4 @@
-"""What :class:`~rnn_stability.callbacks.AdaptiveGradientClipping` did at its latest optimizer step."""
+"""What `rnn_stability.callbacks.AdaptiveGradientClipping` did at its latest optimizer step."""
 
 from __future__ import annotations
 
@@ -13,21 +13,20 @@ __all__ = ["ClipRecord"]
 class ClipRecord:
     """One clipping decision, kept on the device (reading a field as a Python number is a host sync).
 
-    Other callbacks (e.g. :class:`~rnn_stability.callbacks.GradientNormMonitor`) read it to report the
+    Other callbacks (e.g. `rnn_stability.callbacks.GradientNormMonitor`) read it to report the
     norm before clipping when the clipper ran first.
 
     Attributes:
-        step: ``trainer.global_step`` when it was recorded (before the optimizer step increments it).
-        optimizer_idx: index of the optimizer in ``trainer.optimizers``.
+        step: `trainer.global_step` when it was recorded (before the optimizer step increments it).
+        optimizer_idx: index of the optimizer in `trainer.optimizers`.
         pre_clip_norm: total L2 norm of the optimizer's gradients before clipping (0-d tensor).
-        post_clip_norm: total L2 norm after clipping; ``0`` for a skipped step (its gradients were dropped).
-        threshold: the norm threshold in force (``max_norm``, the adaptive threshold, ``clip_value`` for
-            "value", ``clip_factor`` for "agc").
-        clipped: whether clipping changed the gradients (``post_clip_norm < pre_clip_norm``), bool 0-d tensor.
+        post_clip_norm: total L2 norm after clipping; `0` for a skipped step (its gradients were dropped).
+        threshold: the norm threshold in force (`max_norm`, the adaptive threshold, `clip_value` for
+            "value", `clip_factor` for "agc").
+        clipped: whether clipping changed the gradients (`post_clip_norm < pre_clip_norm`), bool 0-d tensor.
         skipped: whether the non-finite guard skipped the step, bool 0-d tensor.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> record = ClipRecord(3, 0, torch.tensor(2.0), torch.tensor(1.0), torch.tensor(1.0),
         ...                     torch.tensor(True), torch.tensor(False))

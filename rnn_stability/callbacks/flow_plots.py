@@ -1,7 +1,7 @@
 """Pictures of temporal gradient flow: a heatmap over training and the latest profile (matplotlib).
 
-matplotlib is an optional dependency (the ``plot`` extra); it is imported only when a figure is drawn.
-Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas, without pyplot, so drawing does
+matplotlib is an optional dependency (the `plot` extra); it is imported only when a figure is drawn.
+Figures are built with `matplotlib.figure.Figure` and the Agg canvas, without pyplot, so drawing does
 not touch global GUI state and works in any thread and on headless machines.
 """
 
@@ -24,7 +24,7 @@ def require_matplotlib() -> None:
     """Import matplotlib or explain how to install it.
 
     Raises:
-        ImportError: if matplotlib is not installed, naming the ``plot`` extra.
+        ImportError: if matplotlib is not installed, naming the `plot` extra.
     """
     try:
         import matplotlib  # noqa: F401
@@ -60,13 +60,13 @@ def plot_flow_heatmap(
     title: str = "gradient flow",
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
-    """Heatmap of ``log10 ‖∂L/∂x_t‖``: training step on the vertical axis, time step on the horizontal one.
+    """Heatmap of `log10 ‖∂L/∂x_t‖`: training step on the vertical axis, time step on the horizontal one.
 
     Profiles of different lengths are padded on the right; padding and zero norms are left blank.
 
     Args:
         steps: the training step of each profile.
-        profiles: 1-d profiles (e.g. ``[p[name] for _, p in monitor.history]``), one per step.
+        profiles: 1-d profiles (e.g. `[p[name] for _, p in monitor.history]`), one per step.
         title: figure title.
         path: if given, the PNG file to write.
 
@@ -74,11 +74,10 @@ def plot_flow_heatmap(
         The matplotlib figure.
 
     Raises:
-        ValueError: if ``steps`` and ``profiles`` differ in length or are empty.
+        ValueError: if `steps` and `profiles` differ in length or are empty.
         ImportError: if matplotlib is not installed.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> fig = plot_flow_heatmap([0, 10], [torch.ones(5), 0.5 ** torch.arange(4.0, -1.0, -1.0)])
         >>> fig.axes[0].get_xlabel()
@@ -118,12 +117,12 @@ def plot_flow_profile(
     title: str = "gradient flow",
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
-    """Line plot (log scale) of one profile ``‖∂L/∂x_t‖`` against the time step ``t``.
+    """Line plot (log scale) of one profile `‖∂L/∂x_t‖` against the time step `t`.
 
     Args:
         profile: 1-d input-gradient profile.
         output_profile: optional ∂L/∂y_t profile drawn alongside.
-        threshold: if given, a dashed line at ``threshold * max`` (the memory-length cut-off).
+        threshold: if given, a dashed line at `threshold * max` (the memory-length cut-off).
         title: figure title.
         path: if given, the PNG file to write.
 
@@ -133,8 +132,7 @@ def plot_flow_profile(
     Raises:
         ImportError: if matplotlib is not installed.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> fig = plot_flow_profile(0.5 ** torch.arange(4.0, -1.0, -1.0), threshold=0.1)
         >>> fig.axes[0].get_yscale()
@@ -166,7 +164,7 @@ def plot_flow_profile(
 
 
 def figure_to_array(figure: Figure) -> Any:
-    """Render a figure to an ``(H, W, 3)`` uint8 numpy array (e.g. for ``SummaryWriter.add_image``)."""
+    """Render a figure to an `(H, W, 3)` uint8 numpy array (e.g. for `SummaryWriter.add_image`)."""
     canvas: Any = figure.canvas
     canvas.draw()
     rgba = canvas.buffer_rgba()

@@ -33,60 +33,59 @@ def _check_int(name: str, value: int, minimum: int) -> None:
 
 
 class GradientFlowMonitor(Callback):
-    r"""Measure ‖∂L/∂x_t‖ per time step for every recurrent module, every ``every_n_steps`` optimizer steps.
+    r"""Measure ‖∂L/∂x_t‖ per time step for every recurrent module, every `every_n_steps` optimizer steps.
 
-    On a measuring step (``trainer.global_step % every_n_steps == 0``) a
-    :class:`~rnn_stability.functional.GradientFlowRecorder` hooks each monitored module for the forward and
+    On a measuring step (`trainer.global_step % every_n_steps == 0`) a
+    `rnn_stability.functional.GradientFlowRecorder` hooks each monitored module for the forward and
     backward passes of that step's micro-batches and is removed at the end of each batch. With gradient
     accumulation the squared norms of all micro-batches of the step are summed, so the profile is the norm of
     the gradient the optimizer sees (including Lightning's division of the loss by
-    ``accumulate_grad_batches``). With 16-bit AMP the loss scale is divided out; norms are always float32.
+    `accumulate_grad_batches`). With 16-bit AMP the loss scale is divided out; norms are always float32.
     On the other steps the callback registers nothing and does no work beyond one integer comparison.
 
-    From the input profile of each module it computes :func:`~rnn_stability.functional.flow_statistics`
+    From the input profile of each module it computes `rnn_stability.functional.flow_statistics`
     (decay rate, effective memory length, verdict; the verdict rule is documented there) and sends to every
-    logger of the trainer, with ``step`` = the measured optimizer step:
+    logger of the trainer, with `step` = the measured optimizer step:
 
-    - ``grad_flow/<module>/memory_length``
-    - ``grad_flow/<module>/decay_rate``
-    - ``grad_flow/<module>/verdict`` (-1 vanishing, 0 healthy, 1 exploding)
-    - ``grad_flow/<module>/max_norm``
+    - `grad_flow/<module>/memory_length`
+    - `grad_flow/<module>/decay_rate`
+    - `grad_flow/<module>/verdict` (-1 vanishing, 0 healthy, 1 exploding)
+    - `grad_flow/<module>/max_norm`
 
-    ``<module>`` is the name in ``pl_module.named_modules()``. Like
-    :class:`~lightning.pytorch.callbacks.LearningRateMonitor`, it calls ``logger.log_metrics`` directly rather
-    than ``pl_module.log``: values logged with ``self.log`` are flushed only on Lightning's logging steps and
-    repeated on later ones, which would misdate a measurement taken every ``every_n_steps``. Loggers write on
+    `<module>` is the name in `pl_module.named_modules()`. Like
+    `lightning.pytorch.callbacks.LearningRateMonitor`, it calls `logger.log_metrics` directly rather
+    than `pl_module.log`: values logged with `self.log` are flushed only on Lightning's logging steps and
+    repeated on later ones, which would misdate a measurement taken every `every_n_steps`. Loggers write on
     rank 0; the profile is rank 0's (under DDP each rank sees its own micro-batch), and so are the plots.
 
-    Pictures (with ``save_plots``): ``heatmap_<module>.png`` (training step × time step, log10 norm, over the
-    kept history) and ``profile_<module>.png`` (latest input and output profiles), written to
-    ``<trainer.log_dir>/gradient_flow/`` every ``plot_every_n_measurements`` measurements and when training
-    ends, and sent with ``add_image`` to a :class:`~lightning.pytorch.loggers.TensorBoardLogger` if one is used.
+    Pictures (with `save_plots`): `heatmap_<module>.png` (training step × time step, log10 norm, over the
+    kept history) and `profile_<module>.png` (latest input and output profiles), written to
+    `<trainer.log_dir>/gradient_flow/` every `plot_every_n_measurements` measurements and when training
+    ends, and sent with `add_image` to a `lightning.pytorch.loggers.TensorBoardLogger` if one is used.
 
     Args:
         every_n_steps: measure on optimizer steps that are multiples of this (step 0 included).
-        modules: names of the modules to watch (``torch.nn.RNNBase`` or ``torch.nn.RNNCellBase``); ``None``
+        modules: names of the modules to watch (`torch.nn.RNNBase` or `torch.nn.RNNCellBase`); `None`
             watches every recurrent module that is not inside another recurrent module.
         threshold: fraction of the maximum norm that counts for the memory length, in (0, 1].
-        save_plots: write the PNG pictures (needs matplotlib, the ``plot`` extra).
-        max_history: number of measurements kept in :attr:`history` (oldest dropped first).
+        save_plots: write the PNG pictures (needs matplotlib, the `plot` extra).
+        max_history: number of measurements kept in `history` (oldest dropped first).
         explode_factor: growth over the sequence above which the verdict is "exploding", greater than 1.
-        vanish_fraction: memory length, as a fraction of ``T``, below which the verdict is "vanishing".
+        vanish_fraction: memory length, as a fraction of `T`, below which the verdict is "vanishing".
         plot_every_n_measurements: how often the pictures are rewritten during training.
 
     Attributes:
-        history: ``[(step, {module: input profile (T,) on CPU})]``, at most ``max_history`` entries.
-        latest_statistics: ``{module: FlowStatistics}`` of the latest measurement.
-        latest_profiles: ``{module: {"input": (T,), "output": (T,)}}`` of the latest measurement (the
+        history: `[(step, {module: input profile (T,) on CPU})]`, at most `max_history` entries.
+        latest_statistics: `{module: FlowStatistics}` of the latest measurement.
+        latest_profiles: `{module: {"input": (T,), "output": (T,)}}` of the latest measurement (the
             output profile is ‖∂L/∂y_t‖ for the module's output sequence, absent if the loss does not use it).
         num_measurements: measurements taken so far.
 
     Raises:
         ValueError: if an argument is out of range.
-        ImportError: if ``save_plots`` is set and matplotlib is not installed.
+        ImportError: if `save_plots` is set and matplotlib is not installed.
 
-    Example::
-
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> monitor = GradientFlowMonitor(every_n_steps=100, threshold=0.01)
         >>> trainer = Trainer(callbacks=[monitor], logger=False, enable_progress_bar=False)

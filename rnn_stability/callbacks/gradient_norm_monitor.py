@@ -46,47 +46,47 @@ class _Pending:
 class GradientNormMonitor(Callback):
     r"""Log gradient norms before and after clipping, grouped norms, and warn on vanishing/exploding groups.
 
-    Every ``log_every_n_steps`` optimizer steps the callback logs, through ``pl_module.log`` (so to every
+    Every `log_every_n_steps` optimizer steps the callback logs, through `pl_module.log` (so to every
     logger the Trainer has), the keys:
 
-    - ``grad_norm/total_pre_clip``: total gradient norm before clipping, as ``clip_grad_norm_`` returns it.
-    - ``grad_norm/total_post_clip``: total norm of the gradient the optimizer actually used.
-    - ``grad_norm/max``: largest per-parameter gradient norm.
-    - ``grad_norm/nonfinite``: number of NaN/Inf gradient elements.
-    - ``grad_norm/<group>``: gradient norm of each group (see ``granularity``).
-    - ``weight_norm/<group>``: weight norm of each group after the step (if ``log_weight_norms``).
-    - ``update_ratio/<group>``: ``‖Δw‖ / ‖w‖`` of the step, ``w`` before the update (if ``log_update_ratio``).
+    - `grad_norm/total_pre_clip`: total gradient norm before clipping, as `clip_grad_norm_` returns it.
+    - `grad_norm/total_post_clip`: total norm of the gradient the optimizer actually used.
+    - `grad_norm/max`: largest per-parameter gradient norm.
+    - `grad_norm/nonfinite`: number of NaN/Inf gradient elements.
+    - `grad_norm/<group>`: gradient norm of each group (see `granularity`).
+    - `weight_norm/<group>`: weight norm of each group after the step (if `log_weight_norms`).
+    - `update_ratio/<group>`: `‖Δw‖ / ‖w‖` of the step, `w` before the update (if `log_update_ratio`).
 
-    With more than one optimizer (manual optimization) every key gets the suffix ``/optimizer_<index>``.
+    With more than one optimizer (manual optimization) every key gets the suffix `/optimizer_<index>`.
 
-    **Where each number comes from.** Lightning calls every callback's ``on_before_optimizer_step`` (after AMP
-    unscaling, once per accumulation window), then ``configure_gradient_clipping`` (``Trainer(gradient_clip_val=
+    **Where each number comes from.** Lightning calls every callback's `on_before_optimizer_step` (after AMP
+    unscaling, once per accumulation window), then `configure_gradient_clipping` (``Trainer(gradient_clip_val=
     ...)``), then the optimizer update. The pre-clip norm, the max, the non-finite count and the group norms are
-    measured in ``on_before_optimizer_step``; if an
-    :class:`~rnn_stability.callbacks.AdaptiveGradientClipping` placed *before* this callback already clipped this
-    step, the total pre-clip norm is taken from its ``last_record`` instead (the other numbers, and the alerts,
+    measured in `on_before_optimizer_step`; if an
+    `rnn_stability.callbacks.AdaptiveGradientClipping` placed *before* this callback already clipped this
+    step, the total pre-clip norm is taken from its `last_record` instead (the other numbers, and the alerts,
     then describe its clipped gradient: put the monitor first to be alerted on unclipped group norms). The
-    post-clip norm is measured in an optimizer step *post*-hook: optimizers do not modify ``.grad`` and
+    post-clip norm is measured in an optimizer step *post*-hook: optimizers do not modify `.grad` and
     Lightning zeroes it only at the next step, so this is exactly the gradient of the update whatever clipped
     it. (An optimizer step *pre*-hook would be too early: without AMP, Lightning runs
-    ``training_step``, backward and clipping inside ``optimizer.step(closure)``, after the pre-hooks.) When the
-    optimizer step does not run (the fp16 ``GradScaler`` found Inf gradients), that step's
-    ``total_post_clip``, ``weight_norm`` and ``update_ratio`` are not logged.
+    `training_step`, backward and clipping inside `optimizer.step(closure)`, after the pre-hooks.) When the
+    optimizer step does not run (the fp16 `GradScaler` found Inf gradients), that step's
+    `total_post_clip`, `weight_norm` and `update_ratio` are not logged.
 
     **No host synchronisation on other steps.** Outside logging steps the hooks only compare Python integers.
-    On a logging step all measured values are moved to the host with a single ``tolist()``, then logged, and
+    On a logging step all measured values are moved to the host with a single `tolist()`, then logged, and
     the alerts are evaluated on those numbers; the alerts are therefore only checked on logging steps.
 
     Args:
-        log_every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps)``.
-            The Trainer's interval logs through ``pl_module.log``; any other interval writes to the loggers
-            directly (see :mod:`rnn_stability.callbacks.logging_steps`).
-        granularity: how parameter gradients are grouped: ``"total"`` (one group, ``total``), ``"module"`` (by the
-            module directly owning the parameter, e.g. ``rnn`` or ``encoder.0``; parameters of the
-            LightningModule itself form ``root``) or ``"parameter"`` (one group per parameter name).
-        norm_type: order of all norms, a positive number or ``inf``.
-        log_weight_norms: also log ``weight_norm/<group>``.
-        log_update_ratio: also log ``update_ratio/<group>``; weights are cloned on logging steps only.
+        log_every_n_steps: log every this many optimizer steps; `None` uses `Trainer(log_every_n_steps)`.
+            The Trainer's interval logs through `pl_module.log`; any other interval writes to the loggers
+            directly (see `rnn_stability.callbacks.logging_steps`).
+        granularity: how parameter gradients are grouped: `"total"` (one group, `total`), `"module"` (by the
+            module directly owning the parameter, e.g. `rnn` or `encoder.0`; parameters of the
+            LightningModule itself form `root`) or `"parameter"` (one group per parameter name).
+        norm_type: order of all norms, a positive number or `inf`.
+        log_weight_norms: also log `weight_norm/<group>`.
+        log_update_ratio: also log `update_ratio/<group>`; weights are cloned on logging steps only.
         warn_below: warn when a group's gradient norm is below this (vanishing gradients).
         warn_above: warn when a group's gradient norm is above this or not finite (exploding gradients).
         warn_every_n_steps: at most one warning of each kind per this many steps.
@@ -94,8 +94,7 @@ class GradientNormMonitor(Callback):
     Raises:
         ValueError: if an argument is outside its accepted range.
 
-    Example::
-
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> monitor = GradientNormMonitor(granularity="module", warn_above=100.0)
         >>> trainer = Trainer(callbacks=[monitor], logger=False, enable_checkpointing=False)

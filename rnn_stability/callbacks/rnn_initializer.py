@@ -21,54 +21,53 @@ __all__ = ["RNNInitializer"]
 class RNNInitializer(Callback):
     r"""Initialise every recurrent module (LSTM, GRU, RNN and cells, torch's or ours) with a gate-aware scheme.
 
-    A thin shell over :func:`rnn_stability.functional.init_rnn_` (see there for the schemes: ``"orthogonal"``
-    — Saxe et al. 2014 with the forget bias of Jozefowicz et al. 2015; ``"chrono"`` — Tallec & Ollivier 2018,
-    "Can recurrent neural networks warp time?"; ``"irnn"`` — Le, Jaitly & Hinton 2015; ``"xavier"``).
+    A thin shell over `rnn_stability.functional.init_rnn_` (see there for the schemes: `"orthogonal"`
+    — Saxe et al. 2014 with the forget bias of Jozefowicz et al. 2015; `"chrono"` — Tallec & Ollivier 2018,
+    "Can recurrent neural networks warp time?"; `"irnn"` — Le, Jaitly & Hinton 2015; `"xavier"`).
 
-    **When.** In ``on_fit_start``: after a checkpoint passed to ``Trainer.fit(ckpt_path=...)`` has been restored
-    (``trainer.ckpt_path`` is only known from then on) and after ``configure_model``. It runs **at most once**
+    **When.** In `on_fit_start`: after a checkpoint passed to `Trainer.fit(ckpt_path=...)` has been restored
+    (`trainer.ckpt_path` is only known from then on) and after `configure_model`. It runs **at most once**
     and **never** over loaded weights:
 
-    - not when ``Trainer.fit(ckpt_path=...)`` resumes from a checkpoint (``trainer.ckpt_path`` is set);
-    - not after its own state was restored (``state_dict`` records ``applied: True``);
-    - not on a second ``fit`` with the same callback;
-    - not when you set ``applied = True`` yourself — do that when you load weights by other means
-      (``Model.load_from_checkpoint`` then ``fit`` without ``ckpt_path``), or leave the callback out.
+    - not when `Trainer.fit(ckpt_path=...)` resumes from a checkpoint (`trainer.ckpt_path` is set);
+    - not after its own state was restored (`state_dict` records `applied: True`);
+    - not on a second `fit` with the same callback;
+    - not when you set `applied = True` yourself — do that when you load weights by other means
+      (`Model.load_from_checkpoint` then `fit` without `ckpt_path`), or leave the callback out.
 
     Parameters are changed in place, so optimizers already created keep working. Strategies that shard
     parameters (FSDP, DeepSpeed) are not supported: initialise the model before fitting instead, with
-    :func:`~rnn_stability.functional.init_rnn_`.
+    `rnn_stability.functional.init_rnn_`.
 
-    **Ranks.** With ``seed`` set, every rank draws from its own ``torch.Generator`` seeded with ``seed``, so the
-    weights are identical on all ranks and independent of the global RNG state. With ``seed=None`` rank 0 draws a
-    seed from its global torch RNG and broadcasts it, so the ranks still agree without ``lightning.seed_everything``
-    (DDP has already broadcast rank 0's weights by ``on_fit_start`` and does not do it again).
+    **Ranks.** With `seed` set, every rank draws from its own `torch.Generator` seeded with `seed`, so the
+    weights are identical on all ranks and independent of the global RNG state. With `seed=None` rank 0 draws a
+    seed from its global torch RNG and broadcasts it, so the ranks still agree without `lightning.seed_everything`
+    (DDP has already broadcast rank 0's weights by `on_fit_start` and does not do it again).
 
-    Modules are visited in ``named_modules`` order; cells inside a recurrent layer belong to that layer. A short
+    Modules are visited in `named_modules` order; cells inside a recurrent layer belong to that layer. A short
     table (module name, type, scheme) is logged on rank zero.
 
     Args:
-        scheme: a scheme name for every recurrent module, or a mapping from module-name patterns (``fnmatch``
-            style, e.g. ``"encoder.*"``, matched against names from ``named_modules``) to schemes; the first
+        scheme: a scheme name for every recurrent module, or a mapping from module-name patterns (`fnmatch`
+            style, e.g. `"encoder.*"`, matched against names from `named_modules`) to schemes; the first
             matching pattern wins and unmatched modules keep their weights.
-        max_timescale: ``T_max`` of the ``"chrono"`` scheme (required there): the longest dependency expected.
-        forget_bias: effective LSTM forget-gate bias of the ``"orthogonal"`` and ``"xavier"`` schemes.
+        max_timescale: `T_max` of the `"chrono"` scheme (required there): the longest dependency expected.
+        forget_bias: effective LSTM forget-gate bias of the `"orthogonal"` and `"xavier"` schemes.
         gain: gain of the recurrent weights.
-        seed: seed of the initialisation; ``None`` draws one from rank 0's global torch RNG.
+        seed: seed of the initialisation; `None` draws one from rank 0's global torch RNG.
 
     Raises:
-        ValueError: for an unknown scheme, an empty mapping, ``"chrono"`` without ``max_timescale``, a
-            non-positive ``gain``, a non-finite ``forget_bias`` or a negative ``seed``.
-        TypeError: at fit time, if a scheme does not apply to a module it selects (e.g. ``"irnn"`` on an LSTM);
+        ValueError: for an unknown scheme, an empty mapping, `"chrono"` without `max_timescale`, a
+            non-positive `gain`, a non-finite `forget_bias` or a negative `seed`.
+        TypeError: at fit time, if a scheme does not apply to a module it selects (e.g. `"irnn"` on an LSTM);
             nothing is modified then.
 
-    Example::
-
+    Examples:
         >>> from lightning import Trainer
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> from rnn_stability.data import adding_problem
         >>> from rnn_stability.demo.models import SequenceRegressor
-        >>> model = SequenceRegressor(hidden_size=8)  # a torch.nn.LSTM named ``rnn`` and a linear head
+        >>> model = SequenceRegressor(hidden_size=8)  # a torch.nn.LSTM named `rnn` and a linear head
         >>> data = DataLoader(TensorDataset(*adding_problem(16, 12)), batch_size=8)
         >>> init = RNNInitializer("chrono", max_timescale=12, seed=0)
         >>> trainer = Trainer(max_steps=1, callbacks=[init], logger=False, enable_checkpointing=False,
@@ -99,7 +98,7 @@ class RNNInitializer(Callback):
         self.seed = seed
         #: True once weights were initialised (or found to come from a checkpoint); nothing is done after that.
         self.applied = False
-        #: ``(module name, module type, scheme)`` of every module initialised.
+        #: `(module name, module type, scheme)` of every module initialised.
         self.initialized: list[tuple[str, str, str]] = []
 
     @property
@@ -122,7 +121,7 @@ class RNNInitializer(Callback):
         self.initialized = [(str(a), str(b), str(c)) for a, b, c in state_dict.get("initialized", [])]
 
     def scheme_for(self, name: str) -> str | None:
-        """The scheme applied to the module called ``name``, or ``None`` if no pattern selects it."""
+        """The scheme applied to the module called `name`, or `None` if no pattern selects it."""
         if isinstance(self.scheme, str):
             return self.scheme
         return next((s for pattern, s in self.scheme.items() if fnmatchcase(name, pattern)), None)

@@ -25,14 +25,13 @@ def adding_problem(
 
     Args:
         num_samples: number of sequences.
-        seq_len: sequence length ``T`` (at least 2).
+        seq_len: sequence length `T` (at least 2).
         generator: optional random generator, for reproducible data.
 
     Returns:
-        ``inputs`` of shape ``(num_samples, seq_len, 2)`` and ``targets`` of shape ``(num_samples, 1)``.
+        `inputs` of shape `(num_samples, seq_len, 2)` and `targets` of shape `(num_samples, 1)`.
 
-    Example::
-
+    Examples:
         >>> x, y = adding_problem(4, 10, generator=torch.Generator().manual_seed(0))
         >>> x.shape, y.shape
         (torch.Size([4, 10, 2]), torch.Size([4, 1]))
@@ -64,24 +63,23 @@ def copy_task(
 ) -> tuple[Tensor, Tensor]:
     """The copy (memory) task (Arjovsky, Shah & Bengio 2016).
 
-    A sequence of ``copy_len`` symbols from ``1..num_symbols`` is followed by ``delay - 1`` blanks (0), a
-    delimiter (``num_symbols + 1``) and ``copy_len`` more blanks; the model must output blanks until the
+    A sequence of `copy_len` symbols from `1..num_symbols` is followed by `delay - 1` blanks (0), a
+    delimiter (`num_symbols + 1`) and `copy_len` more blanks; the model must output blanks until the
     delimiter and then reproduce the symbols. The memoryless baseline cross-entropy is
-    ``copy_len * ln(num_symbols) / (delay + 2 * copy_len)``.
+    `copy_len * ln(num_symbols) / (delay + 2 * copy_len)`.
 
     Args:
         num_samples: number of sequences.
-        delay: number of steps ``T`` between the end of the symbols and the start of the recall.
+        delay: number of steps `T` between the end of the symbols and the start of the recall.
         num_symbols: alphabet size of the data symbols.
         copy_len: number of symbols to remember.
         generator: optional random generator.
 
     Returns:
-        ``inputs`` of shape ``(num_samples, delay + 2 * copy_len)`` (int64 token ids in
-        ``0..num_symbols + 1``) and ``targets`` of the same shape (ids in ``0..num_symbols``).
+        `inputs` of shape `(num_samples, delay + 2 * copy_len)` (int64 token ids in
+        `0..num_symbols + 1`) and `targets` of the same shape (ids in `0..num_symbols`).
 
-    Example::
-
+    Examples:
         >>> x, y = copy_task(2, delay=5, copy_len=3, generator=torch.Generator().manual_seed(0))
         >>> x.shape == y.shape == (2, 11)
         True

@@ -1,6 +1,6 @@
-"""The ``rnn-stability demo`` command: a vanilla and a stable LSTM on the adding problem, side by side.
+"""The `rnn-stability demo` command: a vanilla and a stable LSTM on the adding problem, side by side.
 
-Run it with ``rnn-stability demo`` (or ``python -m rnn_stability demo``); from Python::
+Run it with `rnn-stability demo` (or `python -m rnn_stability demo`); from Python::
 
     from rnn_stability.demo import DemoConfig, run_demo
 

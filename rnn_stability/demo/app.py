@@ -20,8 +20,8 @@ __all__ = ["run_demo"]
 def run_demo(config: DemoConfig, console: Console | None = None, jobs: int | None = None) -> list[RunResult]:
     """Trains both set-ups, prints the comparison table and writes the plots and the table.
 
-    Files written to ``config.output_dir``: the figures of
-    :func:`~rnn_stability.demo.plots.write_plots`, ``summary.md`` (the table, markdown) and ``metrics.json``
+    Files written to `config.output_dir`: the figures of
+    `rnn_stability.demo.plots.write_plots`, `summary.md` (the table, markdown) and `metrics.json`
     (every recorded number of both runs).
 
     Args:
@@ -30,7 +30,7 @@ def run_demo(config: DemoConfig, console: Console | None = None, jobs: int | Non
         jobs: parallel runs, 1 or 2 (default: 2 when two cores are free).
 
     Returns:
-        The vanilla and the stable :class:`RunResult`.
+        The vanilla and the stable `RunResult`.
 
     Raises:
         DemoError: if a run fails.

@@ -1,4 +1,4 @@
-"""Settings of the ``rnn-stability demo`` command, validated before any training starts."""
+"""Settings of the `rnn-stability demo` command, validated before any training starts."""
 
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ class DemoConfig:
     the vanilla one stays on the 1/6 baseline (it needed about 1700 steps in a separate run).
 
     Args:
-        seq_len: sequence length ``T`` of the adding problem (2 to 10000).
+        seq_len: sequence length `T` of the adding problem (2 to 10000).
         steps: optimizer steps per setup (1 to 1000000).
         seed: random seed of the data and of both models (0 to 2**32 - 1).
         output_dir: folder for the plots, the table and the raw metrics (created if missing).
-        cell: ``"lstm"`` or ``"gru"``.
+        cell: `"lstm"` or `"gru"`.
         hidden_size: hidden width of the recurrent layer (1 to 4096).
         batch_size: sequences per step (1 to 100000).
         lr: Adam learning rate, in (0, 1].
@@ -52,8 +52,7 @@ class DemoConfig:
     Raises:
         ValueError: if an argument is outside its range; the message names the argument.
 
-    Example::
-
+    Examples:
         >>> DemoConfig(seq_len=20, steps=10).cell
         'lstm'
         >>> DemoConfig(seq_len=1)

@@ -22,23 +22,22 @@ def build_rnn(
     implementation: str = "torch",
     layer_norm: bool = False,
 ) -> nn.RNNBase:
-    """A batch-first LSTM or GRU from ``torch.nn`` or from :mod:`rnn_stability.nn`.
+    """A batch-first LSTM or GRU from `torch.nn` or from `rnn_stability.nn`.
 
     Args:
-        cell: ``"lstm"`` or ``"gru"``.
+        cell: `"lstm"` or `"gru"`.
         input_size: features per time step.
         hidden_size: hidden width.
         num_layers: stacked layers.
-        implementation: ``"torch"`` (``torch.nn.LSTM``/``GRU``) or ``"rnn_stability"`` (the drop-ins of
-            :mod:`rnn_stability.nn`, which accept ``layer_norm``).
+        implementation: `"torch"` (`torch.nn.LSTM`/`GRU`) or `"rnn_stability"` (the drop-ins of
+            `rnn_stability.nn`, which accept `layer_norm`).
         layer_norm: layer-normalised recurrence (Ba, Kiros & Hinton 2016); needs
-            ``implementation="rnn_stability"``.
+            `implementation="rnn_stability"`.
 
     Raises:
-        ValueError: for an unknown ``cell`` or ``implementation``, or ``layer_norm`` with torch's modules.
+        ValueError: for an unknown `cell` or `implementation`, or `layer_norm` with torch's modules.
 
-    Example::
-
+    Examples:
         >>> build_rnn("gru", 2, 8)
         GRU(2, 8, batch_first=True)
     """
@@ -63,19 +62,18 @@ def build_rnn(
 class SequenceRegressor(L.LightningModule):
     """A recurrent layer whose last hidden state feeds a linear head, trained with MSE and Adam.
 
-    Logs ``train_mse`` every logging step and ``val_mse`` per validation epoch.
+    Logs `train_mse` every logging step and `val_mse` per validation epoch.
 
     Args:
-        cell: ``"lstm"`` or ``"gru"``.
+        cell: `"lstm"` or `"gru"`.
         input_size: features per time step (2 for the adding problem).
         hidden_size: hidden width.
         num_layers: stacked recurrent layers.
-        implementation: ``"torch"`` or ``"rnn_stability"``, see :func:`build_rnn`.
-        layer_norm: layer-normalised recurrence (needs ``implementation="rnn_stability"``).
+        implementation: `"torch"` or `"rnn_stability"`, see `build_rnn`.
+        layer_norm: layer-normalised recurrence (needs `implementation="rnn_stability"`).
         lr: Adam learning rate.
 
-    Example::
-
+    Examples:
         >>> model = SequenceRegressor(hidden_size=8)
         >>> model(torch.zeros(3, 5, 2)).shape
         torch.Size([3, 1])

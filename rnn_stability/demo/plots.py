@@ -21,10 +21,9 @@ _COLORS = {"vanilla": "tab:red", "stable": "tab:blue"}
 
 
 def find_series(metrics: dict[str, list[tuple[int, float]]], keys: Sequence[str]) -> list[tuple[int, float]]:
-    """The first of ``keys`` present in ``metrics`` (exact match, then as a suffix), or ``[]``.
+    """The first of `keys` present in `metrics` (exact match, then as a suffix), or `[]`.
 
-    Example::
-
+    Examples:
         >>> find_series({"a/grad_norm/total": [(1, 2.0)]}, ["grad_norm/total"])
         [(1, 2.0)]
     """
@@ -116,11 +115,11 @@ def _flow_profiles(plt: Any, results: Sequence[RunResult], path: Path) -> None:
 
 
 def write_plots(results: Sequence[RunResult], output_dir: Path) -> list[Path]:
-    """Writes the demo's figures into ``output_dir``.
+    """Writes the demo's figures into `output_dir`.
 
-    ``loss_curves.png`` (training MSE), ``grad_norms.png`` (total gradient norm before clipping, and the
-    clipping threshold), and, for runs with a gradient-flow history, ``gradient_flow_<run>.png`` (heatmap
-    drawn by :func:`~rnn_stability.callbacks.plot_flow_heatmap`) and ``gradient_flow_profiles.png`` (the
+    `loss_curves.png` (training MSE), `grad_norms.png` (total gradient norm before clipping, and the
+    clipping threshold), and, for runs with a gradient-flow history, `gradient_flow_<run>.png` (heatmap
+    drawn by `rnn_stability.callbacks.plot_flow_heatmap`) and `gradient_flow_profiles.png` (the
     last profile of every run, each divided by its maximum).
 
     Args:

@@ -17,13 +17,12 @@ __all__ = ["MemoryLogger", "LossRecorder"]
 
 
 class MemoryLogger(Logger):
-    """A Lightning logger that keeps every logged scalar as a list of ``(step, value)`` pairs.
+    """A Lightning logger that keeps every logged scalar as a list of `(step, value)` pairs.
 
     Args:
         save_dir: folder reported to callbacks that write files next to the logs.
 
-    Example::
-
+    Examples:
         >>> logger = MemoryLogger()
         >>> logger.log_metrics({"loss": 0.5}, step=3)
         >>> logger.history["loss"]
@@ -68,16 +67,15 @@ class MemoryLogger(Logger):
 
 
 class LossRecorder(L.Callback):
-    """Records the training loss of every step and reports progress at most every ``interval_s`` seconds.
+    """Records the training loss of every step and reports progress at most every `interval_s` seconds.
 
     Args:
-        on_progress: called as ``on_progress(step, smoothed_loss)``; ``smoothed_loss`` is an exponential
-            moving average of the loss with factor ``smoothing``.
+        on_progress: called as `on_progress(step, smoothed_loss)`; `smoothed_loss` is an exponential
+            moving average of the loss with factor `smoothing`.
         interval_s: minimum seconds between two progress reports (the last step is always reported).
         smoothing: weight of the past in the moving average, in [0, 1).
 
-    Example::
-
+    Examples:
         >>> recorder = LossRecorder(interval_s=0.0)
         >>> recorder.losses
         []

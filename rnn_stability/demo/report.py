@@ -22,13 +22,12 @@ def _timing(result: RunResult) -> str:
 
 
 def comparison_rows(results: Sequence[RunResult]) -> list[tuple[str, list[str]]]:
-    """The table's rows as ``(metric, [value per run])`` strings.
+    """The table's rows as `(metric, [value per run])` strings.
 
     Args:
         results: the runs to compare, one column each.
 
-    Example::
-
+    Examples:
         >>> run = RunResult("vanilla", "torch", 10, 1.0, [0.2] * 10, [0.2] * 10, 0.18, None)
         >>> dict(comparison_rows([run]))["steps to solve (MSE < 0.01)"]
         ['not solved in 10']
@@ -62,8 +61,7 @@ def comparison_table(results: Sequence[RunResult], title: str | None = None) -> 
         results: the runs to compare.
         title: optional table title.
 
-    Example::
-
+    Examples:
         >>> run = RunResult("vanilla", "torch", 10, 1.0, [0.2] * 10, [0.2] * 10, 0.18, None)
         >>> table = comparison_table([run])
         >>> [column.header for column in table.columns], table.row_count
@@ -84,8 +82,7 @@ def comparison_markdown(results: Sequence[RunResult]) -> str:
     Args:
         results: the runs to compare.
 
-    Example::
-
+    Examples:
         >>> run = RunResult("stable", "ours", 10, 1.0, [0.2] * 10, [0.2] * 10, 0.005, 7)
         >>> print(comparison_markdown([run]).splitlines()[0])
         | | stable |

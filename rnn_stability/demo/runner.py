@@ -38,8 +38,7 @@ class DemoError(RuntimeError):
 def available_cores() -> int:
     """CPU cores this process may run on.
 
-    Example::
-
+    Examples:
         >>> available_cores() >= 1
         True
     """
@@ -169,20 +168,20 @@ def run_setups(
 ) -> list[RunResult]:
     """Trains the vanilla and the stable set-up and shows their progress live.
 
-    With ``jobs=2`` (the default when at least two cores are free) each set-up trains in its own
-    process, on its own core, and reports through a queue; with ``jobs=1`` they train one after the
+    With `jobs=2` (the default when at least two cores are free) each set-up trains in its own
+    process, on its own core, and reports through a queue; with `jobs=1` they train one after the
     other in this process.
 
     Args:
         config: the demo settings.
         console: where the progress bars go (default: a new rich console on stdout).
-        jobs: 1 or 2 parallel runs; ``None`` picks 2 if at least two cores are available.
+        jobs: 1 or 2 parallel runs; `None` picks 2 if at least two cores are available.
 
     Returns:
-        The results in the order of :data:`~rnn_stability.demo.setups.SETUP_NAMES`.
+        The results in the order of `rnn_stability.demo.setups.SETUP_NAMES`.
 
     Raises:
-        ValueError: if ``jobs`` is not ``None``, 1 or 2.
+        ValueError: if `jobs` is not `None`, 1 or 2.
         DemoError: if a run fails; the message includes the worker's traceback.
     """
     cores = available_cores()

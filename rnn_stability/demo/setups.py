@@ -24,12 +24,12 @@ class Setup:
     """A model with the callbacks that train it.
 
     Args:
-        name: ``"vanilla"`` or ``"stable"``.
+        name: `"vanilla"` or `"stable"`.
         title: one line describing the recipe, shown in the progress bar and the table.
         model: the LightningModule to fit.
         callbacks: the callbacks passed to the Trainer (training-changing ones and pure monitors).
-        flow_monitor: the gradient-flow monitor among ``callbacks``.
-        clipper: the clipping callback among ``callbacks``, if any.
+        flow_monitor: the gradient-flow monitor among `callbacks`.
+        clipper: the clipping callback among `callbacks`, if any.
     """
 
     name: str
@@ -50,27 +50,26 @@ def _monitors(config: DemoConfig) -> tuple[list[L.Callback], GradientFlowMonitor
 
 
 def build_setup(name: str, config: DemoConfig) -> Setup:
-    """Builds the ``"vanilla"`` or the ``"stable"`` set-up for ``config``.
+    """Builds the `"vanilla"` or the `"stable"` set-up for `config`.
 
-    * vanilla: ``torch.nn.LSTM``/``GRU`` with torch's default initialisation, no clipping.
-    * stable: :class:`rnn_stability.nn.LSTM`/``GRU`` with ``layer_norm=True`` (Ba et al. 2016), chrono
-      initialisation (Tallec & Ollivier 2018) through :class:`~rnn_stability.callbacks.RNNInitializer`,
-      and :class:`~rnn_stability.callbacks.AdaptiveGradientClipping` (AutoClip, Seetharaman et al. 2020)
+    * vanilla: `torch.nn.LSTM`/`GRU` with torch's default initialisation, no clipping.
+    * stable: `rnn_stability.nn.LSTM`/`GRU` with `layer_norm=True` (Ba et al. 2016), chrono
+      initialisation (Tallec & Ollivier 2018) through `rnn_stability.callbacks.RNNInitializer`,
+      and `rnn_stability.callbacks.AdaptiveGradientClipping` (AutoClip, Seetharaman et al. 2020)
       with its non-finite-step guard.
 
     Both use the same data, seed, width, optimizer and learning rate, and both carry the two monitors
-    (:class:`~rnn_stability.callbacks.GradientNormMonitor`,
-    :class:`~rnn_stability.callbacks.GradientFlowMonitor`), which only observe.
+    (`rnn_stability.callbacks.GradientNormMonitor`,
+    `rnn_stability.callbacks.GradientFlowMonitor`), which only observe.
 
     Args:
-        name: one of :data:`SETUP_NAMES`.
+        name: one of `SETUP_NAMES`.
         config: the demo settings.
 
     Raises:
-        ValueError: for an unknown ``name``.
+        ValueError: for an unknown `name`.
 
-    Example::
-
+    Examples:
         >>> setup = build_setup("stable", DemoConfig(seq_len=20))
         >>> setup.title
         'rnn_stability.nn.LSTM(layer_norm=True), chrono init, AutoClip'

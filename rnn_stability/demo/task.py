@@ -23,15 +23,14 @@ class AddingProblemStream(IterableDataset):
     """An endless stream of adding-problem batches (Hochreiter & Schmidhuber 1997).
 
     Every batch is new, so the model never sees the same sequence twice and the training loss is an
-    unbiased estimate of the test loss. The stream restarts from ``seed`` each time it is iterated.
+    unbiased estimate of the test loss. The stream restarts from `seed` each time it is iterated.
 
     Args:
-        seq_len: sequence length ``T`` (at least 2).
+        seq_len: sequence length `T` (at least 2).
         batch_size: sequences per batch.
         seed: seed of the stream's random generator.
 
-    Example::
-
+    Examples:
         >>> x, y = next(iter(AddingProblemStream(seq_len=10, batch_size=4)))
         >>> x.shape, y.shape
         (torch.Size([4, 10, 2]), torch.Size([4, 1]))
@@ -58,16 +57,15 @@ class AddingProblemDataModule(L.LightningDataModule):
     Predicting the mean target gives an MSE of 1/6 ≈ 0.167; the task counts as solved below 0.01.
 
     Args:
-        seq_len: sequence length ``T`` (at least 2).
+        seq_len: sequence length `T` (at least 2).
         batch_size: sequences per training and validation batch.
         num_val_samples: size of the fixed validation set.
-        seed: seed of the training stream; the validation set uses ``seed + 1``.
+        seed: seed of the training stream; the validation set uses `seed + 1`.
 
     Raises:
         ValueError: if an argument is out of range; the message names it.
 
-    Example::
-
+    Examples:
         >>> dm = AddingProblemDataModule(seq_len=10, batch_size=4, num_val_samples=8)
         >>> x, y = next(iter(dm.train_dataloader()))
         >>> x.shape, len(dm.val_dataloader())
@@ -87,7 +85,7 @@ class AddingProblemDataModule(L.LightningDataModule):
         self._val: TensorDataset | None = None
 
     def val_dataset(self) -> TensorDataset:
-        """The fixed validation set (generated once, from ``seed + 1``)."""
+        """The fixed validation set (generated once, from `seed + 1`)."""
         if self._val is None:
             generator = torch.Generator().manual_seed(self.seed + 1)
             self._val = TensorDataset(

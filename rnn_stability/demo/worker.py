@@ -28,21 +28,21 @@ class RunResult:
     """What one training run produced, as plain Python values.
 
     Args:
-        name: set-up name (``"vanilla"`` or ``"stable"``).
+        name: set-up name (`"vanilla"` or `"stable"`).
         title: one-line description of the recipe.
         steps: optimizer steps taken.
-        seconds: wall time of ``Trainer.fit``.
+        seconds: wall time of `Trainer.fit`.
         losses: training MSE of every step.
-        smoothed: exponential moving average (factor 0.95) of ``losses``.
+        smoothed: exponential moving average (factor 0.95) of `losses`.
         final_mse: MSE on the held-out validation set after training.
-        steps_to_solve: first step whose smoothed training MSE is below 0.01, ``None`` if never.
-        clipped_steps: steps whose gradient the clipper scaled down (``None`` without a clipper).
-        skipped_steps: steps skipped for non-finite gradients (``None`` without a clipper).
+        steps_to_solve: first step whose smoothed training MSE is below 0.01, `None` if never.
+        clipped_steps: steps whose gradient the clipper scaled down (`None` without a clipper).
+        skipped_steps: steps skipped for non-finite gradients (`None` without a clipper).
         memory_length: effective memory length (time steps) from the last gradient-flow measurement.
-        flow_verdict: ``"vanishing"``, ``"exploding"`` or ``"healthy"`` from the same measurement.
-        flow_history: ``(step, profile)`` pairs, ``profile[t]`` = ‖∂L/∂x_t‖.
-        metrics: every scalar the callbacks logged, as ``{key: [(step, value), ...]}``.
-        cpu_seconds: CPU time of this process during ``Trainer.fit`` (all its threads); on a busy machine
+        flow_verdict: `"vanishing"`, `"exploding"` or `"healthy"` from the same measurement.
+        flow_history: `(step, profile)` pairs, `profile[t]` = ‖∂L/∂x_t‖.
+        metrics: every scalar the callbacks logged, as `{key: [(step, value), ...]}`.
+        cpu_seconds: CPU time of this process during `Trainer.fit` (all its threads); on a busy machine
             it shows what the run costs independently of how long it waited for a core.
     """
 
@@ -64,10 +64,9 @@ class RunResult:
 
 
 def first_step_below(values: list[float], threshold: float) -> int | None:
-    """The 1-based index of the first value below ``threshold``, or ``None``.
+    """The 1-based index of the first value below `threshold`, or `None`.
 
-    Example::
-
+    Examples:
         >>> first_step_below([0.3, 0.2, 0.005, 0.001], 0.01)
         3
         >>> first_step_below([0.3], 0.01) is None
@@ -101,16 +100,16 @@ def train_setup(
     on_progress: Callable[[int, float], None] | None = None,
     num_threads: int = 1,
 ) -> RunResult:
-    """Fits the set-up ``name`` for ``config.steps`` steps and measures it.
+    """Fits the set-up `name` for `config.steps` steps and measures it.
 
     Args:
-        name: ``"vanilla"`` or ``"stable"``.
+        name: `"vanilla"` or `"stable"`.
         config: the demo settings.
-        on_progress: called as ``on_progress(step, smoothed_mse)`` a few times per second.
+        on_progress: called as `on_progress(step, smoothed_mse)` a few times per second.
         num_threads: torch intra-op threads for this run.
 
     Returns:
-        The :class:`RunResult`.
+        The `RunResult`.
     """
     torch.set_num_threads(num_threads)
     L.seed_everything(config.seed, verbose=False)

@@ -1,8 +1,8 @@
 """Pure tensor functions: gradient norms, clipping strategies, gate-aware initialisation, gradient flow.
 
-Nothing in this package imports Lightning; the callbacks in :mod:`rnn_stability.callbacks` are thin
+Nothing in this package imports Lightning; the callbacks in `rnn_stability.callbacks` are thin
 shells over these functions, and each is usable from a plain PyTorch training loop. Every name listed in
-the ``__all__`` of the modules below is re-exported here.
+the `__all__` of the modules below is re-exported here.
 """
 
 from rnn_stability.functional import clipping, grad_norm, init, norm_groups

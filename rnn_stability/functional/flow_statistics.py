@@ -1,9 +1,9 @@
 """Summary statistics of a temporal gradient-flow profile: decay rate, memory length and a verdict.
 
-The profile ``p_t`` (t = 0 … T-1) is the norm of ∂L/∂x_t, e.g. from
-:func:`~rnn_stability.functional.gradient_flow`. ``d = T - 1 - t`` is the distance of step ``t`` from the
+The profile `p_t` (t = 0 … T-1) is the norm of ∂L/∂x_t, e.g. from
+`rnn_stability.functional.gradient_flow`. `d = T - 1 - t` is the distance of step `t` from the
 end of the sequence, where a sequence-level loss is applied. Plain gradient descent on a recurrence
-multiplies the gradient by one Jacobian per step back, so ``log p`` is roughly linear in ``d``: its slope is a
+multiplies the gradient by one Jacobian per step back, so `log p` is roughly linear in `d`: its slope is a
 per-step decay rate, the classical picture of vanishing and exploding gradients (Bengio, Simard & Frasconi
 1994; Pascanu, Mikolov & Bengio 2013, "On the difficulty of training recurrent neural networks").
 """
@@ -27,16 +27,16 @@ class FlowStatistics:
     """What a gradient-flow profile says about the recurrence.
 
     Attributes:
-        decay_rate: minus the least-squares slope of ``ln p`` against the distance ``d`` from the end: the
-            gradient shrinks by a factor ``exp(-decay_rate)`` per step back in time. Positive means it decays
-            backwards (vanishing tendency), negative means it grows (exploding tendency). ``nan`` when fewer
+        decay_rate: minus the least-squares slope of `ln p` against the distance `d` from the end: the
+            gradient shrinks by a factor `exp(-decay_rate)` per step back in time. Positive means it decays
+            backwards (vanishing tendency), negative means it grows (exploding tendency). `nan` when fewer
             than two steps have a positive finite norm.
         memory_length: the distance back from the end to the earliest step whose norm is still at least
-            ``threshold`` times the maximum, counting the last step as 1 (``0`` if every norm is zero). It is
+            `threshold` times the maximum, counting the last step as 1 (`0` if every norm is zero). It is
             the reach of the gradient, so one step of zero gradient (say, an input the model ignores) does
             not cut it short.
-        verdict: ``"exploding"``, ``"vanishing"`` or ``"healthy"``, by the rule of :func:`flow_statistics`.
-        seq_len: the number of time steps ``T``.
+        verdict: `"exploding"`, `"vanishing"` or `"healthy"`, by the rule of `flow_statistics`.
+        seq_len: the number of time steps `T`.
         max_norm: the largest norm in the profile.
     """
 
@@ -48,7 +48,7 @@ class FlowStatistics:
 
     @property
     def verdict_code(self) -> int:
-        """``-1`` vanishing, ``0`` healthy, ``1`` exploding (see :data:`VERDICT_CODES`)."""
+        """`-1` vanishing, `0` healthy, `1` exploding (see `VERDICT_CODES`)."""
         return VERDICT_CODES[self.verdict]
 
 
@@ -62,7 +62,7 @@ def check_flow_rule(threshold: float, explode_factor: float, vanish_fraction: fl
     """Validate the arguments of the verdict rule (shared with the callback, which checks them early).
 
     Raises:
-        ValueError: if ``threshold`` or ``vanish_fraction`` is not in (0, 1], or ``explode_factor`` is not a
+        ValueError: if `threshold` or `vanish_fraction` is not in (0, 1], or `explode_factor` is not a
             float greater than 1.
     """
     _check_fraction("threshold", threshold)
@@ -86,29 +86,28 @@ def flow_statistics(
 
     The verdict rule, applied in this order:
 
-    1. ``"exploding"`` if any norm is NaN or Inf, or if the fitted growth over the whole sequence,
-       ``exp(-decay_rate * (T - 1))``, exceeds ``explode_factor`` — the gradient grows more than that
+    1. `"exploding"` if any norm is NaN or Inf, or if the fitted growth over the whole sequence,
+       `exp(-decay_rate * (T - 1))`, exceeds `explode_factor` — the gradient grows more than that
        factor on its way back from the last step to the first;
-    2. ``"vanishing"`` if ``memory_length < vanish_fraction * T`` — the gradient falls below
-       ``threshold`` times its maximum before it has reached back over that fraction of the sequence
+    2. `"vanishing"` if `memory_length < vanish_fraction * T` — the gradient falls below
+       `threshold` times its maximum before it has reached back over that fraction of the sequence
        (an all-zero profile is vanishing);
-    3. ``"healthy"`` otherwise.
+    3. `"healthy"` otherwise.
 
     Args:
         profile: 1-d tensor of per-time-step gradient norms, first time step first.
         threshold: fraction of the maximum norm that still counts as learning signal, in (0, 1].
         explode_factor: growth over the sequence above which the flow is exploding, greater than 1.
-        vanish_fraction: fraction of ``T`` the memory length must reach to avoid "vanishing", in (0, 1].
+        vanish_fraction: fraction of `T` the memory length must reach to avoid "vanishing", in (0, 1].
 
     Returns:
-        A :class:`FlowStatistics`.
+        A `FlowStatistics`.
 
     Raises:
-        TypeError: if ``profile`` is not a tensor.
-        ValueError: if ``profile`` is not 1-d and non-empty, or an argument is out of range.
+        TypeError: if `profile` is not a tensor.
+        ValueError: if `profile` is not 1-d and non-empty, or an argument is out of range.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> stats = flow_statistics(0.5 ** torch.arange(9.0, -1.0, -1.0))  # halves per step back, T = 10
         >>> round(stats.decay_rate, 4), stats.memory_length, stats.verdict

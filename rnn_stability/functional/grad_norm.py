@@ -1,4 +1,4 @@
-"""Gradient and weight norms computed with ``torch._foreach_norm`` and no host synchronisation.
+"""Gradient and weight norms computed with `torch._foreach_norm` and no host synchronisation.
 
 Everything here returns tensors on the parameters' device; converting to Python numbers (a host sync on
 GPU) is left to the caller, which should only do it on logging steps.
@@ -29,17 +29,16 @@ def _check_norm_type(norm_type: float) -> float:
 
 
 def foreach_norms(tensors: Sequence[Tensor], norm_type: float = 2.0) -> list[Tensor]:
-    """Norm of each tensor, computed in one ``torch._foreach_norm`` call per (device, dtype) group.
+    """Norm of each tensor, computed in one `torch._foreach_norm` call per (device, dtype) group.
 
     Args:
         tensors: the tensors to measure.
-        norm_type: order of the norm, a positive number or ``inf``.
+        norm_type: order of the norm, a positive number or `inf`.
 
     Returns:
         One 0-d tensor per input tensor, in input order, in float32 or the tensor's own wider dtype.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> [n.item() for n in foreach_norms([torch.tensor([3.0, 4.0]), torch.ones(4)])]
         [5.0, 2.0]
@@ -60,10 +59,9 @@ def foreach_norms(tensors: Sequence[Tensor], norm_type: float = 2.0) -> list[Ten
 
 
 def total_norm(norms: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
-    """Combine per-tensor norms into the norm of their concatenation (as ``clip_grad_norm_`` does).
+    """Combine per-tensor norms into the norm of their concatenation (as `clip_grad_norm_` does).
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> total_norm([torch.tensor(3.0), torch.tensor(4.0)]).item()
         5.0
@@ -85,10 +83,9 @@ def _grads(parameters: Iterable[Tensor] | Tensor) -> list[Tensor]:
 
 
 def grad_norms(parameters: Iterable[Tensor] | Tensor, norm_type: float = 2.0) -> list[Tensor]:
-    """Norm of the gradient of each parameter that has one (parameters without ``.grad`` are skipped).
+    """Norm of the gradient of each parameter that has one (parameters without `.grad` are skipped).
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w = torch.zeros(2, requires_grad=True)
         >>> w.grad = torch.tensor([6.0, 8.0])
@@ -99,10 +96,9 @@ def grad_norms(parameters: Iterable[Tensor] | Tensor, norm_type: float = 2.0) ->
 
 
 def total_grad_norm(parameters: Iterable[Tensor] | Tensor, norm_type: float = 2.0) -> Tensor:
-    """Total norm of all gradients, as ``torch.nn.utils.clip_grad_norm_`` computes it, without clipping.
+    """Total norm of all gradients, as `torch.nn.utils.clip_grad_norm_` computes it, without clipping.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
         >>> a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])
@@ -115,8 +111,7 @@ def total_grad_norm(parameters: Iterable[Tensor] | Tensor, norm_type: float = 2.
 def nonfinite_count(parameters: Iterable[Tensor] | Tensor) -> Tensor:
     """Number of NaN or Inf elements over all gradients, as a 0-d int64 tensor (no host sync).
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w = torch.zeros(3, requires_grad=True)
         >>> w.grad = torch.tensor([1.0, float("nan"), float("inf")])

@@ -1,21 +1,21 @@
 """Temporal gradient flow: the norm of ∂L/∂x_t at every time step t of a recurrent module's input.
 
-The gradient of the loss with respect to the input at time ``t`` has travelled back through ``T - 1 - t``
-recurrent Jacobians, so its norm over batch and features, plotted against ``t``, shows how far back in time
+The gradient of the loss with respect to the input at time `t` has travelled back through `T - 1 - t`
+recurrent Jacobians, so its norm over batch and features, plotted against `t`, shows how far back in time
 a recurrent network still receives learning signal (Bengio, Simard & Frasconi 1994, "Learning long-term
 dependencies with gradient descent is difficult"; Pascanu, Mikolov & Bengio 2013, "On the difficulty of
 training recurrent neural networks").
 
 Two entry points share one per-time-step norm:
 
-- :func:`gradient_flow` runs one forward and backward pass and returns the profile, for plain loops and
-  notebooks. It differentiates with ``torch.autograd.grad`` with respect to the input only, so the
-  parameters' ``.grad`` are left untouched.
-- :class:`GradientFlowRecorder` hooks recurrent modules inside a larger model while it trains normally; the
-  Lightning callback :class:`~rnn_stability.callbacks.GradientFlowMonitor` is a thin shell over it.
+- `gradient_flow` runs one forward and backward pass and returns the profile, for plain loops and
+  notebooks. It differentiates with `torch.autograd.grad` with respect to the input only, so the
+  parameters' `.grad` are left untouched.
+- `GradientFlowRecorder` hooks recurrent modules inside a larger model while it trains normally; the
+  Lightning callback `rnn_stability.callbacks.GradientFlowMonitor` is a thin shell over it.
 
 Norms are reduced and accumulated in float64 (float32 on MPS) on the gradients' device, so that even
-exploding gradients do not overflow, and recording costs no host synchronisation; only reading :meth:`GradientFlowRecorder.profiles` back on the host does.
+exploding gradients do not overflow, and recording costs no host synchronisation; only reading `GradientFlowRecorder.profiles` back on the host does.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ _Recurrent = (nn.RNNBase, nn.RNNCellBase)
 
 
 def is_recurrent(module: nn.Module) -> bool:
-    """Whether ``module`` is a recurrent layer (``torch.nn.RNNBase``) or cell (``torch.nn.RNNCellBase``).
+    """Whether `module` is a recurrent layer (`torch.nn.RNNBase`) or cell (`torch.nn.RNNCellBase`).
 
-    Example::
-
+    Examples:
         >>> is_recurrent(nn.LSTM(2, 3)), is_recurrent(nn.GRUCell(2, 3)), is_recurrent(nn.Linear(2, 3))
         (True, True, False)
     """
@@ -58,11 +57,11 @@ def _time_step_squares(
     packed: PackedSequence | None = None,
     per_sequence: bool = False,
 ) -> Tensor:
-    """Sum of squares of ``grad`` over everything but time (and batch if ``per_sequence``), in float64.
+    """Sum of squares of `grad` over everything but time (and batch if `per_sequence`), in float64.
 
-    ``time_dim=None`` means a single time step (cells): a 0-d result, or ``(B,)`` per sequence.
-    ``packed`` gives the layout of a packed ``grad`` of shape ``(sum of lengths, features)``; positions past
-    a sequence's end hold no data and so contribute zero. Returns ``(T,)`` or ``(B, T)``.
+    `time_dim=None` means a single time step (cells): a 0-d result, or `(B,)` per sequence.
+    `packed` gives the layout of a packed `grad` of shape `(sum of lengths, features)`; positions past
+    a sequence's end hold no data and so contribute zero. Returns `(T,)` or `(B, T)`.
     """
     if packed is not None:
         rows = _squared_norm(grad, -1)
@@ -116,35 +115,34 @@ def gradient_flow(
     batch_first: bool | None = None,
     per_sequence: bool = False,
 ) -> Tensor:
-    """Norm of ∂L/∂x_t for every time step t, with ``L = loss_fn(module(inputs))``.
+    """Norm of ∂L/∂x_t for every time step t, with `L = loss_fn(module(inputs))`.
 
-    Runs one forward and one backward pass. The gradient is taken with ``torch.autograd.grad`` with respect
-    to ``inputs`` only: the parameters' ``.grad`` attributes are neither created nor changed, so it is safe to
+    Runs one forward and one backward pass. The gradient is taken with `torch.autograd.grad` with respect
+    to `inputs` only: the parameters' `.grad` attributes are neither created nor changed, so it is safe to
     call in the middle of a training loop. Norms are reduced in float64 (float32 on MPS), so half-precision
     and exploding gradients cannot overflow.
 
     Args:
-        module: any module that takes ``inputs`` (a recurrent layer, or a whole model that contains one).
-        inputs: floating-point sequences: ``(T, B, F)``, ``(B, T, F)`` when batch first, unbatched ``(T, F)``,
-            or a :class:`~torch.nn.utils.rnn.PackedSequence`. For models that embed token ids, pass the
-            recurrent layer and the embedded inputs, or use :class:`GradientFlowRecorder`.
+        module: any module that takes `inputs` (a recurrent layer, or a whole model that contains one).
+        inputs: floating-point sequences: `(T, B, F)`, `(B, T, F)` when batch first, unbatched `(T, F)`,
+            or a `torch.nn.utils.rnn.PackedSequence`. For models that embed token ids, pass the
+            recurrent layer and the embedded inputs, or use `GradientFlowRecorder`.
         loss_fn: maps the module's output to a scalar loss.
-        batch_first: layout of 3-d ``inputs``; ``None`` takes it from ``module`` or its first
-            ``torch.nn.RNNBase`` submodule.
-        per_sequence: return one profile per sequence, shape ``(B, T)``, instead of the norm over the batch.
+        batch_first: layout of 3-d `inputs`; `None` takes it from `module` or its first
+            `torch.nn.RNNBase` submodule.
+        per_sequence: return one profile per sequence, shape `(B, T)`, instead of the norm over the batch.
 
     Returns:
-        The profile, of shape ``(T,)`` (or ``(B, T)``), in float32 (float64 for float64 inputs). For packed
-        inputs ``T`` is the longest length, and time steps past a sequence's end contribute zero.
+        The profile, of shape `(T,)` (or `(B, T)`), in float32 (float64 for float64 inputs). For packed
+        inputs `T` is the longest length, and time steps past a sequence's end contribute zero.
 
     Raises:
-        TypeError: if ``inputs`` is not a floating-point tensor or PackedSequence, or ``loss_fn`` is not
+        TypeError: if `inputs` is not a floating-point tensor or PackedSequence, or `loss_fn` is not
             callable.
-        ValueError: if ``inputs`` is not 2-d or 3-d, ``batch_first`` cannot be determined, or the loss is not a
+        ValueError: if `inputs` is not 2-d or 3-d, `batch_first` cannot be determined, or the loss is not a
             scalar tensor.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> rnn = nn.RNN(1, 1, nonlinearity="relu", bias=False, batch_first=True)
         >>> with torch.no_grad():
@@ -190,30 +188,29 @@ def gradient_flow(
 
 
 class GradientFlowRecorder:
-    """Records ∂L/∂x_t (the ``"input"`` profile) and ∂L/∂y_t (the ``"output"`` profile) of recurrent modules.
+    """Records ∂L/∂x_t (the `"input"` profile) and ∂L/∂y_t (the `"output"` profile) of recurrent modules.
 
     While attached, a forward pre-hook on each module swaps its input for a graph node of its own (a detached
     leaf that requires grad when the input does not — the gradient reaching the parameters is unchanged —
-    or a ``view_as`` alias when it does, e.g. after an embedding, so that only the gradient flowing through
+    or a `view_as` alias when it does, e.g. after an embedding, so that only the gradient flowing through
     the recurrence is seen), and a tensor hook adds the squared per-time-step norms to a float64 buffer on
-    the gradient's device. A forward hook does the same for the output sequence ``y`` (for layers, the first
+    the gradient's device. A forward hook does the same for the output sequence `y` (for layers, the first
     element of the returned tuple; for cells, the new hidden state). The output profile is the gradient the
     loss injects at each step directly; the input profile is the one that has flowed through the recurrence.
 
-    Layers (``torch.nn.RNNBase``) are read with their ``batch_first`` layout, unbatched 2-d inputs and
+    Layers (`torch.nn.RNNBase`) are read with their `batch_first` layout, unbatched 2-d inputs and
     PackedSequences; bidirectional layers give one norm per time step over both directions. A cell
-    (``torch.nn.RNNCellBase``) is one time step per call: the n-th call after :meth:`next_pass` is step n.
-    Squares add up over calls, passes and backward passes until :meth:`reset`, so several micro-batches
+    (`torch.nn.RNNCellBase`) is one time step per call: the n-th call after `next_pass` is step n.
+    Squares add up over calls, passes and backward passes until `reset`, so several micro-batches
     give the norm of the gradient accumulated over them.
 
     Args:
         modules: the recurrent modules to watch, by name.
 
     Raises:
-        TypeError: if a module is not a ``torch.nn.RNNBase`` or ``torch.nn.RNNCellBase``.
+        TypeError: if a module is not a `torch.nn.RNNBase` or `torch.nn.RNNCellBase`.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> lstm = nn.LSTM(3, 4, batch_first=True)
         >>> recorder = GradientFlowRecorder({"lstm": lstm})
@@ -276,7 +273,7 @@ class GradientFlowRecorder:
         self.detach()
 
     def profiles(self) -> dict[str, dict[str, Tensor]]:
-        """The recorded profiles ``{module name: {"input": (T,), "output": (T,)}}`` (float32, on device).
+        """The recorded profiles `{module name: {"input": (T,), "output": (T,)}}` (float32, on device).
 
         Kinds that received no gradient (for example an output sequence the loss does not use) are absent.
         """

@@ -1,9 +1,9 @@
 """Norms of groups of tensors (whole model, per module, per parameter) and the update-to-weight ratio.
 
 A *group* is a set of parameters whose norms are combined into one number, exactly as
-``torch.nn.utils.clip_grad_norm_`` combines all of them into the total norm. Grouping is a pure
+`torch.nn.utils.clip_grad_norm_` combines all of them into the total norm. Grouping is a pure
 function of parameter names, so it is computed once; the norms themselves are computed with
-``torch._foreach_norm`` and one ``index_add_`` and stay on the device (no host synchronisation).
+`torch._foreach_norm` and one `index_add_` and stay on the device (no host synchronisation).
 """
 
 from __future__ import annotations
@@ -23,30 +23,29 @@ __all__ = [
 ]
 
 GRANULARITIES = ("total", "module", "parameter")
-"""Accepted values of ``granularity`` in :func:`group_parameters`."""
+"""Accepted values of `granularity` in `group_parameters`."""
 
 ROOT_GROUP = "root"
-"""Group name, at ``"module"`` granularity, of parameters registered directly on the root module."""
+"""Group name, at `"module"` granularity, of parameters registered directly on the root module."""
 
 
 def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple[list[str], list[int]]:
     """Assign each named parameter to a group.
 
     Args:
-        names: parameter names as given by ``Module.named_parameters()`` (e.g. ``"rnn.weight_hh_l0"``).
-        granularity: ``"total"`` puts every parameter in one group called ``"total"``; ``"module"`` groups
+        names: parameter names as given by `Module.named_parameters()` (e.g. `"rnn.weight_hh_l0"`).
+        granularity: `"total"` puts every parameter in one group called `"total"`; `"module"` groups
             parameters by the module that directly owns them (the name without its last component, e.g.
-            ``"encoder.rnn"``; parameters of the root module itself form the group ``"root"``);
-            ``"parameter"`` gives every parameter its own group, named like the parameter.
+            `"encoder.rnn"`; parameters of the root module itself form the group `"root"`);
+            `"parameter"` gives every parameter its own group, named like the parameter.
 
     Returns:
         The group names in order of first appearance, and for each input name the index of its group.
 
     Raises:
-        ValueError: if ``granularity`` is not one of ``"total"``, ``"module"``, ``"parameter"``.
+        ValueError: if `granularity` is not one of `"total"`, `"module"`, `"parameter"`.
 
-    Example::
-
+    Examples:
         >>> group_parameters(["rnn.weight_ih_l0", "rnn.bias_ih_l0", "head.weight", "scale"])
         (['rnn', 'head', 'root'], [0, 0, 1, 2])
         >>> group_parameters(["rnn.weight_ih_l0", "head.weight"], "total")
@@ -77,19 +76,18 @@ def group_norms(
     """Combine per-tensor norms into one norm per group (the norm of the concatenated group members).
 
     Args:
-        norms: 0-d norms, one per tensor (e.g. from :func:`~rnn_stability.functional.foreach_norms`).
-        groups: for each norm, the index of its group, in ``[0, num_groups)``.
+        norms: 0-d norms, one per tensor (e.g. from `rnn_stability.functional.foreach_norms`).
+        groups: for each norm, the index of its group, in `[0, num_groups)`.
         num_groups: number of groups; groups without members get norm 0.
-        norm_type: order of the norms, a positive number or ``inf``; must match how ``norms`` were computed.
+        norm_type: order of the norms, a positive number or `inf`; must match how `norms` were computed.
 
     Returns:
-        A float32 tensor of shape ``(num_groups,)`` on the device of the first norm (CPU if there are none).
+        A float32 tensor of shape `(num_groups,)` on the device of the first norm (CPU if there are none).
 
     Raises:
-        ValueError: if ``groups`` does not have one entry per norm or ``num_groups`` is negative.
+        ValueError: if `groups` does not have one entry per norm or `num_groups` is negative.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> group_norms([torch.tensor(3.0), torch.tensor(4.0), torch.tensor(2.0)], [0, 0, 1], 2).tolist()
         [5.0, 2.0]
@@ -120,27 +118,26 @@ def update_to_weight_ratio(
     num_groups: int,
     norm_type: float = 2.0,
 ) -> Tensor:
-    """Relative size of a parameter update, ``‖w_after − w_before‖ / ‖w_before‖``, per group.
+    """Relative size of a parameter update, `‖w_after − w_before‖ / ‖w_before‖`, per group.
 
     A ratio far above ~1e-3 per step often means the learning rate is too high for that group, far below
     it that the group barely learns. Where a group's weights were exactly zero before the update the ratio
-    is ``inf`` (or ``nan`` if the update was zero too), following IEEE division.
+    is `inf` (or `nan` if the update was zero too), following IEEE division.
 
     Args:
         before: the parameters before the update (e.g. clones taken in an optimizer step pre-hook).
         after: the same parameters after the update, in the same order and shapes.
-        groups: for each tensor, the index of its group, in ``[0, num_groups)``.
+        groups: for each tensor, the index of its group, in `[0, num_groups)`.
         num_groups: number of groups.
-        norm_type: order of the norms, a positive number or ``inf``.
+        norm_type: order of the norms, a positive number or `inf`.
 
     Returns:
-        A float32 tensor of shape ``(num_groups,)``.
+        A float32 tensor of shape `(num_groups,)`.
 
     Raises:
-        ValueError: if ``before`` and ``after`` differ in length.
+        ValueError: if `before` and `after` differ in length.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w0 = [torch.tensor([3.0, 4.0]), torch.tensor([1.0])]
         >>> w1 = [torch.tensor([3.0, 4.5]), torch.tensor([1.5])]

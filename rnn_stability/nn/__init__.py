@@ -1,4 +1,4 @@
-"""Drop-in replacements for ``torch.nn.LSTM`` / ``GRU`` / ``LSTMCell`` / ``GRUCell``."""
+"""Drop-in replacements for `torch.nn.LSTM` / `GRU` / `LSTMCell` / `GRUCell`."""
 
 from rnn_stability.nn.cells import GRUCell, LSTMCell
 from rnn_stability.nn.convert import convert_rnn

@@ -1,4 +1,4 @@
-"""Drop-in ``torch.nn.LSTMCell`` / ``GRUCell`` with an optional layer-normalised step."""
+"""Drop-in `torch.nn.LSTMCell` / `GRUCell` with an optional layer-normalised step."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ __all__ = ["GRUCell", "LSTMCell"]
 class _LayerNormCellMixin(nn.RNNCellBase):
     """Layer-norm parameters and input checks shared by both cells; listed before the torch cell class.
 
-    Builds ``layer_norm_ih`` / ``layer_norm_hh`` (``num_gates`` blocks), and ``layer_norm_cell`` for the LSTM.
+    Builds `layer_norm_ih` / `layer_norm_hh` (`num_gates` blocks), and `layer_norm_cell` for the LSTM.
     """
 
     num_gates: int
@@ -85,32 +85,32 @@ class _LayerNormCellMixin(nn.RNNCellBase):
 
 
 class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
-    r"""``torch.nn.LSTMCell`` plus a keyword-only ``layer_norm`` option.
+    r"""`torch.nn.LSTMCell` plus a keyword-only `layer_norm` option.
 
-    With ``layer_norm=False`` the forward is torch's (native fused cell). With ``layer_norm=True`` it is the
+    With `layer_norm=False` the forward is torch's (native fused cell). With `layer_norm=True` it is the
     layer-normalised LSTM step of Ba, Kiros & Hinton (2016), "Layer Normalization" — the same formula as
-    :class:`rnn_stability.nn.LSTM`:
+    `rnn_stability.nn.LSTM`:
 
-    .. math::
-        (i, f, g, o) = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}, \quad
-        c' = \sigma(f) c + \sigma(i) \tanh(g), \quad h' = \sigma(o) \tanh(\gamma_c \odot LN(c') + \beta_c)
+    $$
+    (i, f, g, o) = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}, \quad
+    c' = \sigma(f) c + \sigma(i) \tanh(g), \quad h' = \sigma(o) \tanh(\gamma_c \odot LN(c') + \beta_c)
+    $$
 
-    with parameters ``layer_norm_ih.weight``, ``layer_norm_hh.weight`` (``(4, hidden_size)``) and
-    ``layer_norm_cell.weight`` / ``.bias``, initialised to the identity.
+    with parameters `layer_norm_ih.weight`, `layer_norm_hh.weight` (`(4, hidden_size)`) and
+    `layer_norm_cell.weight` / `.bias`, initialised to the identity.
 
     Args:
         input_size: number of input features.
         hidden_size: number of hidden features.
-        bias: use ``bias_ih`` and ``bias_hh`` (and the cell-norm shift).
+        bias: use `bias_ih` and `bias_hh` (and the cell-norm shift).
         device: parameter device.
         dtype: parameter dtype.
         layer_norm: use the layer-normalised step.
 
     Raises:
-        TypeError: if ``layer_norm`` is not a bool.
+        TypeError: if `layer_norm` is not a bool.
 
-    Example::
-
+    Examples:
         >>> cell = LSTMCell(3, 4, layer_norm=True)
         >>> h, c = cell(torch.randn(2, 3))
         >>> h.shape, c.shape
@@ -120,7 +120,7 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
     num_gates = 4
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """torch's ``LSTMCell.forward``, or the layer-normalised step (same shapes and checks)."""
+        """torch's `LSTMCell.forward`, or the layer-normalised step (same shapes and checks)."""
         if not self.layer_norm:
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
@@ -160,27 +160,26 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
 
 
 class GRUCell(_LayerNormCellMixin, nn.GRUCell):
-    r"""``torch.nn.GRUCell`` plus a keyword-only ``layer_norm`` option.
+    r"""`torch.nn.GRUCell` plus a keyword-only `layer_norm` option.
 
-    With ``layer_norm=True`` the step is the layer-normalised GRU of :class:`rnn_stability.nn.GRU` (after Ba,
-    Kiros & Hinton (2016), "Layer Normalization"): with :math:`a^x = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih}`
-    and :math:`a^h = \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}`, :math:`r = \sigma(a^x_r + a^h_r)`,
-    :math:`z = \sigma(a^x_z + a^h_z)`, :math:`n = \tanh(a^x_n + r \odot a^h_n)`, :math:`h' = (1 - z) n + z h`.
-    Gains ``layer_norm_ih.weight`` / ``layer_norm_hh.weight`` have shape ``(3, hidden_size)``, initialised to 1.
+    With `layer_norm=True` the step is the layer-normalised GRU of `rnn_stability.nn.GRU` (after Ba,
+    Kiros & Hinton (2016), "Layer Normalization"): with $a^x = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih}$
+    and $a^h = \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}$, $r = \sigma(a^x_r + a^h_r)$,
+    $z = \sigma(a^x_z + a^h_z)$, $n = \tanh(a^x_n + r \odot a^h_n)$, $h' = (1 - z) n + z h$.
+    Gains `layer_norm_ih.weight` / `layer_norm_hh.weight` have shape `(3, hidden_size)`, initialised to 1.
 
     Args:
         input_size: number of input features.
         hidden_size: number of hidden features.
-        bias: use ``bias_ih`` and ``bias_hh``.
+        bias: use `bias_ih` and `bias_hh`.
         device: parameter device.
         dtype: parameter dtype.
         layer_norm: use the layer-normalised step.
 
     Raises:
-        TypeError: if ``layer_norm`` is not a bool.
+        TypeError: if `layer_norm` is not a bool.
 
-    Example::
-
+    Examples:
         >>> cell = GRUCell(3, 4, layer_norm=True)
         >>> cell(torch.randn(2, 3)).shape
         torch.Size([2, 4])
@@ -189,7 +188,7 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
     num_gates = 3
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        """torch's ``GRUCell.forward``, or the layer-normalised step (same shapes and checks)."""
+        """torch's `GRUCell.forward`, or the layer-normalised step (same shapes and checks)."""
         if not self.layer_norm:
             return super().forward(input, hx)
         if input.dim() not in (1, 2):

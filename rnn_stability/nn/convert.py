@@ -58,7 +58,7 @@ def _converted(module: nn.Module, layer_norm: bool, residual: bool) -> nn.Module
         )
     incompatible = new.load_state_dict(module.state_dict(), strict=False)
     # Missing keys are the fresh layer-norm parameters; unexpected ones can only be layer-norm parameters of
-    # one of ours converted with ``layer_norm=False`` (dropped on purpose).
+    # one of ours converted with `layer_norm=False` (dropped on purpose).
     unmapped = [k for k in incompatible.unexpected_keys if not k.startswith("layer_norm_")]
     if unmapped:
         raise RuntimeError(f"convert_rnn could not map the parameters {unmapped} of {module}")
@@ -67,13 +67,13 @@ def _converted(module: nn.Module, layer_norm: bool, residual: bool) -> nn.Module
 
 
 def convert_rnn(module: nn.Module, *, layer_norm: bool = False, residual: bool = False) -> nn.Module:
-    """Replace every ``torch.nn.LSTM`` / ``GRU`` / ``LSTMCell`` / ``GRUCell`` in ``module`` by ours.
+    """Replace every `torch.nn.LSTM` / `GRU` / `LSTMCell` / `GRUCell` in `module` by ours.
 
     Each replacement gets the original's hyper-parameters, weights (copied), device, dtype and train/eval
-    mode, plus the requested options (cells only take ``layer_norm``). ``module`` itself is converted if it is
+    mode, plus the requested options (cells only take `layer_norm`). `module` itself is converted if it is
     one of these classes. Our own modules are rebuilt with the requested options (their layer-norm
     parameters are kept when the new module has layer norm, dropped otherwise); subclasses of torch's classes are left alone, since their own
-    ``forward`` may differ. With both options off, the converted model's outputs equal the original's exactly.
+    `forward` may differ. With both options off, the converted model's outputs equal the original's exactly.
 
     Args:
         module: any model (changed in place, except when it is itself a recurrent module).
@@ -81,13 +81,12 @@ def convert_rnn(module: nn.Module, *, layer_norm: bool = False, residual: bool =
         residual: turn on residual connections between width-preserving layers.
 
     Returns:
-        The converted model (``module`` itself unless ``module`` was replaced).
+        The converted model (`module` itself unless `module` was replaced).
 
     Raises:
-        TypeError: if ``module`` is not an ``nn.Module`` or an option is not a bool.
+        TypeError: if `module` is not an `nn.Module` or an option is not a bool.
 
-    Example::
-
+    Examples:
         >>> model = nn.Sequential(nn.LSTM(3, 4))
         >>> model = convert_rnn(model, layer_norm=True)
         >>> type(model[0]).__module__, model[0].layer_norm

@@ -1,15 +1,15 @@
 """Hand-written backward for the layer-normalised LSTM / GRU time loops (fixed batch size, one direction).
 
 Autograd through a step-by-step loop records ~20 small ops per step and accumulates the recurrent weight
-gradient one step at a time. These ``autograd.Function`` s run the forward loop without recording, keep the
+gradient one step at a time. These `autograd.Function` s run the forward loop without recording, keep the
 few tensors the backward needs, and in the backward compute the gate gradients step by step but the weight
 and gain gradients with one matmul / reduction over all steps. On CPU at the sizes these layers run (a step is
-a ``(B, G * H)`` block of a few hundred kB), the cost besides the matmuls is per-call dispatch and memory
+a `(B, G * H)` block of a few hundred kB), the cost besides the matmuls is per-call dispatch and memory
 traffic, so both loops make few calls per step, write into preallocated buffers and keep per-step scratch
 tensors in cache. Formulas are those of
-:func:`rnn_stability.nn.recurrence.lstm_layer_norm_step` / :func:`~rnn_stability.nn.recurrence.gru_layer_norm_step`
+`rnn_stability.nn.recurrence.lstm_layer_norm_step` / `rnn_stability.nn.recurrence.gru_layer_norm_step`
 (Ba, Kiros & Hinton (2016), "Layer Normalization"). Like torch's cuDNN RNN kernels they are differentiable
-once (no double backward). On CPU in float32/float64 the LSTM runs the C++ loop of :mod:`rnn_stability.nn.native`
+once (no double backward). On CPU in float32/float64 the LSTM runs the C++ loop of `rnn_stability.nn.native`
 instead; this one serves the other devices and dtypes and the case where the C++ loop cannot be built.
 """
 
@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["GRULayerNormFunction", "LSTMLayerNormFunction"]
 
-# Input gradient of ``native_layer_norm`` in one kernel (called with ``output_mask=[True, False, False]``).
+# Input gradient of `native_layer_norm` in one kernel (called with `output_mask=[True, False, False]`).
 _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
 
 
@@ -32,9 +32,9 @@ def _steps(num_steps: int, reverse: bool) -> range:
 
 
 def _recurrent_weight_grad(grad_hh: Tensor, first: Tensor, out: Tensor, h0: Tensor, reverse: bool) -> Tensor:
-    """``dW_hh = sum_t dhh_t^T h_{t-1}``: one matmul over all steps but the first, whose ``h_{t-1}`` is ``h0``.
+    """`dW_hh = sum_t dhh_t^T h_{t-1}`: one matmul over all steps but the first, whose `h_{t-1}` is `h0`.
 
-    ``grad_hh`` is ``(T, B, G * H)`` in time order and ``first`` its slice for the step processed first.
+    `grad_hh` is `(T, B, G * H)` in time order and `first` its slice for the step processed first.
     """
     steps, batch = grad_hh.shape[:2]
     grad = torch.mm(first.t(), h0)
@@ -48,12 +48,12 @@ def _recurrent_weight_grad(grad_hh: Tensor, first: Tensor, out: Tensor, h0: Tens
 
 
 class LSTMLayerNormFunction(torch.autograd.Function):
-    """Layer-normalised LSTM over ``x_gates`` of shape ``(T, B, 4, H)``; returns ``(out, h_n, c_n)``.
+    """Layer-normalised LSTM over `x_gates` of shape `(T, B, 4, H)`; returns `(out, h_n, c_n)`.
 
-    Per-step results go straight into preallocated ``(T, ...)`` buffers (``out=``, with the per-step views
-    made once by ``unbind``), so nothing is indexed or stacked inside or after the loop. On this scale (a
-    ``(B, 4H)`` step is a few hundred kB) every ATen call costs several microseconds of dispatch, so the loops
-    keep the number of calls per step low. The forward also stores the coefficients that turn ``dc`` / ``dh``
+    Per-step results go straight into preallocated `(T, ...)` buffers (`out=`, with the per-step views
+    made once by `unbind`), so nothing is indexed or stacked inside or after the loop. On this scale (a
+    `(B, 4H)` step is a few hundred kB) every ATen call costs several microseconds of dispatch, so the loops
+    keep the number of calls per step low. The forward also stores the coefficients that turn `dc` / `dh`
     into gate gradients, computed while the step's activations are still in cache.
     """
 
@@ -222,10 +222,10 @@ class LSTMLayerNormFunction(torch.autograd.Function):
 
 
 class GRULayerNormFunction(torch.autograd.Function):
-    """Layer-normalised GRU over ``x_gates`` of shape ``(T, B, 3, H)``; returns ``(out, h_n)``.
+    """Layer-normalised GRU over `x_gates` of shape `(T, B, 3, H)`; returns `(out, h_n)`.
 
-    Laid out like :class:`LSTMLayerNormFunction`: preallocated buffers, per-step views made once, and the
-    coefficients that turn ``dh`` into gate gradients computed in the forward while the step is in cache.
+    Laid out like `LSTMLayerNormFunction`: preallocated buffers, per-step views made once, and the
+    coefficients that turn `dh` into gate gradients computed in the forward while the step is in cache.
     """
 
     @staticmethod

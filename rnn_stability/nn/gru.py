@@ -1,4 +1,4 @@
-"""Drop-in ``torch.nn.GRU`` with optional layer normalisation and residual connections."""
+"""Drop-in `torch.nn.GRU` with optional layer normalisation and residual connections."""
 
 from __future__ import annotations
 
@@ -15,48 +15,50 @@ __all__ = ["GRU"]
 
 
 class GRU(StackedRNNMixin, nn.GRU):
-    r"""``torch.nn.GRU`` plus keyword-only ``layer_norm`` and ``residual`` options.
+    r"""`torch.nn.GRU` plus keyword-only `layer_norm` and `residual` options.
 
-    Constructor arguments, defaults, parameter names, gate order ``(r, z, n)``, ``state_dict`` keys, shapes
-    and errors are torch's. With both options off, ``forward`` *is* ``torch.nn.GRU.forward`` (torch's native
+    Constructor arguments, defaults, parameter names, gate order `(r, z, n)`, `state_dict` keys, shapes
+    and errors are torch's. With both options off, `forward` *is* `torch.nn.GRU.forward` (torch's native
     kernel): bit-identical outputs.
 
-    ``layer_norm=True`` — the GRU analogue of the layer-normalised LSTM of Ba, Kiros & Hinton (2016),
+    `layer_norm=True` — the GRU analogue of the layer-normalised LSTM of Ba, Kiros & Hinton (2016),
     "Layer Normalization", arXiv:1607.06450: both projections are normalised per gate block before the
-    gates, and torch's placement of ``b_hn`` inside the reset product is kept:
+    gates, and torch's placement of `b_hn` inside the reset product is kept:
 
-    .. math::
-        a^x &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih}, \qquad
-        a^h = \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
-        r &= \sigma(a^x_r + a^h_r), \quad z = \sigma(a^x_z + a^h_z), \quad n = \tanh(a^x_n + r \odot a^h_n) \\
-        h_t &= (1 - z) \odot n + z \odot h_{t-1}
+    $$
+    \begin{aligned}
+    a^x &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih}, \qquad
+    a^h = \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
+    r &= \sigma(a^x_r + a^h_r), \quad z = \sigma(a^x_z + a^h_z), \quad n = \tanh(a^x_n + r \odot a^h_n) \\
+    h_t &= (1 - z) \odot n + z \odot h_{t-1}
+    \end{aligned}
+    $$
 
-    Gains of shape ``(3, hidden_size)`` are ``layer_norm_ih_l{k}.weight`` and ``layer_norm_hh_l{k}.weight``
-    (``_reverse`` for the backward direction), initialised to 1; the existing biases play the role of the
-    LayerNorm shifts. A torch ``state_dict`` loads with ``strict=False`` reporting only these as missing.
+    Gains of shape `(3, hidden_size)` are `layer_norm_ih_l{k}.weight` and `layer_norm_hh_l{k}.weight`
+    (`_reverse` for the backward direction), initialised to 1; the existing biases play the role of the
+    LayerNorm shifts. A torch `state_dict` loads with `strict=False` reporting only these as missing.
 
     Gradients of the layer-norm path: for input whose sequences all have the same length, each layer runs a
-    hand-written backward (:mod:`rnn_stability.nn.fused`), which is first-order only (``once_differentiable``:
-    no double backward), as with torch's cuDNN RNN kernels; packed sequences of unequal lengths and ``torch.compile`` differentiate
+    hand-written backward (`rnn_stability.nn.fused`), which is first-order only (`once_differentiable`:
+    no double backward), as with torch's cuDNN RNN kernels; packed sequences of unequal lengths and `torch.compile` differentiate
     the step loop with autograd instead.
 
-    ``residual=True`` — every layer whose input width equals its output width (``hidden_size``, times 2 when
+    `residual=True` — every layer whose input width equals its output width (`hidden_size`, times 2 when
     bidirectional) adds its input to its output before inter-layer dropout: all layers but the first, and the
-    first too when ``input_size`` matches (see :meth:`residual_layers`).
+    first too when `input_size` matches (see `residual_layers`).
 
     Args:
         *args: torch's positional arguments (``input_size, hidden_size, num_layers, bias, batch_first,
             dropout, bidirectional``).
         layer_norm: normalise the gate pre-activations as above.
         residual: add each width-preserving layer's input to its output.
-        **kwargs: torch's keyword arguments, including ``device`` and ``dtype``.
+        **kwargs: torch's keyword arguments, including `device` and `dtype`.
 
     Raises:
-        TypeError: if ``layer_norm`` or ``residual`` is not a bool, or for torch's own type checks.
-        ValueError: for torch's own checks (sizes, ``dropout``, ``proj_size`` given to a GRU).
+        TypeError: if `layer_norm` or `residual` is not a bool, or for torch's own type checks.
+        ValueError: for torch's own checks (sizes, `dropout`, `proj_size` given to a GRU).
 
-    Example::
-
+    Examples:
         >>> _ = torch.manual_seed(0)
         >>> gru = GRU(8, 8, num_layers=2, layer_norm=True, residual=True)
         >>> out, h = gru(torch.randn(5, 4, 8))

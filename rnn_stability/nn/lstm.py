@@ -1,4 +1,4 @@
-"""Drop-in ``torch.nn.LSTM`` with optional layer normalisation and residual connections."""
+"""Drop-in `torch.nn.LSTM` with optional layer normalisation and residual connections."""
 
 from __future__ import annotations
 
@@ -17,56 +17,58 @@ __all__ = ["LSTM"]
 
 
 class LSTM(StackedRNNMixin, nn.LSTM):
-    r"""``torch.nn.LSTM`` plus keyword-only ``layer_norm`` and ``residual`` options.
+    r"""`torch.nn.LSTM` plus keyword-only `layer_norm` and `residual` options.
 
-    Constructor arguments, defaults, parameter names, gate order ``(i, f, g, o)``, ``state_dict`` keys, input
-    and output shapes (``batch_first``, ``PackedSequence``, unbatched input, optional ``(h0, c0)``) and errors
-    are torch's. With both options off, ``forward`` *is* ``torch.nn.LSTM.forward`` (torch's native kernel), so
+    Constructor arguments, defaults, parameter names, gate order `(i, f, g, o)`, `state_dict` keys, input
+    and output shapes (`batch_first`, `PackedSequence`, unbatched input, optional `(h0, c0)`) and errors
+    are torch's. With both options off, `forward` *is* `torch.nn.LSTM.forward` (torch's native kernel), so
     outputs are bit-identical and a torch checkpoint loads unchanged.
 
-    ``layer_norm=True`` — layer-normalised LSTM of Ba, Kiros & Hinton (2016), "Layer Normalization",
-    arXiv:1607.06450 (the formulation used by haste). Per layer and direction, with ``LN`` normalising each
-    ``H``-wide gate block on its own (zero mean, unit variance, ``eps=1e-5``):
+    `layer_norm=True` — layer-normalised LSTM of Ba, Kiros & Hinton (2016), "Layer Normalization",
+    arXiv:1607.06450 (the formulation used by haste). Per layer and direction, with `LN` normalising each
+    `H`-wide gate block on its own (zero mean, unit variance, `eps=1e-5`):
 
-    .. math::
-        (i, f, g, o) &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
-        c_t &= \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g) \\
-        h_t &= \sigma(o) \odot \tanh(\gamma_c \odot LN(c_t) + \beta_c) \quad (h_t = W_{hr} h_t
-        \text{ if } proj\_size > 0)
+    $$
+    \begin{aligned}
+    (i, f, g, o) &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
+    c_t &= \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g) \\
+    h_t &= \sigma(o) \odot \tanh(\gamma_c \odot LN(c_t) + \beta_c) \quad (h_t = W_{hr} h_t
+    \text{ if } proj\_size > 0)
+    \end{aligned}
+    $$
 
-    The cell state ``c_t`` is carried un-normalised; only its read-out is normalised. The gains
-    :math:`\gamma_{ih}, \gamma_{hh}` of shape ``(4, hidden_size)`` live in ``layer_norm_ih_l{k}.weight`` and
-    ``layer_norm_hh_l{k}.weight``, :math:`\gamma_c, \beta_c` in ``layer_norm_cell_l{k}.weight`` / ``.bias``
-    (``_reverse`` suffix for the backward direction; no :math:`\beta_c` when ``bias=False``). They start at
-    1 and 0, and a plain torch ``state_dict`` loads with ``strict=False`` reporting only them as missing. The
+    The cell state `c_t` is carried un-normalised; only its read-out is normalised. The gains
+    $\gamma_{ih}, \gamma_{hh}$ of shape `(4, hidden_size)` live in `layer_norm_ih_l{k}.weight` and
+    `layer_norm_hh_l{k}.weight`, $\gamma_c, \beta_c$ in `layer_norm_cell_l{k}.weight` / `.bias`
+    (`_reverse` suffix for the backward direction; no $\beta_c$ when `bias=False`). They start at
+    1 and 0, and a plain torch `state_dict` loads with `strict=False` reporting only them as missing. The
     input projection and its normalisation are computed for all time steps at once; only the recurrent part
     runs step by step.
 
     How the layer-norm path runs: for input whose sequences all have the same length, each layer and direction
-    runs a C++ time loop on CPU in float32/float64 (:mod:`rnn_stability.nn.native`, built just in time; set
-    ``RNN_STABILITY_NATIVE=0`` to skip it) and a PyTorch loop with a hand-written backward otherwise
-    (:mod:`rnn_stability.nn.fused`). Both are first-order only, as with torch's cuDNN RNN kernels (no double
-    backward: they are ``once_differentiable``). Packed sequences of unequal lengths and ``torch.compile``
-    differentiate the step loop of :mod:`rnn_stability.nn.recurrence` with autograd instead.
+    runs a C++ time loop on CPU in float32/float64 (`rnn_stability.nn.native`, built just in time; set
+    `RNN_STABILITY_NATIVE=0` to skip it) and a PyTorch loop with a hand-written backward otherwise
+    (`rnn_stability.nn.fused`). Both are first-order only, as with torch's cuDNN RNN kernels (no double
+    backward: they are `once_differentiable`). Packed sequences of unequal lengths and `torch.compile`
+    differentiate the step loop of `rnn_stability.nn.recurrence` with autograd instead.
 
-    ``residual=True`` — every layer whose input width equals its output width (``hidden_size`` or
-    ``proj_size``, times 2 when bidirectional) adds its input to its output, before the inter-layer dropout
-    is applied to the next layer's input: all layers but the first, and the first too when ``input_size``
-    matches (see :meth:`residual_layers`). Without ``layer_norm`` each layer still runs torch's kernel.
+    `residual=True` — every layer whose input width equals its output width (`hidden_size` or
+    `proj_size`, times 2 when bidirectional) adds its input to its output, before the inter-layer dropout
+    is applied to the next layer's input: all layers but the first, and the first too when `input_size`
+    matches (see `residual_layers`). Without `layer_norm` each layer still runs torch's kernel.
 
     Args:
         *args: torch's positional arguments (``input_size, hidden_size, num_layers, bias, batch_first,
             dropout, bidirectional, proj_size``).
         layer_norm: normalise gate pre-activations and the cell read-out as above.
         residual: add each width-preserving layer's input to its output.
-        **kwargs: torch's keyword arguments, including ``device`` and ``dtype``.
+        **kwargs: torch's keyword arguments, including `device` and `dtype`.
 
     Raises:
-        TypeError: if ``layer_norm`` or ``residual`` is not a bool, or for torch's own type checks.
-        ValueError: for torch's own checks (sizes, ``dropout``, ``proj_size``).
+        TypeError: if `layer_norm` or `residual` is not a bool, or for torch's own type checks.
+        ValueError: for torch's own checks (sizes, `dropout`, `proj_size`).
 
-    Example::
-
+    Examples:
         >>> _ = torch.manual_seed(0)
         >>> lstm = LSTM(8, 16, num_layers=2, batch_first=True, layer_norm=True, residual=True)
         >>> out, (h, c) = lstm(torch.randn(4, 5, 8))
@@ -121,7 +123,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         suffix: str,
         reverse: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """The C++ loop of :mod:`rnn_stability.nn.native` where it applies, else the PyTorch loops."""
+        """The C++ loop of `rnn_stability.nn.native` where it applies, else the PyTorch loops."""
         bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
         params = [*weights, gain_ih, gain_hh, *cell_norm.parameters()]

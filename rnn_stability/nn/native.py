@@ -1,17 +1,17 @@
-"""Just-in-time build of the C++ time loop of the layer-normalised LSTM (``csrc/lstm_layer_norm.cpp``).
+"""Just-in-time build of the C++ time loop of the layer-normalised LSTM (`csrc/lstm_layer_norm.cpp`).
 
-The first ``LSTM(layer_norm=True)`` forward on CPU compiles the kernel with
-:func:`torch.utils.cpp_extension.load` (a C++ compiler with OpenMP, such as gcc, and ``ninja``, a dependency
+The first `LSTM(layer_norm=True)` forward on CPU compiles the kernel with
+`torch.utils.cpp_extension.load` (a C++ compiler with OpenMP, such as gcc, and `ninja`, a dependency
 of this package, are needed; this takes about 20 s once, after which the build is cached under
-``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). If the build fails, a warning says why and the module keeps running the
-pure-PyTorch loop of :mod:`rnn_stability.nn.fused`, which computes the same values more slowly. Set the
-environment variable ``RNN_STABILITY_NATIVE=0`` to skip the build and always use the PyTorch loop.
+`TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`). If the build fails, a warning says why and the module keeps running the
+pure-PyTorch loop of `rnn_stability.nn.fused`, which computes the same values more slowly. Set the
+environment variable `RNN_STABILITY_NATIVE=0` to skip the build and always use the PyTorch loop.
 
 The kernel keeps its large per-step buffers (those saved for the backward, and the gradient scratch) in a
 process-wide pool and reuses a buffer once nothing references it, as torch's CUDA caching allocator does:
 on CPU, fresh multi-megabyte allocations come from the OS page by page, and faulting them in cost more than
-the loop's arithmetic. Up to 1 GiB of unused buffers is kept; :func:`empty_cache` releases them all and
-:func:`workspace_bytes` reports what is held.
+the loop's arithmetic. Up to 1 GiB of unused buffers is kept; `empty_cache` releases them all and
+`workspace_bytes` reports what is held.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ _state: dict[str, Any] = {}
 
 
 def native_enabled() -> bool:
-    """Whether the environment allows the C++ kernel (``RNN_STABILITY_NATIVE`` is not ``0``)."""
+    """Whether the environment allows the C++ kernel (`RNN_STABILITY_NATIVE` is not `0`)."""
     return os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _compile_flags() -> list[str]:
-    """Optimisation flags; AVX2 + FMA vector code (ATen's ``Vectorized``, Sleef) where the CPU has them."""
+    """Optimisation flags; AVX2 + FMA vector code (ATen's `Vectorized`, Sleef) where the CPU has them."""
     # torch rebuilds when the sources or flags change; the digest makes a change to a header count too.
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.iterdir()))).hexdigest()[:16]
     flags = ["-O3", "-fopenmp", f"-DRNN_STABILITY_CSRC_DIGEST={digest}"]
@@ -59,7 +59,7 @@ def _compile_flags() -> list[str]:
 
 
 def _find_ninja() -> None:
-    """Put the ``ninja`` of the ``ninja`` package on ``PATH`` when none is there (a venv not activated)."""
+    """Put the `ninja` of the `ninja` package on `PATH` when none is there (a venv not activated)."""
     if shutil.which("ninja") is None:
         try:
             import ninja  # type: ignore[import-untyped]
@@ -84,7 +84,7 @@ def _build() -> Any:
 
 
 def native_ops() -> Any | None:
-    """``torch.ops.rnn_stability`` with the C++ kernel loaded, or ``None`` when it is disabled or cannot build.
+    """`torch.ops.rnn_stability` with the C++ kernel loaded, or `None` when it is disabled or cannot build.
 
     Builds on the first call and remembers the outcome for the process; a failed build warns once.
     """
@@ -117,7 +117,7 @@ def workspace_bytes() -> int:
 
 
 def native_lstm_supported(*tensors: torch.Tensor) -> bool:
-    """Whether :class:`LSTMLayerNormNative` can take ``tensors``: all on CPU, all float32 or all float64,
+    """Whether `LSTMLayerNormNative` can take `tensors`: all on CPU, all float32 or all float64,
     outside autocast, and the kernel is built (building it on the first call)."""
     dtype = tensors[0].dtype
     return (
@@ -129,12 +129,12 @@ def native_lstm_supported(*tensors: torch.Tensor) -> bool:
 
 
 class LSTMLayerNormNative(torch.autograd.Function):
-    """One layer-normalised LSTM direction in C++, from the raw input projection; returns ``(out, h_n, c_n)``.
+    """One layer-normalised LSTM direction in C++, from the raw input projection; returns `(out, h_n, c_n)`.
 
-    Takes ``xp = W_ih x`` of shape ``(T, B, 4, H)`` (all sequences of one length), its layer-norm gain
-    ``gain_ih`` and ``shift = b_ih + b_hh`` (``(4, H)`` or ``None``), the state ``(h0, c0)``, the recurrent
-    parameters (as :class:`rnn_stability.nn.fused.LSTMLayerNormFunction`), ``eps`` and ``reverse``. The
-    formulas are those of :mod:`rnn_stability.nn.recurrence`; first-order differentiable only.
+    Takes `xp = W_ih x` of shape `(T, B, 4, H)` (all sequences of one length), its layer-norm gain
+    `gain_ih` and `shift = b_ih + b_hh` (`(4, H)` or `None`), the state `(h0, c0)`, the recurrent
+    parameters (as `rnn_stability.nn.fused.LSTMLayerNormFunction`), `eps` and `reverse`. The
+    formulas are those of `rnn_stability.nn.recurrence`; first-order differentiable only.
     """
 
     @staticmethod

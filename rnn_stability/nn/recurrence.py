@@ -1,10 +1,10 @@
 """Time loops of the layer-normalised LSTM and GRU (one layer, one direction).
 
 The input projection and its layer norm do not depend on the recurrent state, so callers compute them for all
-time steps at once and pass the per-step slices ``xs``; only the recurrent projection stays in the loop. The
-loops accept shrinking batches (``PackedSequence`` order: batch sizes non-increasing over time), so packed and
+time steps at once and pass the per-step slices `xs`; only the recurrent projection stays in the loop. The
+loops accept shrinking batches (`PackedSequence` order: batch sizes non-increasing over time), so packed and
 padded input share one code path. They are differentiated by autograd; for a constant batch size the modules
-use the faster hand-written backward of :mod:`rnn_stability.nn.fused` instead. (A TorchScript version of these
+use the faster hand-written backward of `rnn_stability.nn.fused` instead. (A TorchScript version of these
 loops was tried and dropped: its optimised autodiff graph returned wrong gradients after the profiling runs.)
 """
 
@@ -36,14 +36,14 @@ GRUStepParams = tuple[Tensor, Tensor, Tensor | None, float]
 
 
 def lstm_gate_shift(bias_ih: Tensor | None, bias_hh: Tensor | None, gain_ih: Tensor) -> Tensor | None:
-    """``b_ih + b_hh`` shaped like the gain ``(4, H)``: both LSTM biases sit outside the normalisations."""
+    """`b_ih + b_hh` shaped like the gain `(4, H)`: both LSTM biases sit outside the normalisations."""
     return (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
 
 
 def lstm_input_gates(
     x: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, eps: float
 ) -> Tensor:
-    """The state-independent part of the LSTM gates, ``gain_ih * LN(W_ih x) + b_ih + b_hh``, shape ``(..., 4, H)``.
+    """The state-independent part of the LSTM gates, `gain_ih * LN(W_ih x) + b_ih + b_hh`, shape `(..., 4, H)`.
 
     Both biases sit outside the normalisation, so they are added here, once for all time steps.
     """
@@ -53,9 +53,9 @@ def lstm_input_gates(
 def gru_input_gates(
     x: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor | None]:
-    """The state-independent part of the GRU gates and the bias ``b_hn`` that stays inside the reset product.
+    """The state-independent part of the GRU gates and the bias `b_hn` that stays inside the reset product.
 
-    Returns ``(gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0), b_hn)``; the first has shape ``(..., 3, H)``.
+    Returns `(gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0), b_hn)`; the first has shape `(..., 3, H)`.
     """
     projection = F.linear(x, weight_ih)
     if bias_ih is None or bias_hh is None:
@@ -79,9 +79,9 @@ def lstm_layer_norm_step(
 ) -> tuple[Tensor, Tensor]:
     """One step of the layer-normalised LSTM (Ba, Kiros & Hinton 2016, "Layer Normalization").
 
-    ``x_gates`` is ``gain_ih * LN(W_ih x) + b_ih + b_hh`` of shape ``(B, 4, H)``; then
-    ``(i, f, g, o) = x_gates + gain_hh * LN(W_hh h)``, ``c' = σ(f) c + σ(i) tanh(g)``,
-    ``h' = σ(o) tanh(LN_c(c'))`` (``h' = W_hr h'`` with a projection). Returns ``(h', c')``.
+    `x_gates` is `gain_ih * LN(W_ih x) + b_ih + b_hh` of shape `(B, 4, H)`; then
+    `(i, f, g, o) = x_gates + gain_hh * LN(W_hh h)`, `c' = σ(f) c + σ(i) tanh(g)`,
+    `h' = σ(o) tanh(LN_c(c'))` (`h' = W_hr h'` with a projection). Returns `(h', c')`.
     """
     hidden_size = gain_hh.size(1)
     hh = torch.mm(h, weight_hh.t()).view(h.size(0), 4, hidden_size)
@@ -104,9 +104,9 @@ def gru_layer_norm_step(
 ) -> Tensor:
     """One step of the layer-normalised GRU.
 
-    ``x_gates`` is ``gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0)`` of shape ``(B, 3, H)``; with
-    ``a = gain_hh * LN(W_hh h)``: ``r = σ(x_r + a_r)``, ``z = σ(x_z + a_z)``, ``n = tanh(x_n + r (a_n + b_hn))``,
-    ``h' = (1 - z) n + z h``. Returns ``h'``.
+    `x_gates` is `gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0)` of shape `(B, 3, H)`; with
+    `a = gain_hh * LN(W_hh h)`: `r = σ(x_r + a_r)`, `z = σ(x_z + a_z)`, `n = tanh(x_n + r (a_n + b_hn))`,
+    `h' = (1 - z) n + z h`. Returns `h'`.
     """
     hidden_size = gain_hh.size(1)
     hh = torch.mm(h, weight_hh.t()).view(h.size(0), 3, hidden_size)
@@ -126,10 +126,10 @@ def _layer_norm_loop(
     params: tuple[Any, ...],
     reverse: bool,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Run ``step(x, *state, *params)`` over ``xs`` (oldest first); returns ``(outputs, final state)``.
+    """Run `step(x, *state, *params)` over `xs` (oldest first); returns `(outputs, final state)`.
 
-    ``step`` returns the new state, or the new hidden state alone when ``state0`` has one tensor. Rows leave
-    the state when the batch shrinks and are put back at the end. ``outputs`` is the concatenation of the
+    `step` returns the new state, or the new hidden state alone when `state0` has one tensor. Rows leave
+    the state when the batch shrinks and are put back at the end. `outputs` is the concatenation of the
     per-step hidden states in time order (packed layout).
     """
     steps = len(xs)
@@ -163,9 +163,9 @@ def _layer_norm_loop(
 def lstm_layer_norm_sequence(
     xs: list[Tensor], h0: Tensor, c0: Tensor, params: LSTMStepParams, reverse: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run :func:`lstm_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n, c_n)``.
+    """Run `lstm_layer_norm_step` over `xs` (oldest first); returns `(outputs, h_n, c_n)`.
 
-    ``params`` are the step's arguments after ``(x_gates, h, c)``. ``outputs`` is the concatenation of the
+    `params` are the step's arguments after `(x_gates, h, c)`. `outputs` is the concatenation of the
     per-step hidden states in time order (packed layout).
     """
     out, (h, c) = _layer_norm_loop(lstm_layer_norm_step, xs, (h0, c0), params, reverse)
@@ -175,9 +175,9 @@ def lstm_layer_norm_sequence(
 def gru_layer_norm_sequence(
     xs: list[Tensor], h0: Tensor, params: GRUStepParams, reverse: bool
 ) -> tuple[Tensor, Tensor]:
-    """Run :func:`gru_layer_norm_step` over ``xs`` (oldest first); returns ``(outputs, h_n)``.
+    """Run `gru_layer_norm_step` over `xs` (oldest first); returns `(outputs, h_n)`.
 
-    ``params`` are the step's arguments after ``(x_gates, h)``.
+    `params` are the step's arguments after `(x_gates, h)`.
     """
     out, (h,) = _layer_norm_loop(gru_layer_norm_step, xs, (h0,), params, reverse)
     return out, h

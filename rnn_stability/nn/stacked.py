@@ -1,12 +1,12 @@
 """Shared machinery of our LSTM and GRU: options, layer-norm parameters, and the stacked forward pass.
 
-With both options off the modules call torch's native kernel (``super().forward``) unchanged. Otherwise the
+With both options off the modules call torch's native kernel (`super().forward`) unchanged. Otherwise the
 stack is run one layer at a time, so that residual connections can be added between layers: with
-``layer_norm=False`` each layer still runs torch's native one-layer kernel; with ``layer_norm=True`` each
+`layer_norm=False` each layer still runs torch's native one-layer kernel; with `layer_norm=True` each
 layer and direction computes its input projection and its layer norm for all steps at once, then runs the
-recurrent part step by step: :mod:`rnn_stability.nn.fused` (hand-written backward) when all sequences have one
-length (the LSTM runs the C++ loop of :mod:`rnn_stability.nn.native` instead where it can), the autograd loops of
-:mod:`rnn_stability.nn.recurrence` otherwise.
+recurrent part step by step: `rnn_stability.nn.fused` (hand-written backward) when all sequences have one
+length (the LSTM runs the C++ loop of `rnn_stability.nn.native` instead where it can), the autograd loops of
+`rnn_stability.nn.recurrence` otherwise.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ __all__ = ["StackedRNNMixin", "check_flag", "split_steps", "use_fused"]
 
 
 def check_flag(name: str, value: Any) -> bool:
-    """Return ``value`` if it is a bool, else raise ``TypeError`` naming the argument."""
+    """Return `value` if it is a bool, else raise `TypeError` naming the argument."""
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be a bool (True or False), got {value!r}")
     return value
 
 
 class StackedRNNMixin(nn.RNNBase):
-    """Adds ``layer_norm`` / ``residual`` options to a torch RNN class; listed before it in the bases.
+    """Adds `layer_norm` / `residual` options to a torch RNN class; listed before it in the bases.
 
-    Subclasses set ``num_gates``, ``_layer_norm_function`` and ``_layer_norm_sequence`` and implement
-    ``_state_tuple``, ``_state_output``, ``_native_layer`` and ``_layer_norm_inputs``.
+    Subclasses set `num_gates`, `_layer_norm_function` and `_layer_norm_sequence` and implement
+    `_state_tuple`, `_state_output`, `_native_layer` and `_layer_norm_inputs`.
     """
 
     num_gates: int
@@ -69,7 +69,7 @@ class StackedRNNMixin(nn.RNNBase):
                     )
 
     def _direction_suffixes(self) -> list[str]:
-        """``_l{k}`` / ``_l{k}_reverse`` suffixes in torch's parameter order (layer-major)."""
+        """`_l{k}` / `_l{k}_reverse` suffixes in torch's parameter order (layer-major)."""
         directions = ["", "_reverse"] if self.bidirectional else [""]
         return [f"_l{layer}{direction}" for layer in range(self.num_layers) for direction in directions]
 
@@ -81,11 +81,11 @@ class StackedRNNMixin(nn.RNNBase):
                 module.reset_parameters()
 
     def residual_layers(self) -> list[int]:
-        """Indices of the layers that add their input to their output when ``residual=True``.
+        """Indices of the layers that add their input to their output when `residual=True`.
 
-        A layer qualifies when its input width equals its output width (``hidden_size`` or ``proj_size``,
+        A layer qualifies when its input width equals its output width (`hidden_size` or `proj_size`,
         times 2 if bidirectional). That is always true for layers 1, 2, ...; layer 0 qualifies only when
-        ``input_size`` matches, since adding tensors of different widths would need an extra projection.
+        `input_size` matches, since adding tensors of different widths would need an extra projection.
         """
         if not self.residual:
             return []
@@ -128,7 +128,7 @@ class StackedRNNMixin(nn.RNNBase):
     def _gate_parameters(
         self, weights: list[Tensor], suffix: str
     ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
-        """``(bias_ih, bias_hh, gain_ih, gain_hh)`` of one layer and direction."""
+        """`(bias_ih, bias_hh, gain_ih, gain_hh)` of one layer and direction."""
         bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
         gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
         gain_hh = getattr(self, f"layer_norm_hh{suffix}").weight
@@ -143,7 +143,7 @@ class StackedRNNMixin(nn.RNNBase):
         suffix: str,
         reverse: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """One layer-normalised direction: ``_layer_norm_function`` for a constant batch size, else the loop."""
+        """One layer-normalised direction: `_layer_norm_function` for a constant batch size, else the loop."""
         gates, args = self._layer_norm_inputs(x, weights, suffix)
         if use_fused(step_sizes):
             out, *final = self._layer_norm_function.apply(
@@ -229,7 +229,7 @@ class StackedRNNMixin(nn.RNNBase):
     def _run_layers(
         self, x: Tensor, batch_sizes: Tensor | None, step_sizes: list[int], state: tuple[Tensor, ...]
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Run the stack on time-major flattened ``x`` of shape ``(sum(step_sizes), features)``."""
+        """Run the stack on time-major flattened `x` of shape `(sum(step_sizes), features)`."""
         directions = 2 if self.bidirectional else 1
         per_direction = len(self._flat_weights) // (self.num_layers * directions)
         weights: list[Tensor] = self._flat_weights  # type: ignore[assignment]
@@ -268,16 +268,16 @@ class StackedRNNMixin(nn.RNNBase):
 
 
 def split_steps(x: Tensor, step_sizes: list[int]) -> list[Tensor]:
-    """Split time-major flattened ``x`` into its time steps (``unbind`` when all steps have one size)."""
+    """Split time-major flattened `x` into its time steps (`unbind` when all steps have one size)."""
     if step_sizes[0] == step_sizes[-1]:
         return list(x.view(len(step_sizes), step_sizes[0], *x.shape[1:]).unbind(0))
     return list(x.split(step_sizes, 0))
 
 
 def use_fused(step_sizes: list[int]) -> bool:
-    """Whether a layer-norm direction runs the hand-written-backward kernel of :mod:`rnn_stability.nn.fused`.
+    """Whether a layer-norm direction runs the hand-written-backward kernel of `rnn_stability.nn.fused`.
 
-    It needs a constant batch size (packed sequences of unequal lengths use the autograd loops of :mod:`rnn_stability.nn.recurrence`) and is
-    skipped under ``torch.compile``, which traces the plain Python loop instead.
+    It needs a constant batch size (packed sequences of unequal lengths use the autograd loops of `rnn_stability.nn.recurrence`) and is
+    skipped under `torch.compile`, which traces the plain Python loop instead.
     """
     return step_sizes[0] == step_sizes[-1] and not torch.compiler.is_compiling()

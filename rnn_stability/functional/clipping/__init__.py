@@ -1,7 +1,7 @@
 """Gradient clipping: by norm and value, adaptive strategies (AutoClip, ZClip, AGC), non-finite guard.
 
 Every function here is usable from a plain PyTorch loop and avoids host synchronisation: thresholds are
-0-d tensors and clipping is a multiplication by a factor computed with ``torch.where``.
+0-d tensors and clipping is a multiplication by a factor computed with `torch.where`.
 """
 
 from rnn_stability.functional.clipping.agc import adaptive_grad_clip_, matches_any, unitwise_norm

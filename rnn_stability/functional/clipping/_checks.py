@@ -12,7 +12,7 @@ def _is_real(value: object) -> bool:
 
 
 def check_positive(name: str, value: object, *, allow_inf: bool = False) -> float:
-    """Return ``value`` as a float if it is a finite (or, if allowed, infinite) number > 0, else raise."""
+    """Return `value` as a float if it is a finite (or, if allowed, infinite) number > 0, else raise."""
     if not _is_real(value):
         raise TypeError(f"`{name}` must be a positive float, got {value!r}.")
     number = float(value)  # type: ignore[arg-type]
@@ -24,7 +24,7 @@ def check_positive(name: str, value: object, *, allow_inf: bool = False) -> floa
 
 
 def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1, else raise."""
+    """Return `value` if it is an int >= 1, else raise."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"`{name}` must be a positive int, got {value!r}.")
     if value < 1:
@@ -33,7 +33,7 @@ def check_positive_int(name: str, value: object) -> int:
 
 
 def check_fraction(name: str, value: object, low: float, high: float, *, open_low: bool = False) -> float:
-    """Return ``value`` as a float if it lies in ``[low, high]`` (``(low, high]`` if ``open_low``), else raise."""
+    """Return `value` as a float if it lies in `[low, high]` (`(low, high]` if `open_low`), else raise."""
     if not _is_real(value):
         raise TypeError(
             f"`{name}` must be a float in {'(' if open_low else '['}{low}, {high}], got {value!r}."

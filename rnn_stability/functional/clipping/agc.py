@@ -18,14 +18,13 @@ __all__ = ["adaptive_grad_clip_", "matches_any", "unitwise_norm"]
 
 
 def unitwise_norm(tensor: Tensor) -> Tensor:
-    """Euclidean norm of each unit: of each row (dim 0 slice) for tensors with ``ndim > 1``, else the whole.
+    """Euclidean norm of each unit: of each row (dim 0 slice) for tensors with `ndim > 1`, else the whole.
 
-    For ``nn.Linear``/RNN weights of shape ``(out, in)`` a unit is an output neuron (one gate row of an
-    LSTM weight); for convolutions ``(out, in, *kernel)`` it is an output channel. The result keeps the
-    reduced dimensions so it broadcasts against ``tensor``.
+    For `nn.Linear`/RNN weights of shape `(out, in)` a unit is an output neuron (one gate row of an
+    LSTM weight); for convolutions `(out, in, *kernel)` it is an output channel. The result keeps the
+    reduced dimensions so it broadcasts against `tensor`.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> unitwise_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
         tensor([[5.],
@@ -37,12 +36,11 @@ def unitwise_norm(tensor: Tensor) -> Tensor:
 
 
 def matches_any(name: str, patterns: Sequence[str]) -> bool:
-    """Whether ``name`` equals one of ``patterns``, matches one as a ``fnmatch`` glob, or lies under one.
+    """Whether `name` equals one of `patterns`, matches one as a `fnmatch` glob, or lies under one.
 
-    ``"head"`` matches ``"head.weight"``; ``"*.bias"`` matches every bias.
+    `"head"` matches `"head.weight"`; `"*.bias"` matches every bias.
 
-    Example::
-
+    Examples:
         >>> matches_any("head.weight", ["head"]), matches_any("rnn.bias_ih_l0", ["*.bias*"])
         (True, True)
     """
@@ -55,29 +53,28 @@ def adaptive_grad_clip_(
     eps: float = 1e-3,
     exclude: Sequence[str] = (),
 ) -> None:
-    r"""Clip gradients unit-wise so that :math:`\|g_i\| / \max(\|w_i\|, \epsilon) \le \lambda`, in place.
+    r"""Clip gradients unit-wise so that $\|g_i\| / \max(\|w_i\|, \epsilon) \le \lambda$, in place.
 
     AGC from Brock et al. (2021), "High-Performance Large-Scale Image Recognition Without Normalization".
     A unit whose gradient is too large relative to its weights is rescaled to
-    :math:`\lambda \max(\|w_i\|, \epsilon) / \|g_i\|`; every other unit is left bit-identical. Stateless and
-    sync-free. The paper does not clip the final classifier layer: pass its name in ``exclude``.
+    $\lambda \max(\|w_i\|, \epsilon) / \|g_i\|$; every other unit is left bit-identical. Stateless and
+    sync-free. The paper does not clip the final classifier layer: pass its name in `exclude`.
 
     Args:
-        parameters: parameters, a single tensor, or ``(name, parameter)`` pairs such as
-            ``model.named_parameters()`` (needed for ``exclude``).
-        clip_factor: :math:`\lambda` (> 0); the paper uses 0.01 for batch size 4096 and larger for smaller
+        parameters: parameters, a single tensor, or `(name, parameter)` pairs such as
+            `model.named_parameters()` (needed for `exclude`).
+        clip_factor: $\lambda$ (> 0); the paper uses 0.01 for batch size 4096 and larger for smaller
             batches.
-        eps: :math:`\epsilon` (> 0), the floor on the weight norm so zero-initialised weights can move.
-        exclude: names or ``fnmatch`` patterns of parameters to leave alone (e.g. ``["head"]``); a module
+        eps: $\epsilon$ (> 0), the floor on the weight norm so zero-initialised weights can move.
+        exclude: names or `fnmatch` patterns of parameters to leave alone (e.g. `["head"]`); a module
             name excludes all its parameters. Needs named parameters.
 
     Raises:
-        ValueError: if ``clip_factor`` or ``eps`` is not positive, or ``exclude`` is given with unnamed
+        ValueError: if `clip_factor` or `eps` is not positive, or `exclude` is given with unnamed
             parameters.
-        TypeError: if ``exclude`` is a string instead of a sequence of strings.
+        TypeError: if `exclude` is a string instead of a sequence of strings.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
         >>> w.grad = torch.tensor([[0.3, 0.4], [0.0, 0.001]])

@@ -1,7 +1,7 @@
 """Helpers of the non-finite guard: agree across ranks, discard a step's gradients, name the culprits.
 
 The guard itself (decide, count, give up after K skips in a row) is in
-:class:`~rnn_stability.callbacks.AdaptiveGradientClipping`; in a plain loop::
+`rnn_stability.callbacks.AdaptiveGradientClipping`; in a plain loop::
 
     pre = total_grad_norm(params)
     if bool(any_across_ranks(~torch.isfinite(pre))):  # the one host sync of the step
@@ -20,13 +20,12 @@ __all__ = ["any_across_ranks", "discard_grads_", "nonfinite_parameter_names"]
 
 
 def any_across_ranks(flag: Tensor) -> Tensor:
-    """Logical OR of a 0-d boolean ``flag`` over all ranks (``all_reduce`` with ``MAX``); no-op when not distributed.
+    """Logical OR of a 0-d boolean `flag` over all ranks (`all_reduce` with `MAX`); no-op when not distributed.
 
     Under DDP gradients are identical on every rank after the all-reduce, so every rank already takes the
     same decision; reducing the flag as well keeps the decision collective-safe if they ever diverge.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> any_across_ranks(torch.tensor(True))
         tensor(True)
@@ -39,13 +38,12 @@ def any_across_ranks(flag: Tensor) -> Tensor:
 
 
 def discard_grads_(parameters: Iterable[Tensor]) -> None:
-    """Set ``.grad`` of every parameter to ``None``, so that ``optimizer.step()`` skips them.
+    """Set `.grad` of every parameter to `None`, so that `optimizer.step()` skips them.
 
-    ``torch.optim`` optimizers (SGD with momentum, Adam, AdamW, RMSprop, ...) leave the parameter and its
-    state (moments, step counter) untouched when ``p.grad is None``.
+    `torch.optim` optimizers (SGD with momentum, Adam, AdamW, RMSprop, ...) leave the parameter and its
+    state (moments, step counter) untouched when `p.grad is None`.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w = torch.zeros(2, requires_grad=True)
         >>> w.grad = torch.ones(2)
@@ -62,8 +60,7 @@ def nonfinite_parameter_names(named_parameters: Iterable[tuple[str, Tensor]]) ->
 
     Meant for error messages, on the rare path where a non-finite gradient was detected.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
         >>> a.grad, b.grad = torch.ones(2), torch.tensor([1.0, float("nan")])

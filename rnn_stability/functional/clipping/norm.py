@@ -1,7 +1,7 @@
 """Clipping by total gradient norm and by value, without host synchronisation.
 
 The threshold may be a Python number or a 0-d tensor (as produced by the adaptive strategies); the
-decision to clip is taken on the device with ``torch.where``, so nothing here calls ``.item()``.
+decision to clip is taken on the device with `torch.where`, so nothing here calls `.item()`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rnn_stability.functional.grad_norm import _grads, total_grad_norm
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_"]
 
 _EPS = 1e-6
-"""Added to the norm before dividing, as ``torch.nn.utils.clip_grad_norm_`` does."""
+"""Added to the norm before dividing, as `torch.nn.utils.clip_grad_norm_` does."""
 
 
 def _check_threshold(name: str, value: float | Tensor) -> Tensor | float:
@@ -42,23 +42,22 @@ def _mul_by_device_(grads: list[Tensor], factor: Tensor) -> None:
 def clip_grads_with_norm_(
     parameters: Iterable[Tensor] | Tensor, max_norm: float | Tensor, total_norm: Tensor
 ) -> Tensor:
-    """Scale gradients whose already-computed total norm exceeds ``max_norm`` down to ``max_norm``.
+    """Scale gradients whose already-computed total norm exceeds `max_norm` down to `max_norm`.
 
-    The scale factor is ``max_norm / (total_norm + 1e-6)`` where ``total_norm > max_norm`` and exactly ``1``
+    The scale factor is `max_norm / (total_norm + 1e-6)` where `total_norm > max_norm` and exactly `1`
     elsewhere, so gradients at or under the threshold are left bit-identical. A NaN total norm leaves the
     gradients as they are (non-finite gradients are the business of the non-finite guard, not of clipping).
 
     Args:
-        parameters: parameters (or a single tensor) whose ``.grad`` is scaled in place.
+        parameters: parameters (or a single tensor) whose `.grad` is scaled in place.
         max_norm: the threshold, a positive number or a 0-d tensor.
         total_norm: the total norm of those gradients, e.g. from
-            :func:`~rnn_stability.functional.total_grad_norm`.
+            `rnn_stability.functional.total_grad_norm`.
 
     Returns:
-        The total norm after clipping (``total_norm * scale``), a 0-d tensor.
+        The total norm after clipping (`total_norm * scale`), a 0-d tensor.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w = torch.zeros(2, requires_grad=True)
         >>> w.grad = torch.tensor([3.0, 4.0])
@@ -77,24 +76,23 @@ def clip_grads_with_norm_(
 def clip_grad_norm_(
     parameters: Iterable[Tensor] | Tensor, max_norm: float | Tensor, norm_type: float = 2.0
 ) -> tuple[Tensor, Tensor]:
-    """Clip the total gradient norm to ``max_norm`` like ``torch.nn.utils.clip_grad_norm_``, sync-free.
+    """Clip the total gradient norm to `max_norm` like `torch.nn.utils.clip_grad_norm_`, sync-free.
 
     Unlike torch's version it also returns the norm after clipping and never rescales gradients whose
     total norm is already under the threshold.
 
     Args:
-        parameters: parameters (or a single tensor) whose ``.grad`` is clipped in place.
-        max_norm: the threshold, a positive number (``inf`` disables clipping) or a 0-d tensor.
-        norm_type: order of the norm, a positive number or ``inf``.
+        parameters: parameters (or a single tensor) whose `.grad` is clipped in place.
+        max_norm: the threshold, a positive number (`inf` disables clipping) or a 0-d tensor.
+        norm_type: order of the norm, a positive number or `inf`.
 
     Returns:
-        ``(pre_clip_norm, post_clip_norm)``, both 0-d tensors on the gradients' device.
+        `(pre_clip_norm, post_clip_norm)`, both 0-d tensors on the gradients' device.
 
     Raises:
-        ValueError: if ``max_norm`` is not positive or ``norm_type`` is not a positive number or ``inf``.
+        ValueError: if `max_norm` is not positive or `norm_type` is not a positive number or `inf`.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w = torch.zeros(2, requires_grad=True)
         >>> w.grad = torch.tensor([6.0, 8.0])
@@ -111,17 +109,16 @@ def clip_grad_norm_(
 
 
 def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float | Tensor) -> None:
-    """Clamp every gradient element to ``[-clip_value, clip_value]`` in place.
+    """Clamp every gradient element to `[-clip_value, clip_value]` in place.
 
     Args:
-        parameters: parameters (or a single tensor) whose ``.grad`` is clamped.
+        parameters: parameters (or a single tensor) whose `.grad` is clamped.
         clip_value: a positive number or a 0-d tensor.
 
     Raises:
-        ValueError: if ``clip_value`` is not positive.
+        ValueError: if `clip_value` is not positive.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> w = torch.zeros(3, requires_grad=True)
         >>> w.grad = torch.tensor([-5.0, 0.5, 2.0])

@@ -18,27 +18,26 @@ __all__ = ["AutoClip", "PercentileClipper"]
 
 
 class PercentileClipper:
-    r"""Threshold = the ``percentile``-th percentile of the last ``window_size`` total gradient norms.
+    r"""Threshold = the `percentile`-th percentile of the last `window_size` total gradient norms.
 
     Implements AutoClip (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
     Separation Networks"). The reference keeps the whole history; here it is a bounded ring buffer on
     the norms' device, so memory is fixed and the threshold follows the recent regime. Percentiles are
-    linearly interpolated (as ``numpy.percentile`` in the reference). Everything stays on the device: a
-    non-finite norm is stored as NaN and ignored by ``torch.nanquantile`` (it never enters the
+    linearly interpolated (as `numpy.percentile` in the reference). Everything stays on the device: a
+    non-finite norm is stored as NaN and ignored by `torch.nanquantile` (it never enters the
     statistics), and an empty window gives an infinite threshold (no clipping).
 
-    Use :meth:`step` (``update`` then ``threshold``, as in the paper: the current norm is part of the
+    Use `step` (`update` then `threshold`, as in the paper: the current norm is part of the
     history it is compared against).
 
     Args:
-        percentile: which percentile of the history to clip to, in ``[0, 100]``; the paper's default is 10.
+        percentile: which percentile of the history to clip to, in `[0, 100]`; the paper's default is 10.
         window_size: how many past norms to keep (>= 1).
 
     Raises:
-        ValueError: if ``percentile`` is outside ``[0, 100]`` or ``window_size`` < 1.
+        ValueError: if `percentile` is outside `[0, 100]` or `window_size` < 1.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> clipper = PercentileClipper(percentile=50.0, window_size=3)
         >>> [clipper.step(torch.tensor(x)).item() for x in (1.0, 3.0, float("nan"), 5.0, 7.0)]
@@ -61,21 +60,21 @@ class PercentileClipper:
         return self._buffer
 
     def update(self, total_norm: Tensor) -> None:
-        """Append ``total_norm`` to the window (a non-finite norm takes a slot but is ignored)."""
+        """Append `total_norm` to the window (a non-finite norm takes a slot but is ignored)."""
         buffer = self._buffer_on(total_norm.device)
         norm = total_norm.detach().reshape(()).to(buffer.dtype)
         buffer[self._count % self.window_size] = torch.where(torch.isfinite(norm), norm, math.nan)
         self._count += 1
 
     def threshold(self) -> Tensor:
-        """The current threshold, a 0-d float32 tensor (``inf`` while no finite norm has been seen)."""
+        """The current threshold, a 0-d float32 tensor (`inf` while no finite norm has been seen)."""
         if self._buffer is None:
             return torch.tensor(math.inf)
         value = torch.nanquantile(self._buffer, self.percentile / 100.0)
         return torch.where(torch.isnan(value), math.inf, value)
 
     def step(self, total_norm: Tensor) -> Tensor:
-        """Record ``total_norm`` and return the threshold to clip it to."""
+        """Record `total_norm` and return the threshold to clip it to."""
         self.update(total_norm)
         return self.threshold()
 
@@ -90,10 +89,10 @@ class PercentileClipper:
         return {"percentile": self.percentile, "window_size": self.window_size, "window": window}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the window saved by :meth:`state_dict` (keeps this object's ``percentile``/``window_size``).
+        """Restore the window saved by `state_dict` (keeps this object's `percentile`/`window_size`).
 
         Raises:
-            ValueError: if the saved window holds more norms than ``window_size``.
+            ValueError: if the saved window holds more norms than `window_size`.
         """
         window = [float(x) for x in state_dict["window"]]
         if len(window) > self.window_size:

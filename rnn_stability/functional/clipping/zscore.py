@@ -17,33 +17,32 @@ __all__ = ["ZClip", "ZScoreClipper"]
 
 
 class ZScoreClipper:
-    r"""Threshold = :math:`\mu + z\,\sigma` of an exponential moving average of past total norms.
+    r"""Threshold = $\mu + z\,\sigma$ of an exponential moving average of past total norms.
 
     Implements ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training") with its
-    fixed-cap rule: a norm whose z-score :math:`(g - \mu)/\sigma` exceeds ``z_threshold`` is clipped to
-    :math:`\mu + z\,\sigma`. The first ``warmup_steps`` finite norms only initialise :math:`\mu` and
-    :math:`\sigma^2` (their plain mean and variance) and are not clipped; afterwards the statistics follow
-    :math:`\mu \leftarrow \alpha\mu + (1-\alpha)\hat g`,
-    :math:`\sigma^2 \leftarrow \alpha\sigma^2 + (1-\alpha)(\hat g - \mu)^2` with the *clipped* norm
-    :math:`\hat g`, so a spike does not inflate them. A non-finite norm leaves every statistic unchanged
+    fixed-cap rule: a norm whose z-score $(g - \mu)/\sigma$ exceeds `z_threshold` is clipped to
+    $\mu + z\,\sigma$. The first `warmup_steps` finite norms only initialise $\mu$ and
+    $\sigma^2$ (their plain mean and variance) and are not clipped; afterwards the statistics follow
+    $\mu \leftarrow \alpha\mu + (1-\alpha)\hat g$,
+    $\sigma^2 \leftarrow \alpha\sigma^2 + (1-\alpha)(\hat g - \mu)^2$ with the *clipped* norm
+    $\hat g$, so a spike does not inflate them. A non-finite norm leaves every statistic unchanged
     (the reference implementation is disabled for good by a single NaN). ZClip's default reciprocal
     ("adaptive scaling") rule, which clips larger spikes harder, is not implemented: a threshold that depends
-    on the norm being clipped would not fit the ``threshold()`` interface shared with the other strategies.
+    on the norm being clipped would not fit the `threshold()` interface shared with the other strategies.
     All state lives in 0-d tensors,
-    so :meth:`step` never synchronises with the host.
+    so `step` never synchronises with the host.
 
-    Use :meth:`step` (``threshold`` from the past, then ``update``).
+    Use `step` (`threshold` from the past, then `update`).
 
     Args:
-        alpha: EMA smoothing factor in ``(0, 1)``; the paper uses 0.97.
+        alpha: EMA smoothing factor in `(0, 1)`; the paper uses 0.97.
         z_threshold: z-score above which a norm is a spike (> 0); the paper uses 2.5.
         warmup_steps: finite norms used to initialise the statistics before any clipping (>= 1); paper: 25.
 
     Raises:
         ValueError: if an argument is outside its range.
 
-    Example::
-
+    Examples:
         >>> import torch
         >>> clipper = ZScoreClipper(alpha=0.9, z_threshold=2.0, warmup_steps=3)
         >>> [round(clipper.step(torch.tensor(x)).item(), 4) for x in (1.0, 2.0, 3.0, float("inf"), 100.0)]
@@ -67,12 +66,12 @@ class ZScoreClipper:
             self._mean, self._var, self._count = (t.to(device) for t in (self._mean, self._var, self._count))
 
     def threshold(self) -> Tensor:
-        """The current threshold, a 0-d float32 tensor (``inf`` during warm-up)."""
+        """The current threshold, a 0-d float32 tensor (`inf` during warm-up)."""
         cap = self._mean + self.z_threshold * self._var.sqrt()
         return torch.where(self._count < self.warmup_steps, math.inf, cap)
 
     def update(self, total_norm: Tensor) -> None:
-        """Fold ``total_norm`` (clipped to the current threshold) into the statistics; non-finite is ignored."""
+        """Fold `total_norm` (clipped to the current threshold) into the statistics; non-finite is ignored."""
         self._move_to(total_norm.device)
         norm = total_norm.detach().reshape(()).to(self._mean.dtype)
         finite = torch.isfinite(norm)
@@ -94,7 +93,7 @@ class ZScoreClipper:
         self._count = self._count + finite.to(self._count.dtype)
 
     def step(self, total_norm: Tensor) -> Tensor:
-        """Return the threshold for ``total_norm`` (from past statistics), then record it."""
+        """Return the threshold for `total_norm` (from past statistics), then record it."""
         threshold = self.threshold()
         self.update(total_norm)
         return threshold
@@ -111,7 +110,7 @@ class ZScoreClipper:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the statistics saved by :meth:`state_dict` (keeps this object's hyper-parameters)."""
+        """Restore the statistics saved by `state_dict` (keeps this object's hyper-parameters)."""
         device = self._mean.device
         self._mean = torch.tensor(float(state_dict["mean"]), device=device)
         self._var = torch.tensor(float(state_dict["var"]), device=device)

@@ -24,7 +24,7 @@ def _log_uniform_(tensor: torch.Tensor, *, generator: torch.Generator | None, hi
 
 
 def check_max_timescale(max_timescale: object) -> float:
-    """Return ``max_timescale`` as a float if it is a finite number >= 2, else raise ``ValueError``."""
+    """Return `max_timescale` as a float if it is a finite number >= 2, else raise `ValueError`."""
     if (
         isinstance(max_timescale, bool)
         or not isinstance(max_timescale, (int, float))
@@ -43,34 +43,33 @@ def chrono_(
 ) -> nn.Module:
     """Chrono initialisation of the gate biases of an LSTM or GRU, in place.
 
-    Tallec & Ollivier (2018), "Can recurrent neural networks warp time?": a gate bias ``b`` gives a unit a
-    characteristic memory of about ``1 + exp(b)`` steps, so drawing ``b = log(u)``, ``u ~ U[1, T_max - 1]``
-    spreads the memories of the units over ``[2, T_max]`` steps, matched to the expected range of temporal
+    Tallec & Ollivier (2018), "Can recurrent neural networks warp time?": a gate bias `b` gives a unit a
+    characteristic memory of about `1 + exp(b)` steps, so drawing `b = log(u)`, `u ~ U[1, T_max - 1]`
+    spreads the memories of the units over `[2, T_max]` steps, matched to the expected range of temporal
     dependencies. The weights are not touched.
 
-    - LSTM: forget gate ``b_f = log(U[1, T_max - 1])`` and input gate ``b_i = -b_f``, written into ``bias_ih``
-      with the ``bias_hh`` part of both gates set to 0 (so the effective bias is the sampled one).
-    - GRU: torch computes ``h' = (1 - z) * n + z * h``, so the update gate ``z`` keeps the old state and plays
-      the role of the LSTM forget gate (and ``1 - z`` that of the input gate): ``b_z = +log(U[1, T_max - 1])``
-      in ``bias_ih``, ``bias_hh[z] = 0``. Reset and candidate biases are left alone.
+    - LSTM: forget gate `b_f = log(U[1, T_max - 1])` and input gate `b_i = -b_f`, written into `bias_ih`
+      with the `bias_hh` part of both gates set to 0 (so the effective bias is the sampled one).
+    - GRU: torch computes `h' = (1 - z) * n + z * h`, so the update gate `z` keeps the old state and plays
+      the role of the LSTM forget gate (and `1 - z` that of the input gate): `b_z = +log(U[1, T_max - 1])`
+      in `bias_ih`, `bias_hh[z] = 0`. Reset and candidate biases are left alone.
 
-    Each layer and direction draws its own biases, so all biases lie in ``[0, log(max_timescale - 1)]``.
+    Each layer and direction draws its own biases, so all biases lie in `[0, log(max_timescale - 1)]`.
 
     Args:
-        module: a ``torch.nn`` or ``rnn_stability.nn`` LSTM, GRU, LSTMCell or GRUCell with ``bias=True``.
-        max_timescale: ``T_max``, the longest dependency (in steps) expected in the data; at least 2.
+        module: a `torch.nn` or `rnn_stability.nn` LSTM, GRU, LSTMCell or GRUCell with `bias=True`.
+        max_timescale: `T_max`, the longest dependency (in steps) expected in the data; at least 2.
         generator: optional CPU generator.
 
     Returns:
-        ``module``, modified in place.
+        `module`, modified in place.
 
     Raises:
-        TypeError: if ``module`` is not an LSTM or GRU (a vanilla RNN has no gates) or ``generator`` is not a
+        TypeError: if `module` is not an LSTM or GRU (a vanilla RNN has no gates) or `generator` is not a
             CPU generator.
-        ValueError: if ``max_timescale`` is not a finite number >= 2 or the module has no biases.
+        ValueError: if `max_timescale` is not a finite number >= 2 or the module has no biases.
 
-    Example::
-
+    Examples:
         >>> lstm = chrono_(torch.nn.LSTM(2, 8), max_timescale=100, generator=torch.Generator().manual_seed(0))
         >>> b_i, b_f = lstm.bias_ih_l0[:8], lstm.bias_ih_l0[8:16]
         >>> bool(torch.equal(b_i, -b_f)), bool(b_f.min() >= 0), bool(b_f.max() <= math.log(99))

@@ -1,10 +1,10 @@
 """Gate layout of torch's recurrent modules: which module kind, which weights, which rows belong to which gate.
 
-torch stacks the gates of a recurrent layer along dim 0 of one fused matrix — LSTM ``(i, f, g, o)``, GRU
-``(r, z, n)`` — so ``weight_hh`` is ``(num_gates * H, H)`` (``(4H, proj_size)`` for a projected LSTM). Every
-initialiser in this package works on the ``H``-row *gate blocks* of these matrices, never on the fused matrix.
-The functions here find the standard parameters of any ``torch.nn.RNNBase`` / ``RNNCellBase`` module (including
-the subclasses of :mod:`rnn_stability.nn`) and touch nothing else, so layer-norm gains stay as they are.
+torch stacks the gates of a recurrent layer along dim 0 of one fused matrix — LSTM `(i, f, g, o)`, GRU
+`(r, z, n)` — so `weight_hh` is `(num_gates * H, H)` (`(4H, proj_size)` for a projected LSTM). Every
+initialiser in this package works on the `H`-row *gate blocks* of these matrices, never on the fused matrix.
+The functions here find the standard parameters of any `torch.nn.RNNBase` / `RNNCellBase` module (including
+the subclasses of `rnn_stability.nn`) and touch nothing else, so layer-norm gains stay as they are.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "sample_into_",
 ]
 
-#: Gate order along dim 0 of the fused weights and biases, per module kind (``RNNBase.mode`` spelling).
+#: Gate order along dim 0 of the fused weights and biases, per module kind (`RNNBase.mode` spelling).
 GATE_NAMES: dict[str, tuple[str, ...]] = {
     "LSTM": ("input", "forget", "cell", "output"),
     "GRU": ("reset", "update", "new"),
@@ -49,12 +49,12 @@ class LayerWeights:
     """The standard parameters of one layer and direction (or of a cell).
 
     Attributes:
-        suffix: parameter-name suffix, e.g. ``"_l0"``, ``"_l1_reverse"``; ``""`` for a cell.
-        weight_ih: input-to-hidden weights, ``(num_gates * H, in)``.
-        weight_hh: hidden-to-hidden weights, ``(num_gates * H, H)`` or ``(4H, proj_size)``.
-        bias_ih: input bias or ``None`` when the module has ``bias=False``.
-        bias_hh: hidden bias or ``None``.
-        weight_hr: LSTM projection ``(proj_size, H)`` or ``None``.
+        suffix: parameter-name suffix, e.g. `"_l0"`, `"_l1_reverse"`; `""` for a cell.
+        weight_ih: input-to-hidden weights, `(num_gates * H, in)`.
+        weight_hh: hidden-to-hidden weights, `(num_gates * H, H)` or `(4H, proj_size)`.
+        bias_ih: input bias or `None` when the module has `bias=False`.
+        bias_hh: hidden bias or `None`.
+        weight_hr: LSTM projection `(proj_size, H)` or `None`.
     """
 
     suffix: str
@@ -66,19 +66,18 @@ class LayerWeights:
 
 
 def recurrent_kind(module: nn.Module) -> str:
-    """Kind of a recurrent module: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
+    """Kind of a recurrent module: `"LSTM"`, `"GRU"`, `"RNN_TANH"` or `"RNN_RELU"`.
 
-    Layers are recognised by ``RNNBase.mode``; cells by ``isinstance`` against torch's cell classes, or, for other
-    ``RNNCellBase`` subclasses, by the number of gate blocks in ``weight_ih``.
+    Layers are recognised by `RNNBase.mode`; cells by `isinstance` against torch's cell classes, or, for other
+    `RNNCellBase` subclasses, by the number of gate blocks in `weight_ih`.
 
     Args:
-        module: a ``torch.nn.RNNBase`` or ``torch.nn.RNNCellBase`` instance.
+        module: a `torch.nn.RNNBase` or `torch.nn.RNNCellBase` instance.
 
     Raises:
-        TypeError: if ``module`` is not a recurrent module of a known kind.
+        TypeError: if `module` is not a recurrent module of a known kind.
 
-    Example::
-
+    Examples:
         >>> recurrent_kind(torch.nn.GRU(3, 4)), recurrent_kind(torch.nn.RNNCell(3, 4, nonlinearity="relu"))
         ('GRU', 'RNN_RELU')
     """
@@ -101,7 +100,7 @@ def recurrent_kind(module: nn.Module) -> str:
 
 
 def require_kind(module: nn.Module, function: str, allowed: Iterable[str]) -> str:
-    """Return the kind of ``module``, raising ``TypeError`` naming ``function`` if it is not in ``allowed``."""
+    """Return the kind of `module`, raising `TypeError` naming `function` if it is not in `allowed`."""
     kind = recurrent_kind(module)
     allowed = tuple(allowed)
     if kind not in allowed:
@@ -113,16 +112,15 @@ def require_kind(module: nn.Module, function: str, allowed: Iterable[str]) -> st
 
 
 def layer_weights(module: nn.Module) -> list[LayerWeights]:
-    """The standard parameters of every layer and direction of ``module`` (one entry for a cell).
+    """The standard parameters of every layer and direction of `module` (one entry for a cell).
 
     Args:
         module: a recurrent layer or cell.
 
     Raises:
-        TypeError: if ``module`` is not a recurrent module.
+        TypeError: if `module` is not a recurrent module.
 
-    Example::
-
+    Examples:
         >>> [w.suffix for w in layer_weights(torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True))]
         ['_l0', '_l0_reverse', '_l1', '_l1_reverse']
     """
@@ -157,7 +155,7 @@ def layer_weights(module: nn.Module) -> list[LayerWeights]:
 
 
 def require_biases(module: nn.Module, weights: LayerWeights, function: str) -> tuple[Tensor, Tensor]:
-    """``(bias_ih, bias_hh)`` of one layer, raising ``ValueError`` naming ``function`` if the module has none."""
+    """`(bias_ih, bias_hh)` of one layer, raising `ValueError` naming `function` if the module has none."""
     if weights.bias_ih is None or weights.bias_hh is None:
         raise ValueError(
             f"`{function}` needs a module built with bias=True, got {type(module).__name__} with bias=False"
@@ -171,17 +169,16 @@ def gate_blocks(tensor: Tensor, kind: str) -> tuple[Tensor, ...]:
 
 
 def gate_block(tensor: Tensor, kind: str, gate: str) -> Tensor:
-    """View of the rows of one gate (e.g. ``"forget"`` of an LSTM, ``"update"`` of a GRU)."""
+    """View of the rows of one gate (e.g. `"forget"` of an LSTM, `"update"` of a GRU)."""
     return gate_blocks(tensor, kind)[GATE_NAMES[kind].index(gate)]
 
 
 def recurrent_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The outermost recurrent submodules of ``root`` (including ``root`` itself), as ``(name, module)``.
+    """The outermost recurrent submodules of `root` (including `root` itself), as `(name, module)`.
 
     Cells used inside a recurrent layer are not listed separately: their parameters belong to the layer.
 
-    Example::
-
+    Examples:
         >>> net = torch.nn.ModuleDict({"enc": torch.nn.LSTM(2, 3), "head": torch.nn.Linear(3, 1)})
         >>> [name for name, _ in recurrent_modules(net)]
         ['enc']
@@ -197,7 +194,7 @@ def recurrent_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def check_gain(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a finite positive number, else raise ``ValueError`` naming it."""
+    """Return `value` as a float if it is a finite positive number, else raise `ValueError` naming it."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -209,7 +206,7 @@ def check_gain(name: str, value: Any) -> float:
 
 
 def check_generator(generator: Any) -> torch.Generator | None:
-    """Return ``generator`` if it is ``None`` or a CPU ``torch.Generator``, else raise ``TypeError``."""
+    """Return `generator` if it is `None` or a CPU `torch.Generator`, else raise `TypeError`."""
     if generator is not None and (
         not isinstance(generator, torch.Generator) or generator.device.type != "cpu"
     ):
@@ -220,10 +217,10 @@ def check_generator(generator: Any) -> torch.Generator | None:
 def sample_into_(
     target: Tensor, sampler: Callable[..., Any], generator: torch.Generator | None, **kwargs: Any
 ) -> None:
-    """Fill ``target`` in place with ``sampler(staging, generator=generator, **kwargs)`` drawn on the CPU.
+    """Fill `target` in place with `sampler(staging, generator=generator, **kwargs)` drawn on the CPU.
 
     Drawing into a float64 CPU staging tensor makes the values depend on the generator only, not on the device or
-    dtype of the parameter, and lets a CPU ``generator`` seed CUDA weights.
+    dtype of the parameter, and lets a CPU `generator` seed CUDA weights.
     """
     staging = torch.empty(target.shape, dtype=torch.float64)
     sampler(staging, generator=generator, **kwargs)
@@ -239,10 +236,10 @@ def sample_gate_blocks_(
     *,
     parts: Sequence[str],
 ) -> nn.Module:
-    """Fill every gate block of the weights named in ``parts`` with ``sampler(block, gain=gain)``, in place.
+    """Fill every gate block of the weights named in `parts` with `sampler(block, gain=gain)`, in place.
 
-    ``parts`` is an ordered selection of ``"weight_ih"`` and ``"weight_hh"`` (the order fixes the order of the
-    random draws); the LSTM projection ``weight_hr`` is filled along with ``"weight_hh"``. Every layer and
+    `parts` is an ordered selection of `"weight_ih"` and `"weight_hh"` (the order fixes the order of the
+    random draws); the LSTM projection `weight_hr` is filled along with `"weight_hh"`. Every layer and
     direction is handled.
     """
     kind = recurrent_kind(module)

@@ -11,28 +11,27 @@ __all__ = ["identity_"]
 
 
 def identity_(module: nn.Module, gain: float = 1.0) -> nn.Module:
-    """IRNN initialisation: recurrent weights ``gain * I`` and zero biases, in place.
+    """IRNN initialisation: recurrent weights `gain * I` and zero biases, in place.
 
     Le, Jaitly & Hinton (2015), "A Simple Way to Initialize Recurrent Networks of Rectified Linear Units": with
-    ``relu`` units and ``W_hh = I`` the hidden state is copied forward unchanged when there is no input, so
+    `relu` units and `W_hh = I` the hidden state is copied forward unchanged when there is no input, so
     gradients neither vanish nor explode at initialisation. Input weights are not touched.
 
-    Only ReLU RNNs are accepted: with ``tanh`` the identity does not give a norm-preserving map (``tanh``
-    contracts every step), which is not the method of the paper — use :func:`orthogonal_` for tanh RNNs.
+    Only ReLU RNNs are accepted: with `tanh` the identity does not give a norm-preserving map (`tanh`
+    contracts every step), which is not the method of the paper — use `orthogonal_` for tanh RNNs.
 
     Args:
-        module: ``torch.nn.RNN(..., nonlinearity="relu")`` or ``torch.nn.RNNCell(..., nonlinearity="relu")``.
-        gain: scale of the identity (Le et al. also report a scaled identity, e.g. ``0.01``, for some tasks).
+        module: `torch.nn.RNN(..., nonlinearity="relu")` or `torch.nn.RNNCell(..., nonlinearity="relu")`.
+        gain: scale of the identity (Le et al. also report a scaled identity, e.g. `0.01`, for some tasks).
 
     Returns:
-        ``module``, modified in place.
+        `module`, modified in place.
 
     Raises:
-        TypeError: if ``module`` is not a ReLU RNN (an LSTM, GRU or tanh RNN).
-        ValueError: if ``gain`` is not a finite positive number.
+        TypeError: if `module` is not a ReLU RNN (an LSTM, GRU or tanh RNN).
+        ValueError: if `gain` is not a finite positive number.
 
-    Example::
-
+    Examples:
         >>> rnn = identity_(torch.nn.RNN(3, 4, nonlinearity="relu"))
         >>> bool(torch.equal(rnn.weight_hh_l0, torch.eye(4))), rnn.bias_hh_l0.abs().sum().item()
         (True, 0.0)

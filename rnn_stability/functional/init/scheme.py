@@ -24,19 +24,18 @@ from rnn_stability.functional.init.xavier import xavier_uniform_
 
 __all__ = ["SCHEMES", "check_scheme", "check_scheme_options", "init_rnn_"]
 
-#: Names accepted by :func:`init_rnn_` (and by :class:`rnn_stability.callbacks.RNNInitializer`).
+#: Names accepted by `init_rnn_` (and by `rnn_stability.callbacks.RNNInitializer`).
 SCHEMES: tuple[str, ...] = ("orthogonal", "chrono", "irnn", "xavier")
 
 
 def check_scheme_options(
     schemes: Iterable[str], *, gain: float, forget_bias: float, max_timescale: float | None
 ) -> None:
-    """Check the options shared by every scheme, raising ``ValueError`` naming the bad one.
+    """Check the options shared by every scheme, raising `ValueError` naming the bad one.
 
-    ``max_timescale`` is required when ``"chrono"`` is among ``schemes`` and checked whenever it is given.
+    `max_timescale` is required when `"chrono"` is among `schemes` and checked whenever it is given.
 
-    Example::
-
+    Examples:
         >>> check_scheme_options(["chrono"], gain=1.0, forget_bias=1.0, max_timescale=None)
         Traceback (most recent call last):
         ...
@@ -63,17 +62,16 @@ def check_scheme(
     forget_bias: float = 1.0,
     max_timescale: float | None = None,
 ) -> str:
-    """Check that :func:`init_rnn_` can apply ``scheme`` to ``module`` with these options, without touching it.
+    """Check that `init_rnn_` can apply `scheme` to `module` with these options, without touching it.
 
     Returns:
-        the module kind (see :func:`recurrent_kind`).
+        the module kind (see `recurrent_kind`).
 
     Raises:
-        TypeError: if ``module`` is not recurrent or ``scheme`` does not apply to it.
-        ValueError: for an unknown ``scheme`` or an invalid option.
+        TypeError: if `module` is not recurrent or `scheme` does not apply to it.
+        ValueError: for an unknown `scheme` or an invalid option.
 
-    Example::
-
+    Examples:
         >>> check_scheme(torch.nn.GRU(2, 4), "chrono", max_timescale=50)
         'GRU'
     """
@@ -100,37 +98,36 @@ def init_rnn_(
 ) -> nn.Module:
     """Initialise every layer and direction of a recurrent module with a named scheme, in place.
 
-    All schemes set every bias to zero first and initialise each gate block of ``weight_ih`` with
-    :func:`xavier_uniform_`; they differ in the recurrent weights and gate biases:
+    All schemes set every bias to zero first and initialise each gate block of `weight_ih` with
+    `xavier_uniform_`; they differ in the recurrent weights and gate biases:
 
-    - ``"orthogonal"``: :func:`orthogonal_` per gate block of ``weight_hh`` and ``weight_hr`` (Saxe et al.
-      2014); LSTM forget bias ``forget_bias`` via :func:`forget_gate_bias_` (Jozefowicz et al. 2015).
-    - ``"chrono"``: the same weights, gate biases from :func:`chrono_` with ``max_timescale`` (Tallec & Ollivier
+    - `"orthogonal"`: `orthogonal_` per gate block of `weight_hh` and `weight_hr` (Saxe et al.
+      2014); LSTM forget bias `forget_bias` via `forget_gate_bias_` (Jozefowicz et al. 2015).
+    - `"chrono"`: the same weights, gate biases from `chrono_` with `max_timescale` (Tallec & Ollivier
       2018); LSTM and GRU only.
-    - ``"irnn"``: ``weight_hh = gain * I`` via :func:`identity_` (Le et al. 2015); ReLU RNNs only.
-    - ``"xavier"``: :func:`xavier_uniform_` per gate block of ``weight_hh`` and ``weight_hr`` too; LSTM forget
-      bias ``forget_bias``.
+    - `"irnn"`: `weight_hh = gain * I` via `identity_` (Le et al. 2015); ReLU RNNs only.
+    - `"xavier"`: `xavier_uniform_` per gate block of `weight_hh` and `weight_hr` too; LSTM forget
+      bias `forget_bias`.
 
     Args:
-        module: a ``torch.nn`` or ``rnn_stability.nn`` LSTM, GRU, RNN or cell.
-        scheme: one of :data:`SCHEMES`.
+        module: a `torch.nn` or `rnn_stability.nn` LSTM, GRU, RNN or cell.
+        scheme: one of `SCHEMES`.
         gain: gain of the recurrent weights (orthogonal, identity or xavier).
-        forget_bias: effective LSTM forget-gate bias of the ``orthogonal`` and ``xavier`` schemes (ignored for
+        forget_bias: effective LSTM forget-gate bias of the `orthogonal` and `xavier` schemes (ignored for
             GRU and RNN modules).
-        max_timescale: ``T_max`` of the ``chrono`` scheme (required there, ignored otherwise).
+        max_timescale: `T_max` of the `chrono` scheme (required there, ignored otherwise).
         generator: optional CPU generator; with a seeded generator the result does not depend on the global RNG.
 
     Returns:
-        ``module``, modified in place.
+        `module`, modified in place.
 
     Raises:
-        TypeError: if the module is not recurrent or the scheme does not apply to it (``chrono`` on a vanilla
-            RNN, ``irnn`` on anything but a ReLU RNN).
-        ValueError: for an unknown ``scheme``, a missing or invalid ``max_timescale``, or an invalid ``gain`` /
-            ``forget_bias``.
+        TypeError: if the module is not recurrent or the scheme does not apply to it (`chrono` on a vanilla
+            RNN, `irnn` on anything but a ReLU RNN).
+        ValueError: for an unknown `scheme`, a missing or invalid `max_timescale`, or an invalid `gain` /
+            `forget_bias`.
 
-    Example::
-
+    Examples:
         >>> gen = torch.Generator().manual_seed(0)
         >>> lstm = init_rnn_(torch.nn.LSTM(2, 8), "chrono", max_timescale=100, generator=gen)
         >>> bool(torch.equal(lstm.bias_ih_l0[:8], -lstm.bias_ih_l0[8:16]))
