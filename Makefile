@@ -35,6 +35,7 @@ docs: install
 	$(BIN)/mkdocs build --strict
 
 demo: install
+	-$(BIN)/rnn-stability build-native
 	$(BIN)/rnn-stability demo
 
 bench: install

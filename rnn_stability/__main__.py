@@ -1,4 +1,5 @@
-"""Command line of rnn-stability: `rnn-stability demo` (also `python -m rnn_stability demo`)."""
+"""Command line of rnn-stability: `rnn-stability demo` and `rnn-stability build-native` (also
+`python -m rnn_stability ...`)."""
 
 from __future__ import annotations
 
@@ -92,7 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,  # no "(default: None)" in --help; absent means "choose"
         help="parallel runs, one process per set-up (default: 2 if two cores are free, else 1)",
     )
+    build = commands.add_parser(
+        "build-native",
+        help="build the C++ LSTM loop of LSTM(layer_norm=True) now, not at the first forward",
+        description="Compiles the C++ time loop of the layer-normalised LSTM into this environment's cache "
+        "folder (RNN_STABILITY_NATIVE_CACHE, default ~/.cache/torch_extensions/rnn_stability) and says "
+        "where and how long it took; does nothing if a valid build is cached (see --force).",
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if a valid build is cached")
     return parser
+
+
+def build_native(force: bool = False) -> int:
+    """Runs `rnn-stability build-native`: builds the C++ LSTM loop, prints where; the exit status."""
+    from rnn_stability.nn.native_build import ensure_built
+
+    try:
+        build = ensure_built(force=force)
+    except Exception as error:  # the message says what failed (compiler output, lock file, permissions)
+        print(f"rnn-stability build-native: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    if build.built:
+        print(f"built the C++ LSTM loop in {build.seconds:.1f} s: {build.library}")
+    else:
+        print(f"the C++ LSTM loop is already built (pass --force to rebuild): {build.library}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "build-native":
+        return build_native(force=args.force)
 
     from rnn_stability.demo import DemoConfig
 

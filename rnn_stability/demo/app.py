@@ -43,6 +43,12 @@ def run_demo(config: DemoConfig, console: Console | None = None, jobs: int | Non
         f"batch {config.batch_size}, Adam lr {config.lr:g}, {config.steps} steps, seed {config.seed}. "
         f"Predicting the mean gives MSE {MEAN_BASELINE_MSE:.3f}; solved means MSE < {SOLVED_MSE:g}."
     )
+    if config.cell == "lstm":
+        # The stable LSTM's C++ loop builds on its first forward: build it now, so that the build (about 20 s,
+        # once, with its own message) is not counted as training time.
+        from rnn_stability.nn.native import native_ops
+
+        native_ops()
     results = run_setups(config, console=console, jobs=jobs)
     console.print(comparison_table(results, title="vanilla vs stable"))
     (output_dir / "summary.md").write_text(comparison_markdown(results))

@@ -1,11 +1,13 @@
 """Just-in-time build of the C++ time loop of the layer-normalised LSTM (`csrc/lstm_layer_norm.cpp`).
 
-The first `LSTM(layer_norm=True)` forward on CPU compiles the kernel with
-`torch.utils.cpp_extension.load` (a C++ compiler with OpenMP, such as gcc, and `ninja`, a dependency
-of this package, are needed; this takes about 20 s once, after which the build is cached under
-`TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`). If the build fails, a warning says why and the module keeps running the
-pure-PyTorch loop of `rnn_stability.nn.fused`, which computes the same values more slowly. Set the
-environment variable `RNN_STABILITY_NATIVE=0` to skip the build and always use the PyTorch loop.
+The first `LSTM(layer_norm=True)` forward on CPU compiles the kernel (a C++ compiler with OpenMP, such as
+gcc, and `ninja`, a dependency of this package, are needed). This takes about 20 s once and says so on
+stderr; the build is cached per environment (`rnn_stability.nn.native_build`: cache folder, lock,
+validation), and `rnn-stability build-native` builds it ahead of time. If the build fails, or another
+process's build holds the lock for longer than `RNN_STABILITY_NATIVE_LOCK_TIMEOUT` seconds, a warning says
+why and the module keeps running the pure-PyTorch loop of `rnn_stability.nn.fused`, which computes the same
+values more slowly. Set the environment variable `RNN_STABILITY_NATIVE=0` to skip the build and always use
+the PyTorch loop.
 
 The kernel keeps its large per-step buffers (those saved for the backward, and the gradient scratch) in a
 process-wide pool and reuses a buffer once nothing references it, as torch's CUDA caching allocator does:
@@ -16,16 +18,15 @@ the loop's arithmetic. Up to 1 GiB of unused buffers is kept; `empty_cache` rele
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import threading
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from rnn_stability.nn.native_build import ensure_built
 
 __all__ = [
     "LSTMLayerNormNative",
@@ -36,11 +37,10 @@ __all__ = [
     "workspace_bytes",
 ]
 
-_CSRC = Path(__file__).parent / "csrc"
-_SOURCE = _CSRC / "lstm_layer_norm.cpp"
 _ENV = "RNN_STABILITY_NATIVE"
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+_loaded: list[Any] = []  # the library loaded into this process, if any
 
 
 def native_enabled() -> bool:
@@ -48,38 +48,12 @@ def native_enabled() -> bool:
     return os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _compile_flags() -> list[str]:
-    """Optimisation flags; AVX2 + FMA vector code (ATen's `Vectorized`, Sleef) where the CPU has them."""
-    # torch rebuilds when the sources or flags change; the digest makes a change to a header count too.
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.iterdir()))).hexdigest()[:16]
-    flags = ["-O3", "-fopenmp", f"-DRNN_STABILITY_CSRC_DIGEST={digest}"]
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    return flags
-
-
-def _find_ninja() -> None:
-    """Put the `ninja` of the `ninja` package on `PATH` when none is there (a venv not activated)."""
-    if shutil.which("ninja") is None:
-        try:
-            import ninja  # type: ignore[import-untyped]
-        except ImportError:
-            return
-        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
-
-
 def _build() -> Any:
-    from torch.utils import cpp_extension
-
-    _find_ninja()
-    cpp_extension.load(
-        name="rnn_stability_lstm_layer_norm",
-        sources=[str(_SOURCE)],
-        extra_cflags=_compile_flags(),
-        extra_ldflags=["-fopenmp"],
-        is_python_module=False,
-        verbose=False,
-    )
+    """Load this environment's build of the kernel, compiling it first if needed; `torch.ops.rnn_stability`."""
+    if not _loaded:  # a second library registering the same operators would abort the process
+        build = ensure_built()
+        torch.ops.load_library(str(build.library))
+        _loaded.append(build.library)
     return torch.ops.rnn_stability
 
 
@@ -94,10 +68,11 @@ def native_ops() -> Any | None:
         if "ops" not in _state:
             try:
                 _state["ops"] = _build()
-            except Exception as error:  # compiler or ninja missing, build error: fall back, say why
+            except Exception as error:  # no compiler or ninja, build error, lock timeout: fall back, say why
                 _state["ops"] = None
                 warnings.warn(
-                    "rnn_stability: could not build the C++ layer-norm LSTM kernel, using the slower PyTorch "
+                    "rnn_stability: could not build or load the C++ layer-norm LSTM kernel, using the slower "
+                    "PyTorch "
                     f"loop instead ({type(error).__name__}: {error}). Set {_ENV}=0 to skip the build.",
                     RuntimeWarning,
                     stacklevel=3,
