@@ -162,3 +162,27 @@ def test_failed_run_exits_1_with_message(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(app, "run_demo", fail)
     assert main(["demo", "--steps", "2", "--output-dir", str(tmp_path)]) == 1
     assert "rnn-stability demo: error: the 'stable' run failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("cell", "expected"), [("lstm", ["build", "train"]), ("gru", ["train"])])
+def test_lstm_demo_builds_the_cpp_loop_before_timing(monkeypatch, tmp_path, cell, expected):
+    """The build of the C++ loop (about 20 s, once) must not be counted as training time."""
+    from rnn_stability.demo import app
+    from rnn_stability.nn import native
+
+    events = []
+
+    class Stop(Exception):
+        pass
+
+    def run_setups(config, console=None, jobs=None):
+        events.append("train")
+        raise Stop
+
+    monkeypatch.delenv("RNN_STABILITY_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_build", lambda: events.append("build"))
+    monkeypatch.setattr(app, "run_setups", run_setups)
+    with pytest.raises(Stop):
+        app.run_demo(DemoConfig(steps=2, cell=cell, output_dir=tmp_path))
+    assert events == expected
