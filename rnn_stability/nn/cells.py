@@ -14,6 +14,7 @@ from rnn_stability.nn.recurrence import (
     lstm_input_gates,
     lstm_layer_norm_step,
 )
+from rnn_stability.nn.scripting import torch_module_for_scripting
 from rnn_stability.nn.stacked import check_flag
 
 __all__ = ["GRUCell", "LSTMCell"]
@@ -61,6 +62,10 @@ class _LayerNormCellMixin(nn.RNNCellBase):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layer_norm", False)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """For `torch.jit.script`: torch's cell with the same state (see `rnn_stability.nn.scripting`)."""
+        return torch_module_for_scripting(self, ("layer_norm",))
 
     def _check_step(self, input: Tensor, hidden: list[Tensor]) -> None:
         """The checks torch's fused cell kernels make, for the layer-norm path."""

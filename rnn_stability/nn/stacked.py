@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from rnn_stability.nn.layer_norm import GateLayerNorm
+from rnn_stability.nn.scripting import torch_module_for_scripting
 
 __all__ = ["StackedRNNMixin", "check_flag", "split_steps", "use_fused"]
 
@@ -100,6 +101,10 @@ class StackedRNNMixin(nn.RNNBase):
         if self.residual:
             s += ", residual=True"
         return s
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """For `torch.jit.script`: torch's module with the same state (see `rnn_stability.nn.scripting`)."""
+        return torch_module_for_scripting(self, ("layer_norm", "residual"))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -280,4 +285,4 @@ def use_fused(step_sizes: list[int]) -> bool:
     It needs a constant batch size (packed sequences of unequal lengths use the autograd loops of `rnn_stability.nn.recurrence`) and is
     skipped under `torch.compile`, which traces the plain Python loop instead.
     """
-    return step_sizes[0] == step_sizes[-1] and not torch.compiler.is_compiling()
+    return step_sizes[0] == step_sizes[-1] and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
