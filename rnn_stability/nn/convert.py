@@ -1,37 +1,79 @@
-"""Swap torch's recurrent modules inside any model for ours, keeping weights, device, dtype and mode."""
+"""Turn torch's recurrent modules inside any model into ours, in place, keeping the model the same model."""
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
+import logging
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from rnn_stability.nn.cells import GRUCell, LSTMCell
 from rnn_stability.nn.gru import GRU
 from rnn_stability.nn.lstm import LSTM
-from rnn_stability.nn.stacked import check_flag
+from rnn_stability.nn.subclass import parametrized_class, stable_subclass
 
-__all__ = ["convert_rnn"]
+__all__ = ["convert_rnn", "convert_rnn_modules"]
 
-_REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
+log = logging.getLogger(__name__)
+
+_OURS: dict[type[nn.Module], type[nn.Module]] = {
     nn.LSTM: LSTM,
     nn.GRU: GRU,
     nn.LSTMCell: LSTMCell,
     nn.GRUCell: GRUCell,
-    LSTM: LSTM,
-    GRU: GRU,
-    LSTMCell: LSTMCell,
-    GRUCell: GRUCell,
 }
+_RECURRENT = tuple(_OURS)
+# torch's constructor arguments: read from the module being converted, never conversion options.
+_TORCH_ARGUMENTS = set(inspect.signature(nn.RNNBase.__init__).parameters) - {"self", "mode"}
 
 
-def _converted(module: nn.Module, layer_norm: bool, residual: bool) -> nn.Module:
-    replacement = _REPLACEMENTS[type(module)]
-    weight = next(module.parameters())
-    factory = {"device": weight.device, "dtype": weight.dtype}
-    new: nn.Module
+def _torch_class(module: nn.Module) -> type[nn.Module]:
+    return next(cls for cls in _OURS if isinstance(module, cls))
+
+
+def _patterns(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, Iterable) else None
+    if items is None or not all(isinstance(p, str) for p in items):
+        raise TypeError(
+            f"`{name}` must be a module name, an fnmatch pattern or a list of them, got {value!r}"
+        )
+    return items
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    taken = sorted(set(options) & _TORCH_ARGUMENTS)
+    if taken:
+        raise TypeError(
+            f"{taken} are torch constructor arguments, read from each converted module; convert_rnn only takes "
+            "our options (e.g. `layer_norm`, `residual`)"
+        )
+    # Our constructors check every option: build each class once on the meta device (no memory, no RNG).
+    for ours in _OURS.values():
+        ours(1, 1, device="meta", **_accepted(ours, options))
+
+
+def _accepted(ours: type[nn.Module], options: dict[str, Any]) -> dict[str, Any]:
+    """`options` minus those `ours` has no parameter for (the cells take no `residual`)."""
+    parameters = inspect.signature(ours.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    return {k: v for k, v in options.items() if k in parameters}
+
+
+def _blueprint(
+    module: nn.Module, cls: type[nn.Module], dtype: torch.dtype, options: dict[str, Any]
+) -> nn.Module:
+    """`cls` built with `module`'s hyper-parameters on the meta device, without touching any RNG."""
     if isinstance(module, nn.RNNBase):
-        options = dict(
+        args: dict[str, Any] = dict(
             num_layers=module.num_layers,
             bias=module.bias,
             batch_first=module.batch_first,
@@ -39,52 +81,173 @@ def _converted(module: nn.Module, layer_norm: bool, residual: bool) -> nn.Module
             bidirectional=module.bidirectional,
         )
         if module.proj_size:
-            options["proj_size"] = module.proj_size
-        with warnings.catch_warnings():
-            # The original already warned about dropout with a single layer.
-            warnings.simplefilter("ignore", UserWarning)
-            new = replacement(
-                module.input_size,
-                module.hidden_size,
-                **options,
-                **factory,
-                layer_norm=layer_norm,
-                residual=residual,
-            )
+            args["proj_size"] = module.proj_size
     else:
-        assert isinstance(module, nn.RNNCellBase)
-        new = replacement(
-            module.input_size, module.hidden_size, module.bias, **factory, layer_norm=layer_norm
+        args = {"bias": module.bias}
+    if cls not in _RECURRENT:
+        args.update(_accepted(cls, options))
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        # The original already warned about dropout with a single layer.
+        warnings.simplefilter("ignore", UserWarning)
+        return cls(module.input_size, module.hidden_size, **args, device="meta", dtype=dtype)
+
+
+def _target_class(module: nn.Module, ours: type[nn.Module]) -> type[nn.Module]:
+    cls = type(module)
+    parametrized = parametrize.is_parametrized(module)
+    origin = cls.__bases__[0] if parametrized else cls
+    if issubclass(origin, ours):
+        return cls  # ours already, a subclass of ours, or converted before
+    target = ours if origin is _torch_class(module) else stable_subclass(origin, ours)
+    return parametrized_class(cls, target) if parametrized else target
+
+
+def _fresh_children(
+    module: nn.Module, blueprint: nn.Module, device: torch.device, trainable: bool
+) -> dict[str, nn.Module]:
+    """The blueprint's submodules (our layer-norm parameters) that `module` lacks, materialised on `device`.
+
+    A submodule `module` already holds with the same type and shapes is kept, with its trained values.
+    """
+    fresh = {}
+    for name, child in blueprint.named_children():
+        old = module._modules.get(name)
+        if old is not None and type(old) is type(child):
+            shapes = {k: v.shape for k, v in old.state_dict().items()}
+            if shapes == {k: v.shape for k, v in child.state_dict().items()}:
+                continue
+        child.to_empty(device=device)
+        rng_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):
+            for sub in child.modules():
+                reset = getattr(sub, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+        child.train(module.training)
+        child.requires_grad_(trainable)
+        fresh[name] = child
+    return fresh
+
+
+def _convert_one(module: nn.Module, options: dict[str, Any]) -> None:
+    torch_cls = _torch_class(module)
+    ours = _OURS[torch_cls]
+    target = _target_class(module, ours)
+    parameters = list(module.parameters())
+    device, dtype = parameters[0].device, parameters[0].dtype
+    blueprint = _blueprint(module, ours, dtype, options)
+    plain = _blueprint(module, torch_cls, dtype, options)
+    attributes = {k: blueprint.__dict__[k] for k in blueprint.__dict__.keys() - plain.__dict__.keys()}
+    # New parameters of a fully frozen module stay frozen, so that a frozen encoder does not start training.
+    trainable = any(p.requires_grad for p in parameters)
+    fresh = _fresh_children(module, blueprint, device, trainable)
+    stale = [
+        name
+        for name in module._modules
+        if isinstance(module, ours) and name.startswith("layer_norm") and name not in blueprint._modules
+    ]
+    # Everything is prepared: only now change the module, so a failure above leaves it untouched.
+    module.__class__ = target
+    module.__dict__.update(attributes)
+    for name in stale:
+        del module._modules[name]
+    for name, child in fresh.items():
+        setattr(module, name, child)
+
+
+def convert_rnn_modules(
+    module: nn.Module,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    **options: Any,
+) -> list[str]:
+    """`convert_rnn`, returning the names of the modules it converted (`""` for `module` itself).
+
+    A module reachable under several names (shared) is converted once, listed under its first name.
+    Takes the same arguments as `convert_rnn`.
+
+    Examples:
+        >>> lstm = nn.LSTM(3, 4)
+        >>> convert_rnn_modules(nn.ModuleDict({"a": lstm, "b": lstm, "c": nn.GRU(3, 4)}), exclude="c")
+        ['a']
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}")
+    included = _patterns("include", include)
+    excluded = _patterns("exclude", exclude) or ()
+    _check_options(options)
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, sub in module.named_modules(remove_duplicate=False):
+        if isinstance(sub, _RECURRENT):
+            names.setdefault(id(sub), []).append(name)
+            modules[id(sub)] = sub
+
+    def matches(key: int, patterns: Iterable[str]) -> bool:
+        return any(fnmatch.fnmatchcase(n, p) for n in names[key] for p in patterns)
+
+    selected = [
+        key for key in modules if (included is None or matches(key, included)) and not matches(key, excluded)
+    ]
+    for pattern in included or ():
+        if not any(fnmatch.fnmatchcase(n, pattern) for all_names in names.values() for n in all_names):
+            warnings.warn(
+                f"convert_rnn: `include` pattern {pattern!r} matches no recurrent module", stacklevel=3
+            )
+    if not modules:
+        warnings.warn(
+            f"convert_rnn: {type(module).__name__} holds no torch.nn.LSTM, GRU, LSTMCell or GRUCell; nothing "
+            "was converted",
+            stacklevel=3,
         )
-    incompatible = new.load_state_dict(module.state_dict(), strict=False)
-    # Missing keys are the fresh layer-norm parameters; unexpected ones can only be layer-norm parameters of
-    # one of ours converted with `layer_norm=False` (dropped on purpose).
-    unmapped = [k for k in incompatible.unexpected_keys if not k.startswith("layer_norm_")]
-    if unmapped:
-        raise RuntimeError(f"convert_rnn could not map the parameters {unmapped} of {module}")
-    new.train(module.training)
-    return new
+    elif not selected:
+        warnings.warn("convert_rnn: `include` / `exclude` left no recurrent module to convert", stacklevel=3)
+    for key in selected:
+        try:
+            _convert_one(modules[key], options)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise type(err)(f"convert_rnn could not convert {names[key][0] or 'the model'!r}: {err}") from err
+    converted = [names[key][0] for key in selected]
+    log.info("convert_rnn converted %d module(s): %s", len(converted), ", ".join(repr(n) for n in converted))
+    return converted
 
 
-def convert_rnn(module: nn.Module, *, layer_norm: bool = False, residual: bool = False) -> nn.Module:
-    """Replace every `torch.nn.LSTM` / `GRU` / `LSTMCell` / `GRUCell` in `module` by ours.
+def convert_rnn(
+    module: nn.Module,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Turn every `torch.nn.LSTM` / `GRU` / `LSTMCell` / `GRUCell` in `module` into ours, in place.
 
-    Each replacement gets the original's hyper-parameters, weights (copied), device, dtype and train/eval
-    mode, plus the requested options (cells only take `layer_norm`). `module` itself is converted if it is
-    one of these classes. Our own modules are rebuilt with the requested options (their layer-norm
-    parameters are kept when the new module has layer norm, dropped otherwise); subclasses of torch's classes are left alone, since their own
-    `forward` may differ. With both options off, the converted model's outputs equal the original's exactly.
+    Each module keeps its identity: its class is swapped (to ours, or for a subclass of torch's class, such as
+    pytorch-forecasting's `LSTM`, to a class built on both, with our machinery beneath the subclass's own
+    methods), and its parameters stay the very same tensors. So a module shared by two parents stays shared,
+    and `requires_grad` flags, hooks, parametrizations, train/eval mode, device, dtype and optimizer
+    references all survive. New layer-norm parameters are created on the module's device and dtype (frozen
+    if all its parameters are) without drawing from any random generator, so conversion with every option
+    off changes neither outputs nor a training run's random stream. Our own modules are reconfigured: their
+    layer-norm parameters are kept when the new options still have them, dropped otherwise. The names of
+    the converted modules are logged at INFO level (`convert_rnn_modules` returns them), and a warning is
+    raised when nothing is converted.
 
     Args:
-        module: any model (changed in place, except when it is itself a recurrent module).
-        layer_norm: turn on layer normalisation (Ba, Kiros & Hinton (2016), "Layer Normalization").
-        residual: turn on residual connections between width-preserving layers.
+        module: any model.
+        include: module names (as in `named_modules`, `""` for `module` itself) or fnmatch patterns; only
+            matching recurrent modules are converted. `None` (default): all.
+        exclude: names or patterns of recurrent modules to leave alone (applied after `include`).
+        **options: our constructors' keyword options, e.g. `layer_norm` (Ba, Kiros & Hinton (2016),
+            "Layer Normalization") and `residual` (cells take only the options they have).
 
     Returns:
-        The converted model (`module` itself unless `module` was replaced).
+        `module`, converted.
 
     Raises:
-        TypeError: if `module` is not an `nn.Module` or an option is not a bool.
+        TypeError: if `module` is not an `nn.Module`, `include` / `exclude` are not strings, an option is
+            unknown, one of torch's constructor arguments or of the wrong type.
+        ValueError: for an option value our constructors reject.
 
     Examples:
         >>> model = nn.Sequential(nn.LSTM(3, 4))
@@ -92,14 +255,5 @@ def convert_rnn(module: nn.Module, *, layer_norm: bool = False, residual: bool =
         >>> type(model[0]).__module__, model[0].layer_norm
         ('rnn_stability.nn.lstm', True)
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}")
-    check_flag("layer_norm", layer_norm)
-    check_flag("residual", residual)
-    if type(module) in _REPLACEMENTS:
-        return _converted(module, layer_norm, residual)
-    for name, child in list(module.named_children()):
-        converted = convert_rnn(child, layer_norm=layer_norm, residual=residual)
-        if converted is not child:
-            setattr(module, name, converted)
+    convert_rnn_modules(module, include=include, exclude=exclude, **options)
     return module

@@ -66,9 +66,14 @@ def test_root_module_is_converted_and_reconverted() -> None:
     assert not back.layer_norm and not hasattr(back, "layer_norm_hh_l0")
 
 
-def test_foreign_subclasses_are_left_alone() -> None:
-    class Custom(nn.LSTM):
-        pass
-
-    model = nn.Sequential(Custom(3, 4))
-    assert type(convert_rnn(model)[0]) is Custom
+def test_conversion_is_in_place_and_keeps_parameter_identity() -> None:
+    model = Model()
+    before = list(model.parameters())
+    lstm = model.rnns[0]
+    assert convert_rnn(model, layer_norm=True) is model
+    assert model.rnns[0] is lstm and isinstance(lstm, LSTM)
+    # The recurrent weights are the same tensors, in the same order (an optimizer built before still
+    # updates them); each module's layer-norm parameters come after its own, as when built with ours.
+    ids = {id(p) for p in before}
+    assert [p for p in model.parameters() if id(p) in ids] == before
+    assert len(list(model.parameters())) > len(before)
