@@ -6,6 +6,7 @@ from rnn_stability.callbacks.flow_plots import plot_flow_heatmap, plot_flow_prof
 from rnn_stability.callbacks.gradient_flow_monitor import GradientFlowMonitor
 from rnn_stability.callbacks.gradient_norm_monitor import GradientNormMonitor
 from rnn_stability.callbacks.rnn_initializer import RNNInitializer
+from rnn_stability.callbacks.stable_rnn import StableRNN
 
 __all__ = [
     "AdaptiveGradientClipping",
@@ -13,6 +14,7 @@ __all__ = [
     "GradientFlowMonitor",
     "GradientNormMonitor",
     "RNNInitializer",
+    "StableRNN",
     "plot_flow_heatmap",
     "plot_flow_profile",
 ]

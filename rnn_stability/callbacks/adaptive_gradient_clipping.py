@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from rnn_stability.callbacks.clip_record import ClipRecord
+from rnn_stability.callbacks.lightning_packages import is_lightning_instance
 from rnn_stability.callbacks.logging_steps import is_logging_step, log_step_metrics, resolve_interval
 from rnn_stability.functional.clipping import (
     PercentileClipper,
@@ -188,9 +189,9 @@ class AdaptiveGradientClipping(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
-        if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
+        if is_lightning_instance(
+            trainer.strategy, "strategies.FSDPStrategy", "strategies.ModelParallelStrategy"
+        ):
             raise MisconfigurationException(
                 f"`AdaptiveGradientClipping` does not support `{type(trainer.strategy).__name__}`: each rank holds"
                 " only a shard of the gradients, so its local norm is not the total norm. Use DDP, or clip with"

@@ -10,11 +10,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from rnn_stability.callbacks.lightning_packages import is_lightning_instance
 from rnn_stability.callbacks.flow_plots import (
     figure_to_array,
     plot_flow_heatmap,
@@ -260,7 +260,9 @@ class GradientFlowMonitor(Callback):
         if not trainer.is_global_zero or not self.history or self._plot_dir is None:
             return
         step = self.history[-1][0]
-        boards = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        boards = [
+            logger for logger in trainer.loggers if is_lightning_instance(logger, "loggers.TensorBoardLogger")
+        ]
         for name in self.history[-1][1]:
             rows = [(s, p[name]) for s, p in self.history if name in p]
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "module"

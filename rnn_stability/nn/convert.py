@@ -18,7 +18,7 @@ from rnn_stability.nn.gru import GRU
 from rnn_stability.nn.lstm import LSTM
 from rnn_stability.nn.subclass import parametrized_class, stable_subclass
 
-__all__ = ["convert_rnn", "convert_rnn_modules"]
+__all__ = ["check_conversion_arguments", "convert_rnn", "convert_rnn_modules"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,22 @@ def _patterns(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] |
             f"`{name}` must be a module name, an fnmatch pattern or a list of them, got {value!r}"
         )
     return items
+
+
+def check_conversion_arguments(
+    include: str | Iterable[str] | None, exclude: str | Iterable[str] | None, options: dict[str, Any]
+) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """Validate `convert_rnn`'s arguments without converting anything; return the patterns as tuples.
+
+    Raises:
+        TypeError: for non-string patterns, an unknown option, one of torch's constructor arguments, or an
+            option of the wrong type.
+        ValueError: for an option value our constructors reject.
+    """
+    included = _patterns("include", include)
+    excluded = _patterns("exclude", exclude) or ()
+    _check_options(options)
+    return included, excluded
 
 
 def _check_options(options: dict[str, Any]) -> None:
@@ -95,7 +111,7 @@ def _blueprint(
 def _target_class(module: nn.Module, ours: type[nn.Module]) -> type[nn.Module]:
     cls = type(module)
     parametrized = parametrize.is_parametrized(module)
-    origin = cls.__bases__[0] if parametrized else cls
+    origin: type[nn.Module] = cls.__bases__[0] if parametrized else cls  # type: ignore[assignment]
     if issubclass(origin, ours):
         return cls  # ours already, a subclass of ours, or converted before
     target = ours if origin is _torch_class(module) else stable_subclass(origin, ours)
@@ -174,9 +190,7 @@ def convert_rnn_modules(
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}")
-    included = _patterns("include", include)
-    excluded = _patterns("exclude", exclude) or ()
-    _check_options(options)
+    included, excluded = check_conversion_arguments(include, exclude, options)
     names: dict[int, list[str]] = {}
     modules: dict[int, nn.Module] = {}
     for name, sub in module.named_modules(remove_duplicate=False):
