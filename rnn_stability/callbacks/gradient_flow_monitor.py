@@ -14,13 +14,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from rnn_stability.callbacks.lightning_packages import is_lightning_instance
 from rnn_stability.callbacks.flow_plots import (
     figure_to_array,
     plot_flow_heatmap,
     plot_flow_profile,
     require_matplotlib,
 )
+from rnn_stability.callbacks.lightning_packages import is_lightning_instance
 from rnn_stability.functional.flow_statistics import FlowStatistics, check_flow_rule, flow_statistics
 from rnn_stability.functional.gradient_flow import GradientFlowRecorder, is_recurrent
 
@@ -260,7 +260,7 @@ class GradientFlowMonitor(Callback):
         if not trainer.is_global_zero or not self.history or self._plot_dir is None:
             return
         step = self.history[-1][0]
-        boards = [
+        boards: list[Any] = [
             logger for logger in trainer.loggers if is_lightning_instance(logger, "loggers.TensorBoardLogger")
         ]
         for name in self.history[-1][1]:

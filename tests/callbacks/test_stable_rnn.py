@@ -98,18 +98,14 @@ def test_pickle_and_lightning_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     twin = pickle.loads(pickle.dumps(StableRNN(layer_norm=True, include="rnn")))
     assert twin.options == {"layer_norm": True, "residual": False} and twin.include == ["rnn"]
     monkeypatch.setattr("sys.argv", ["cli"])
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "trainer:\n"
-        "  logger: false\n"
-        "  callbacks:\n"
-        "    - class_path: rnn_stability.callbacks.StableRNN\n"
-        "      init_args:\n"
-        "        layer_norm: true\n"
-        "        residual: true\n"
-        "        exclude: [head]\n"
+    args = ["--trainer.logger=false", "--trainer.callbacks+=rnn_stability.callbacks.StableRNN"]
+    args += ["--trainer.callbacks.layer_norm=true", "--trainer.callbacks.residual=true"]
+    cli = LightningCLI(
+        TinyRNNRegressor,
+        run=False,
+        args=[*args, "--trainer.callbacks.exclude=[head]"],
+        save_config_callback=None,
     )
-    cli = LightningCLI(TinyRNNRegressor, run=False, args=["--config", str(config)], save_config_callback=None)
     (callback,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, StableRNN)]
     assert callback.options == {"layer_norm": True, "residual": True} and callback.exclude == ["head"]
 
