@@ -27,6 +27,7 @@ from rnn_stability.functional.clipping import (
     nonfinite_parameter_names,
 )
 from rnn_stability.functional.clipping._checks import check_positive, check_positive_int
+from rnn_stability.functional.clipping.nonfinite import ranks_with
 from rnn_stability.functional.grad_norm import total_grad_norm
 
 __all__ = ["AdaptiveGradientClipping"]
@@ -268,7 +269,7 @@ class AdaptiveGradientClipping(Callback):
             raise RuntimeError(
                 f"{consecutive} consecutive optimizer steps (`max_consecutive_nonfinite`="
                 f"{self.max_consecutive_nonfinite}) of optimizer {idx} had non-finite gradients, at global step"
-                f" {trainer.global_step}; parameters with non-finite gradients: {names or 'none found'}."
+                f" {trainer.global_step}; {_culprits(names, ranks_with(~torch.isfinite(pre)), trainer)}."
             )
         discard_grads_(p for group in optimizer.param_groups for p in group["params"])
         yes = torch.ones((), dtype=torch.bool, device=pre.device)
@@ -329,3 +330,14 @@ class AdaptiveGradientClipping(Callback):
             clipper = self._new_clipper()
             clipper.load_state_dict(clipper_state)
             self._clippers[int(idx)] = clipper
+
+
+def _culprits(names: list[str], ranks: list[int], trainer: pl.Trainer) -> str:
+    """Where the non-finite gradients were: this rank's parameters, or the other ranks that held them."""
+    here = f" on rank {trainer.global_rank}" if trainer.world_size > 1 else ""
+    if names:
+        return f"parameters with non-finite gradients{here}: {names}"
+    others = [rank for rank in ranks if rank != trainer.global_rank]
+    if others:
+        return f"none on this rank ({trainer.global_rank}): they came from rank(s) {others}"
+    return f"parameters with non-finite gradients{here}: none found"

@@ -29,3 +29,14 @@ def test_ranks_take_identical_decisions(tmp_path):
     assert rank0["skipped"] == rank1["skipped"] == 1
     assert any(r["clipped"] for r in rank0["records"])
     assert rank0["weights"] == rank1["weights"]
+
+
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
+)
+def test_consecutive_nonfinite_error_names_the_rank_that_held_them(tmp_path):
+    run_two_rank_ddp(Path(__file__).with_name("ddp_nonfinite_script.py"), tmp_path)
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
+    assert "2 consecutive optimizer steps" in rank0 and "2 consecutive optimizer steps" in rank1
+    assert "parameters with non-finite gradients on rank 0: ['head.weight']" in rank0
+    assert "none on this rank (1): they came from rank(s) [0]" in rank1

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["any_across_ranks", "discard_grads_", "nonfinite_parameter_names"]
+__all__ = ["any_across_ranks", "discard_grads_", "nonfinite_parameter_names", "ranks_with"]
 
 
 def any_across_ranks(flag: Tensor) -> Tensor:
@@ -35,6 +35,23 @@ def any_across_ranks(flag: Tensor) -> Tensor:
     as_int = flag.to(torch.int32).reshape(1)
     dist.all_reduce(as_int, op=dist.ReduceOp.MAX)
     return as_int[0].bool()
+
+
+def ranks_with(flag: Tensor) -> list[int]:
+    """The ranks whose 0-d boolean `flag` is true (`all_gather`; every rank must call it); `[0]` or `[]` when
+    not distributed. Meant for error messages: which rank held the non-finite gradients.
+
+    Examples:
+        >>> import torch
+        >>> ranks_with(torch.tensor(True)), ranks_with(torch.tensor(False))
+        ([0], [])
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [0] if bool(flag) else []
+    local = flag.to(torch.int32).reshape(1)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [rank for rank, value in enumerate(torch.cat(gathered).tolist()) if value]
 
 
 def discard_grads_(parameters: Iterable[Tensor]) -> None:
