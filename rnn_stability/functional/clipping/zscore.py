@@ -70,6 +70,11 @@ class ZScoreClipper:
         cap = self._mean + self.z_threshold * self._var.sqrt()
         return torch.where(self._count < self.warmup_steps, math.inf, cap)
 
+    @property
+    def mean(self) -> Tensor:
+        """The EMA (during warm-up: running) mean of the recorded values, a 0-d tensor (no sync)."""
+        return self._mean
+
     def update(self, total_norm: Tensor) -> None:
         """Fold `total_norm` (clipped to the current threshold) into the statistics; non-finite is ignored."""
         self._move_to(total_norm.device)
