@@ -69,6 +69,11 @@ def quiet_trainer(tmp_path: Any = None, **kwargs: Any) -> L.Trainer:
     return L.Trainer(**defaults)
 
 
+def two_rank_ddp_trainer(**kwargs: Any) -> L.Trainer:
+    """The quiet CPU ``strategy="ddp"`` Trainer of one rank started by ``run_two_rank_ddp``."""
+    return quiet_trainer(devices=2, strategy="ddp", **{"log_every_n_steps": 50, **kwargs})
+
+
 def run_two_rank_ddp(script: Any, out_dir: Any, timeout: float = 180.0) -> None:
     """Run ``python SCRIPT OUT_DIR`` as ranks 0 and 1 of a CPU DDP (gloo) job and assert both succeed.
 

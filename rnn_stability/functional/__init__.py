@@ -6,9 +6,9 @@ the `__all__` of the modules below is re-exported here.
 """
 
 from rnn_stability.functional import clipping, grad_norm, init, norm_groups
-from rnn_stability.functional import loss_spikes as _loss_spikes_module
 from rnn_stability.functional import flow_statistics as _flow_statistics_module
 from rnn_stability.functional import gradient_flow as _gradient_flow_module
+from rnn_stability.functional import loss_spikes as _loss_spikes_module
 from rnn_stability.functional.clipping import *  # noqa: F403
 from rnn_stability.functional.flow_statistics import *  # noqa: F403
 from rnn_stability.functional.grad_norm import *  # noqa: F403

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rnn_stability.callbacks import AdaptiveGradientClipping
-from tests.helpers import TinyRNNRegressor, adding_loader
+from tests.helpers import TinyRNNRegressor, adding_loader, two_rank_ddp_trainer
 
 NAN_STEP = 3
 
@@ -62,17 +62,7 @@ def main(out_dir: str) -> None:
     L.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
     clipper = AdaptiveGradientClipping(strategy="zscore", alpha=0.5, warmup_steps=2, z_threshold=0.1)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_steps=6,
-        callbacks=[clipper, Dump(clipper, out_dir)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = two_rank_ddp_trainer(max_steps=6, callbacks=[clipper, Dump(clipper, out_dir)])
     trainer.fit(RankLocalNaN(), adding_loader(num_samples=48, batch_size=4))
 
 

@@ -34,14 +34,19 @@ class SpikyRegressor(TinyRNNRegressor):
         rnn: nn.Module | None = None,
     ) -> None:
         super().__init__(rnn=rnn)
-        self.spikes, self.optimizer_name, self.use_scheduler, self.ranks = spikes or {}, optimizer, scheduler, ranks
+        self.spikes, self.optimizer_name, self.use_scheduler, self.ranks = (
+            spikes or {},
+            optimizer,
+            scheduler,
+            ranks,
+        )
         self.calls = 0
         self.losses: list[float] = []  # the true loss of every call, before any spike factor
 
     def spiked(self, loss: torch.Tensor) -> torch.Tensor:
         factor = self.spikes.get(self.calls)
         self.calls += 1
-        self.losses.append(float(loss))
+        self.losses.append(float(loss.detach()))
         if factor is None or (self.ranks is not None and self.global_rank not in self.ranks):
             return loss
         return loss * factor

@@ -46,7 +46,9 @@ def test_consecutive_skips_raise():
 
 
 def test_rollback_restores_the_snapshot_exactly_and_training_continues():
-    recovery = LossSpikeRecovery(action="rollback", warmup_steps=3, snapshot_every_n_steps=4, cooldown_steps=0)
+    recovery = LossSpikeRecovery(
+        action="rollback", warmup_steps=3, snapshot_every_n_steps=4, cooldown_steps=0
+    )
     # snapshots after steps 4 and 8; a spike at step 9, a good step 10 that updates the optimizer state in
     # place, a spike at step 11 that must find the snapshot untouched by it
     trainer, probe = _fit(SpikyRegressor(spikes={9: SPIKE, 11: SPIKE}, scheduler=True), recovery, 16)
