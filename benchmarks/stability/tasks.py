@@ -128,7 +128,11 @@ def _copy(task: Task, cell: str, impl: str, ln: bool, lr: float, seed: int) -> B
 def _digits(permuted: bool) -> Callable[..., Built]:
     def build(task: Task, cell: str, impl: str, ln: bool, lr: float, seed: int) -> Built:
         model = SequenceClassifier(
-            cell=cell, hidden_size=task.hidden_size, implementation=impl, layer_norm=ln, lr=lr  # type: ignore[arg-type]
+            cell=cell,
+            hidden_size=task.hidden_size,
+            implementation=impl,  # type: ignore[arg-type]
+            layer_norm=ln,
+            lr=lr,
         )
         data = DigitsDataModule(permuted=permuted, batch_size=task.batch_size, seed=seed)
         x, y = data.val_set.tensors
