@@ -60,7 +60,10 @@ class AdaptiveGradientClipping(Callback):
     `RuntimeError` names the parameters holding non-finite gradients. Deciding to skip needs the one host
     synchronisation of the step (reading a flag; under DDP the flag is first all-reduced with `MAX`, so
     every rank takes the same decision). Lightning still counts a skipped step in `global_step` and steps
-    the LR schedulers. With `skip_nonfinite=False` the callback never synchronises outside logging steps.
+    the LR schedulers. The skip works with `Trainer(gradient_clip_val=...)` by norm or by value, with gradient
+    accumulation and with manual optimization: Lightning's clipping of a skipped step, which has no gradient
+    left, is made a no-op (torch's `clip_grad_value_` would raise on the empty list). With
+    `skip_nonfinite=False` the callback never synchronises outside logging steps.
 
     **fp16 AMP**: with a `GradScaler` (`precision="16-mixed"`) Inf gradients are expected while the loss
     scale calibrates and the scaler itself skips `optimizer.step()`; the guard then stays out of the way
@@ -172,6 +175,7 @@ class AdaptiveGradientClipping(Callback):
         )  # (num_steps, clipped count) at the previous logged clipped_fraction
         self._names: dict[int, str] = {}
         self._warned_gradient_clip_val = False
+        self._wrapped_plugin: Any = None
 
     @property
     def num_clipped_steps(self) -> int:
@@ -272,10 +276,34 @@ class AdaptiveGradientClipping(Callback):
                 f" {trainer.global_step}; {_culprits(names, ranks_with(~torch.isfinite(pre)), trainer)}."
             )
         discard_grads_(p for group in optimizer.param_groups for p in group["params"])
+        self._let_lightning_clip_nothing(trainer)
         yes = torch.ones((), dtype=torch.bool, device=pre.device)
         self._record(
             trainer, pl_module, idx, pre, torch.zeros_like(pre), torch.full_like(pre, torch.nan), ~yes, yes
         )
+
+    def _let_lightning_clip_nothing(self, trainer: pl.Trainer) -> None:
+        # After a skip every gradient is None, and `Trainer(gradient_clip_algorithm="value")` (or a
+        # `configure_gradient_clipping` that clips by value) would end the run: torch's `clip_grad_value_`
+        # raises on an empty list of gradients. Clipping no gradient is a no-op, so the precision plugin's
+        # `clip_gradients` is wrapped (once, on the first skip; undone at teardown) to return early then.
+        plugin = trainer.precision_plugin
+        if "clip_gradients" in vars(plugin):
+            return
+        original = plugin.clip_gradients
+
+        def clip_gradients(optimizer: Optimizer, *args: Any, **kwargs: Any) -> None:
+            if any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
+                original(optimizer, *args, **kwargs)
+
+        setattr(plugin, "clip_gradients", clip_gradients)  # noqa: B010 - an instance attribute, on purpose
+        self._wrapped_plugin = plugin
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        plugin, self._wrapped_plugin = self._wrapped_plugin, None
+        if plugin is not None and "clip_gradients" in vars(plugin):
+            delattr(plugin, "clip_gradients")
 
     def _record(
         self,
