@@ -41,6 +41,9 @@ class GradientFlowMonitor(Callback):
     accumulation the squared norms of all micro-batches of the step are summed, so the profile is the norm of
     the gradient the optimizer sees (including Lightning's division of the loss by
     `accumulate_grad_batches`). With 16-bit AMP the loss scale is divided out; norms are always float32.
+    A step the fp16 `GradScaler` skipped (it found Inf/NaN gradients, as it does while the loss scale
+    calibrates) is not recorded, logged nor kept in `history`: it is counted in
+    `num_skipped_measurements` and the next optimizer step is measured instead.
     On the other steps the callback registers nothing and does no work beyond one integer comparison.
 
     From the input profile of each module it computes `rnn_stability.functional.flow_statistics`
@@ -80,6 +83,7 @@ class GradientFlowMonitor(Callback):
         latest_profiles: `{module: {"input": (T,), "output": (T,)}}` of the latest measurement (the
             output profile is ‖∂L/∂y_t‖ for the module's output sequence, absent if the loss does not use it).
         num_measurements: measurements taken so far.
+        num_skipped_measurements: measurements dropped because the fp16 `GradScaler` skipped their step.
 
     Raises:
         ValueError: if an argument is out of range.
@@ -124,6 +128,9 @@ class GradientFlowMonitor(Callback):
         self.latest_statistics: dict[str, FlowStatistics] = {}
         self.latest_profiles: dict[str, dict[str, Tensor]] = {}
         self.num_measurements = 0
+        self.num_skipped_measurements = 0
+        self._remeasure = False
+        self._scale_before_step: float | None = None
         self._recorder: GradientFlowRecorder | None = None
         self._pending_step: int | None = None
         self._plot_dir: str | None = None
@@ -182,7 +189,7 @@ class GradientFlowMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         recorder = self._recorder
-        if recorder is None or trainer.global_step % self.every_n_steps:
+        if recorder is None or (trainer.global_step % self.every_n_steps and not self._remeasure):
             return
         if self._pending_step != trainer.global_step:
             recorder.reset()
@@ -200,6 +207,7 @@ class GradientFlowMonitor(Callback):
         if scaler is not None and scaler.is_enabled():
             # the hooks see gradients of the scaled loss; one host sync, on measuring steps only
             recorder.scale = float(scaler.get_scale())
+            self._scale_before_step = recorder.scale
 
     @override
     def on_train_batch_end(
@@ -212,12 +220,27 @@ class GradientFlowMonitor(Callback):
         if self._pending_step is None or trainer.global_step == self._pending_step:
             return  # the accumulation window of this optimizer step is still open
         step, self._pending_step = self._pending_step, None
+        scale_before, self._scale_before_step = self._scale_before_step, None
+        if scale_before is not None and self._scaler_skipped(trainer, scale_before):
+            # the GradScaler found Inf/NaN and skipped this optimizer step (loss-scale calibration): its
+            # profile describes no update, so it is dropped and the next step is measured instead
+            recorder.reset()
+            self.num_skipped_measurements += 1
+            self._remeasure = True
+            return
+        self._remeasure = False
         profiles = {
             name: {kind: p.detach().cpu() for kind, p in kinds.items()}
             for name, kinds in recorder.profiles().items()
         }
         recorder.reset()
         self._record(trainer, step, profiles)
+
+    @staticmethod
+    def _scaler_skipped(trainer: pl.Trainer, scale_before: float) -> bool:
+        # `GradScaler.update` multiplies the scale by `backoff_factor` (< 1) exactly when it skipped the step
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        return scaler is not None and scaler.is_enabled() and float(scaler.get_scale()) < scale_before
 
     def _record(self, trainer: pl.Trainer, step: int, profiles: dict[str, dict[str, Tensor]]) -> None:
         inputs = {name: kinds["input"] for name, kinds in profiles.items() if "input" in kinds}
@@ -308,6 +331,7 @@ class GradientFlowMonitor(Callback):
             self._recorder.detach()
             self._recorder.reset()
         self._pending_step = None
+        self._scale_before_step = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -317,6 +341,7 @@ class GradientFlowMonitor(Callback):
             ],
             "latest_statistics": {name: asdict(stats) for name, stats in self.latest_statistics.items()},
             "num_measurements": self.num_measurements,
+            "num_skipped_measurements": self.num_skipped_measurements,
         }
 
     @override
@@ -332,3 +357,4 @@ class GradientFlowMonitor(Callback):
             name: FlowStatistics(**fields) for name, fields in state_dict.get("latest_statistics", {}).items()
         }
         self.num_measurements = int(state_dict.get("num_measurements", 0))
+        self.num_skipped_measurements = int(state_dict.get("num_skipped_measurements", 0))
