@@ -81,8 +81,12 @@ def test_skip_under_manual_optimization_with_clip_gradients(algorithm: str) -> N
 
 def test_lightning_clipping_is_restored_after_fit() -> None:
     model = _NaNAt({0})
-    trainer = quiet_trainer(max_steps=2, callbacks=[AdaptiveGradientClipping()], gradient_clip_val=0.5,
-                            gradient_clip_algorithm="value")
+    trainer = quiet_trainer(
+        max_steps=2,
+        callbacks=[AdaptiveGradientClipping()],
+        gradient_clip_val=0.5,
+        gradient_clip_algorithm="value",
+    )
     with pytest.warns(UserWarning, match="Lightning clips again"):
         trainer.fit(model, adding_loader())
     assert "clip_gradients" not in vars(trainer.precision_plugin)

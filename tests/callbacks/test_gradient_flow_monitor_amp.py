@@ -32,7 +32,9 @@ def _fit(bad_steps: set[int], every_n_steps: int, max_steps: int, **kwargs: Any)
     logger = RecordingLogger()
     # Lightning turns precision="16-mixed" into bf16 on CPU; an explicit plugin gives a real GradScaler
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**4))
-    trainer = quiet_trainer(max_steps=max_steps, callbacks=[monitor], plugins=[plugin], logger=logger, **kwargs)
+    trainer = quiet_trainer(
+        max_steps=max_steps, callbacks=[monitor], plugins=[plugin], logger=logger, **kwargs
+    )
     trainer.fit(_InfLossAt(bad_steps), adding_loader())
     return trainer, monitor, logger
 
