@@ -20,10 +20,9 @@ import torch
 
 from rnn_stability.nn import LSTM, native, native_build
 
-mode, library, log = sys.argv[1:4]
-
 
 def fake_compile(build_directory: Path) -> Path:
+    mode, library, log = sys.argv[1:4]
     with open(log, "a") as file:
         file.write(f"{os.getpid()}\n")
     if mode == "hang":
@@ -35,12 +34,17 @@ def fake_compile(build_directory: Path) -> Path:
     return target
 
 
-native_build._compile = fake_compile  # type: ignore[assignment]
-torch.manual_seed(0)
-module = LSTM(3, 5, num_layers=2, layer_norm=True, dtype=torch.float64)
-x = torch.randn(4, 2, 3, dtype=torch.float64)
-out = module(x)[0]
-used = native._state["ops"] is not None
-os.environ["RNN_STABILITY_NATIVE"] = "0"
-expected = module(x)[0]
-print(json.dumps({"native": used, "diff": float((out - expected).abs().max())}))
+def main() -> None:
+    native_build._compile = fake_compile  # type: ignore[assignment]
+    torch.manual_seed(0)
+    module = LSTM(3, 5, num_layers=2, layer_norm=True, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    out = module(x)[0]
+    used = native._state["ops"] is not None
+    os.environ["RNN_STABILITY_NATIVE"] = "0"
+    expected = module(x)[0]
+    print(json.dumps({"native": used, "diff": float((out - expected).abs().max())}))
+
+
+if __name__ == "__main__":
+    main()
