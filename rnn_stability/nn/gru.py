@@ -48,11 +48,18 @@ class GRU(StackedRNNMixin, nn.GRU):
     first too when `input_size` matches (see `residual_layers`).
 
     Args:
-        *args: torch's positional arguments (``input_size, hidden_size, num_layers, bias, batch_first,
-            dropout, bidirectional``).
+        input_size: number of features of the input `x`.
+        hidden_size: number of features of the hidden state `h`.
+        num_layers: number of stacked GRU layers.
+        bias: use the biases `b_ih` and `b_hh`.
+        batch_first: input and output are `(batch, seq, feature)` instead of `(seq, batch, feature)`.
+        dropout: dropout probability on the outputs of each layer except the last.
+        bidirectional: run a second, reversed direction per layer and concatenate the outputs.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
         layer_norm: normalise the gate pre-activations as above.
         residual: add each width-preserving layer's input to its output.
-        **kwargs: torch's keyword arguments, including `device` and `dtype`.
+        **kwargs: passed to torch, which rejects `proj_size` (LSTM only) with a `ValueError`.
 
     Raises:
         TypeError: if `layer_norm` or `residual` is not a bool, or for torch's own type checks.
@@ -71,6 +78,39 @@ class GRU(StackedRNNMixin, nn.GRU):
     num_gates = 3
     _layer_norm_function = GRULayerNormFunction
     _layer_norm_sequence = staticmethod(gru_layer_norm_sequence)
+
+    # torch's `GRU.__init__(*args, **kwargs)` with its documented arguments spelled out, so that readers and
+    # type checkers see them; `**kwargs` still reaches torch, which rejects `proj_size` with its own error.
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        layer_norm: bool = False,
+        residual: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+            layer_norm=layer_norm,
+            residual=residual,
+            **kwargs,
+        )
 
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
         if is_batched:

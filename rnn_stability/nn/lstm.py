@@ -58,11 +58,18 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     matches (see `residual_layers`). Without `layer_norm` each layer still runs torch's kernel.
 
     Args:
-        *args: torch's positional arguments (``input_size, hidden_size, num_layers, bias, batch_first,
-            dropout, bidirectional, proj_size``).
+        input_size: number of features of the input `x`.
+        hidden_size: number of features of the hidden state `h`.
+        num_layers: number of stacked LSTM layers.
+        bias: use the biases `b_ih` and `b_hh` (and the cell-norm shift $\beta_c$ with `layer_norm`).
+        batch_first: input and output are `(batch, seq, feature)` instead of `(seq, batch, feature)`.
+        dropout: dropout probability on the outputs of each layer except the last.
+        bidirectional: run a second, reversed direction per layer and concatenate the outputs.
+        proj_size: if > 0, project `h` to this size (LSTM with projections).
+        device: device of the parameters.
+        dtype: dtype of the parameters.
         layer_norm: normalise gate pre-activations and the cell read-out as above.
         residual: add each width-preserving layer's input to its output.
-        **kwargs: torch's keyword arguments, including `device` and `dtype`.
 
     Raises:
         TypeError: if `layer_norm` or `residual` is not a bool, or for torch's own type checks.
@@ -83,6 +90,39 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     num_gates = 4
     _layer_norm_function = LSTMLayerNormFunction
     _layer_norm_sequence = staticmethod(lstm_layer_norm_sequence)
+
+    # torch's `LSTM.__init__(*args, **kwargs)` forwards to `RNNBase` with exactly these arguments; spelled
+    # out so that readers and type checkers see them. torch does all the checking.
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        layer_norm: bool = False,
+        residual: bool = False,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device=device,
+            dtype=dtype,
+            layer_norm=layer_norm,
+            residual=residual,
+        )
 
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
         h, c = hx
