@@ -50,7 +50,9 @@ def on_page_content(content: str, page: Any, config: Any, files: Any) -> str:
         try:
             mathml = to_mathml(tex, display=match.group("open") == "[")
         except Exception as error:  # latex2mathml raises several types; the build must name the formula
-            raise ValueError(f"{page.file.src_uri}: cannot convert the formula {tex!r} to MathML: {error}") from error
+            raise ValueError(
+                f"{page.file.src_uri}: cannot convert the formula {tex!r} to MathML: {error}"
+            ) from error
         if match.group("tag") == "div":
             return f'<div class="arithmatex">{mathml}</div>'
         return f'<span class="arithmatex">{mathml}</span>'

@@ -8,12 +8,12 @@ from pathlib import Path
 
 __all__ = ["CELLS", "SOLVED_MSE", "MEAN_BASELINE_MSE", "DemoConfig"]
 
-#: Recurrent cells the demo can train.
 CELLS = ("lstm", "gru")
-#: The adding problem counts as solved below this mean squared error.
+"""Recurrent cells the demo can train."""
 SOLVED_MSE = 0.01
-#: MSE of always predicting the mean target (1.0): the variance of a sum of two U[0, 1] values.
+"""The adding problem counts as solved below this mean squared error."""
 MEAN_BASELINE_MSE = 1.0 / 6.0
+"""MSE of always predicting the mean target (1.0): the variance of a sum of two U[0, 1] values."""
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int) -> None:

@@ -18,8 +18,8 @@ from torch import Tensor
 
 __all__ = ["VERDICT_CODES", "FlowStatistics", "check_flow_rule", "flow_statistics"]
 
-#: Numeric code of each verdict, for logging as a scalar.
 VERDICT_CODES: dict[str, int] = {"vanishing": -1, "healthy": 0, "exploding": 1}
+"""Numeric code of each verdict, for logging as a scalar."""
 
 
 @dataclass(frozen=True)

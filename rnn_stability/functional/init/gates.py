@@ -33,13 +33,13 @@ __all__ = [
     "sample_into_",
 ]
 
-#: Gate order along dim 0 of the fused weights and biases, per module kind (`RNNBase.mode` spelling).
 GATE_NAMES: dict[str, tuple[str, ...]] = {
     "LSTM": ("input", "forget", "cell", "output"),
     "GRU": ("reset", "update", "new"),
     "RNN_TANH": ("hidden",),
     "RNN_RELU": ("hidden",),
 }
+"""Gate order along dim 0 of the fused weights and biases, per module kind (`RNNBase.mode` spelling)."""
 
 _KIND_LABELS = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN (tanh)", "RNN_RELU": "RNN (relu)"}
 

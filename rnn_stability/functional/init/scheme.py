@@ -24,8 +24,8 @@ from rnn_stability.functional.init.xavier import xavier_uniform_
 
 __all__ = ["SCHEMES", "check_scheme", "check_scheme_options", "init_rnn_"]
 
-#: Names accepted by `init_rnn_` (and by `rnn_stability.callbacks.RNNInitializer`).
 SCHEMES: tuple[str, ...] = ("orthogonal", "chrono", "irnn", "xavier")
+"""Names accepted by `init_rnn_` (and by `rnn_stability.callbacks.RNNInitializer`)."""
 
 
 def check_scheme_options(
