@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from rnn_stability import __version__
+
 __all__ = ["build_parser", "main"]
 
 _DEFAULTS_NOTE = (
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnn-stability", description="Stable recurrent networks for Lightning."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,  # no "(default: None)" in --help; absent means "choose"
         help="parallel runs, one process per set-up (default: 2 if two cores are free, else 1)",
     )
+    # checks made after parsing report through the demo's parser, so that they print the demo's usage
+    demo.set_defaults(command_parser=demo)
     build = commands.add_parser(
         "build-native",
         help="build the C++ LSTM loop of LSTM(layer_norm=True) now, not at the first forward",
@@ -129,10 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: the arguments (default: `sys.argv[1:]`).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "build-native":
         return build_native(force=args.force)
+    parser: argparse.ArgumentParser = args.command_parser
 
     from rnn_stability.demo import DemoConfig
 

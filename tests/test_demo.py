@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import rnn_stability
 from rnn_stability.__main__ import main
 from rnn_stability.demo import MEAN_BASELINE_MSE, DemoConfig
 from rnn_stability.demo.report import comparison_markdown
@@ -99,7 +100,16 @@ def test_output_dir_that_is_a_file_is_rejected_before_training(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--output-dir", str(a_file)])
     assert exit_info.value.code == 2
-    assert "`output_dir` must be a folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "`output_dir` must be a folder" in err
+    assert err.startswith("usage: rnn-stability demo [-h]")  # the demo's usage, not the top-level one
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rnn-stability {rnn_stability.__version__}"
 
 
 def test_output_dir_that_cannot_be_created_is_rejected(tmp_path, capsys):
