@@ -1,13 +1,14 @@
-"""Character-level language model on a small public-domain text, with ``convert_rnn`` on an existing model.
+"""Character-level language model on a small public-domain text, with `convert_rnn` on an existing model.
 
-``CharLSTM`` stands for a model you already have, written with plain ``torch.nn.LSTM``. One call,
-``rnn_stability.nn.convert_rnn(model, layer_norm=True, residual=True)``, swaps its LSTM for ours (weights
+`CharLSTM` stands for a model you already have, written with plain `torch.nn.LSTM`. One call,
+`rnn_stability.nn.convert_rnn(model, layer_norm=True, residual=True)`, swaps its LSTM for ours (weights
 copied) so it trains with layer normalisation and residual connections; nothing else changes. Perplexity
-is measured with torchmetrics.
+is measured with torchmetrics. After `fit`, the script prints the prompt (`--prompt`) and, separately,
+the characters the model samples after it.
 
-Run from the repository root::
+Run from the repository root (after `make test` or `make demo`):
 
-    python examples/char_lm/train.py fit --config examples/char_lm/config.yaml
+    .venv/bin/python examples/char_lm/train.py fit --config examples/char_lm/config.yaml
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class CharDataModule(L.LightningDataModule):
         return TensorDataset(chunks[:, :-1], chunks[:, 1:])
 
     def encode(self, text: str) -> Tensor:
-        """Character ids of ``text`` (characters not in the corpus are dropped)."""
+        """Character ids of `text` (characters not in the corpus are dropped)."""
         return torch.tensor(
             [self.alphabet.index(ch) for ch in text if ch in self.alphabet], dtype=torch.int64
         )
@@ -146,7 +147,7 @@ class CharLanguageModel(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, prompt: Tensor, length: int, temperature: float = 0.8) -> Tensor:
-        """``length`` character ids drawn after ``prompt`` (1-d ids), one at a time."""
+        """`length` character ids drawn after `prompt` (1-d ids), one at a time."""
         logits, state = self.model(prompt.unsqueeze(0).to(self.device))
         out = []
         for _ in range(length):
@@ -159,20 +160,35 @@ class CharLanguageModel(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
+DEFAULT_PROMPT = "Shall I compare thee"
+
+
 class _CharCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.add_argument(
+            "--prompt",
+            type=str,
+            default=DEFAULT_PROMPT,
+            help="text the sample printed after fit continues (the default opens sonnet 18, which is in "
+            "the training text); characters not in the corpus are dropped",
+        )
 
 
 def main(args: ArgsType = None, sample_length: int = 200) -> LightningCLI:
-    """Runs the LightningCLI, then prints a sample after ``fit``; ``args`` replaces the command line."""
+    """Runs the LightningCLI, then prints the prompt and a sample after `fit`; `args` replaces the command line."""
     cli = _CharCLI(CharLanguageModel, CharDataModule, args=args, save_config_kwargs={"overwrite": True})
     if cli.subcommand == "fit" and sample_length > 0:
         data: CharDataModule = cli.datamodule  # type: ignore[assignment]
         model: CharLanguageModel = cli.model  # type: ignore[assignment]
         model.eval()
-        ids = model.sample(data.encode("Shall I compare thee"), sample_length)
-        print("Shall I compare thee" + data.decode(ids))
+        prompt = data.decode(data.encode(cli.config["fit"]["prompt"]))
+        if not prompt:
+            raise SystemExit("--prompt: none of its characters occur in the corpus")
+        ids = model.sample(data.encode(prompt), sample_length)
+        print(f"prompt: {prompt!r}")
+        print(f"sampled continuation ({sample_length} characters, temperature 0.8):")
+        print(data.decode(ids))
     return cli
 
 

@@ -1,13 +1,14 @@
 """Copy (memory) task (Arjovsky, Shah & Bengio 2016) with LightningCLI: vanilla vs stable configs.
 
-The network reads ``copy_len`` symbols, waits ``delay`` steps, sees a delimiter and must then write the
+The network reads `copy_len` symbols, waits `delay` steps, sees a delimiter and must then write the
 symbols back. Outputting blanks and then guessing uniformly gives the memoryless baseline cross-entropy
-``copy_len * ln(num_symbols) / (delay + 2 * copy_len)``; a model that remembers goes well below it.
+`copy_len * ln(num_symbols) / (delay + 2 * copy_len)`; a model that remembers goes well below it.
+`num_symbols` and `copy_len` are set once, on the data (`--data.*`), and passed on to the model.
 
-Run from the repository root::
+Run from the repository root (after `make test` or `make demo`):
 
-    python examples/copy_task/train.py fit --config examples/copy_task/vanilla.yaml
-    python examples/copy_task/train.py fit --config examples/copy_task/stable.yaml
+    .venv/bin/python examples/copy_task/train.py fit --config examples/copy_task/vanilla.yaml
+    .venv/bin/python examples/copy_task/train.py fit --config examples/copy_task/stable.yaml
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from rnn_stability.data import copy_task
 from rnn_stability.demo.models import Implementation, build_rnn
 
-__all__ = ["CopyTaskStream", "CopyTaskDataModule", "CopyTaskModel", "main"]
+__all__ = ["CopyTaskCLI", "CopyTaskStream", "CopyTaskDataModule", "CopyTaskModel", "main"]
 
 
 class CopyTaskStream(IterableDataset):
@@ -57,12 +58,12 @@ class CopyTaskDataModule(L.LightningDataModule):
     """Training stream and fixed validation set of the copy task.
 
     Args:
-        delay: steps between the last symbol and the delimiter (``T`` in Arjovsky et al.).
+        delay: steps between the last symbol and the delimiter (`T` in Arjovsky et al.).
         batch_size: sequences per batch.
         num_symbols: alphabet size of the symbols to copy.
         copy_len: number of symbols to remember.
         num_val_samples: size of the validation set.
-        seed: seed of the training stream (validation uses ``seed + 1``).
+        seed: seed of the training stream (validation uses `seed + 1`).
     """
 
     def __init__(
@@ -95,18 +96,17 @@ class CopyTaskDataModule(L.LightningDataModule):
 class CopyTaskModel(L.LightningModule):
     """One-hot input, a recurrent layer and a per-step linear classifier, trained with cross-entropy.
 
-    Logs ``train_ce``, ``val_ce``, ``val_recall_acc`` (accuracy on the symbols to recall) and
-    ``baseline_ce`` (the memoryless baseline).
+    Logs `train_ce`, `val_ce`, `val_recall_acc` (accuracy on the symbols to recall) and
+    `baseline_ce` (the memoryless baseline of the sequences validated on, whatever their delay).
 
     Args:
-        cell: ``"lstm"`` or ``"gru"``.
+        cell: `"lstm"` or `"gru"`.
         hidden_size: hidden width.
         num_layers: stacked layers.
-        implementation: ``"torch"`` or ``"rnn_stability"``.
-        layer_norm: layer-normalised recurrence (``implementation="rnn_stability"`` only).
-        num_symbols: alphabet size (must match the data module).
-        copy_len: symbols to remember (must match the data module).
-        delay: delay of the data (only used for the baseline).
+        implementation: `"torch"` or `"rnn_stability"`.
+        layer_norm: layer-normalised recurrence (`implementation="rnn_stability"` only).
+        num_symbols: alphabet size (linked to `data.num_symbols` on the command line).
+        copy_len: symbols to remember (linked to `data.copy_len` on the command line).
         lr: Adam learning rate.
     """
 
@@ -119,7 +119,6 @@ class CopyTaskModel(L.LightningModule):
         layer_norm: bool = False,
         num_symbols: int = 8,
         copy_len: int = 10,
-        delay: int = 100,
         lr: float = 1e-3,
     ) -> None:
         super().__init__()
@@ -135,8 +134,12 @@ class CopyTaskModel(L.LightningModule):
         )
         self.head = nn.Linear(hidden_size, num_symbols + 1)
         self.copy_len = copy_len
-        self.baseline = copy_len * math.log(num_symbols) / (delay + 2 * copy_len)
+        self.num_symbols = num_symbols
         self.lr = lr
+
+    def baseline_ce(self, seq_len: int) -> float:
+        """Memoryless cross-entropy on sequences of `seq_len = delay + 2 * copy_len` steps."""
+        return self.copy_len * math.log(self.num_symbols) / seq_len
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = nn.functional.one_hot(tokens, self.num_inputs).float()
@@ -158,15 +161,23 @@ class CopyTaskModel(L.LightningModule):
         recall = logits[:, -self.copy_len :].argmax(-1) == targets[:, -self.copy_len :]
         self.log("val_ce", loss, prog_bar=True)
         self.log("val_recall_acc", recall.float().mean())
-        self.log("baseline_ce", self.baseline)
+        self.log("baseline_ce", self.baseline_ce(targets.size(1)))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
+class CopyTaskCLI(LightningCLI):
+    """LightningCLI whose model takes the alphabet size and copy length from the data."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.num_symbols", "model.num_symbols")
+        parser.link_arguments("data.copy_len", "model.copy_len")
+
+
 def main(args: ArgsType = None) -> LightningCLI:
-    """Runs the LightningCLI; ``args`` replaces the command line (used by the smoke tests)."""
-    return LightningCLI(CopyTaskModel, CopyTaskDataModule, args=args, save_config_kwargs={"overwrite": True})
+    """Runs the LightningCLI; `args` replaces the command line (used by the smoke tests)."""
+    return CopyTaskCLI(CopyTaskModel, CopyTaskDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":

@@ -2,22 +2,22 @@
 
 Trains an LSTM on the adding problem with
 
-* :func:`rnn_stability.functional.init_rnn_` — chrono initialisation (Tallec & Ollivier 2018),
-* :class:`rnn_stability.functional.PercentileClipper` + :func:`~rnn_stability.functional.clip_grads_with_norm_`
-  — AutoClip (Seetharaman et al. 2020), sync-free,
-* :func:`rnn_stability.functional.gradient_flow` + :func:`~rnn_stability.functional.flow_statistics` — how far
-  back in time the gradient reaches.
+* `rnn_stability.functional.init_rnn_` — chrono initialisation (Tallec & Ollivier 2018),
+* `rnn_stability.functional.PercentileClipper` + `clip_grads_with_norm_` — AutoClip (Seetharaman et al.
+  2020), sync-free,
+* `rnn_stability.functional.gradient_flow` + `flow_statistics` — how far back in time the gradient reaches.
 
-Run from the repository root::
+Run from the repository root (after `make test` or `make demo`):
 
-    python examples/plain_pytorch/train.py --steps 600
+    .venv/bin/python examples/plain_pytorch/train.py --steps 600
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,16 +50,38 @@ class Regressor(nn.Module):
         return self.head(out[:, -1])
 
 
+def _at_least(flag: str, kind: type, low: float) -> Callable[[str], Any]:
+    """argparse type: a `kind` number >= `low` (> 0 for floats), with a message naming `flag`."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a {kind.__name__}, got {text!r}") from None
+        if value < low or (kind is float and value <= low):
+            bound = f"> {low}" if kind is float else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{flag} must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Trains and prints progress; returns the final training MSE, memory length and clipped-step count."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    options = (
+        ("--seq-len", int, 100, 2, "sequence length T of the adding problem"),
+        ("--hidden-size", int, 64, 1, "hidden width of the LSTM"),
+        ("--batch-size", int, 50, 1, "sequences per step"),
+        ("--steps", int, 600, 1, "optimizer steps"),
+        ("--lr", float, 3e-3, 0, "Adam learning rate (> 0)"),
+        ("--log-every", int, 50, 1, "print a line, with a gradient-flow measurement, every this many steps"),
+        ("--seed", int, 0, 0, "seed of data, initialisation and model"),
+    )
+    for flag, kind, default, low, help_text in options:
+        parser.add_argument(flag, type=_at_least(flag, kind, low), default=default, help=help_text)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)

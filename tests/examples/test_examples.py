@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 
 from tests.examples.conftest import EXAMPLES
 
@@ -43,15 +44,15 @@ def test_copy_task(config, load_example, quiet_cli_args):
             "--data.copy_len=3",
             "--data.num_val_samples=8",
             "--data.batch_size=8",
-            "--model.delay=5",
-            "--model.copy_len=3",
             "--model.hidden_size=8",
             *quiet_cli_args,
         ]
     )
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 3
+    # the baseline of the data's delay (5), with no --model.* repeating the data's settings
     assert float(metrics["baseline_ce"]) == pytest.approx(3 * math.log(8) / 11)
+    assert cli.model.copy_len == 3 and cli.model.num_symbols == 8
     assert 0 <= float(metrics["val_recall_acc"]) <= 1
 
 
@@ -91,6 +92,7 @@ def test_char_lm_converts_the_existing_model(load_example, quiet_cli_args, capsy
             "--trainer.limit_val_batches=1",
             "--model.hidden_size=16",
             "--model.embedding_dim=8",
+            "--prompt=Four score",
             *quiet_cli_args,
         ],
         sample_length=10,
@@ -98,7 +100,10 @@ def test_char_lm_converts_the_existing_model(load_example, quiet_cli_args, capsy
     assert isinstance(cli.model.model.lstm, LSTM) and cli.model.model.lstm.layer_norm
     perplexity = float(cli.trainer.callback_metrics["val_perplexity"])
     assert 1 < perplexity < 2 * cli.datamodule.vocab_size  # near-uniform after two steps
-    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("Shall I compare thee")
+    # the prompt and the sample each under its own label, the sample last (it may hold line breaks)
+    out = capsys.readouterr().out
+    label = "prompt: 'Four score'\nsampled continuation (10 characters, temperature 0.8):\n"
+    assert label in out and len(out.split(label)[1]) == 10 + 1  # print's own newline
     assert module.CORPUS.stat().st_size < 100_000
 
 
@@ -109,3 +114,23 @@ def test_plain_pytorch(load_example):
     assert math.isfinite(result["mse"])
     assert 1 <= result["memory_length"] <= 10
     assert 0 <= result["clipped_steps"] <= 4
+
+
+def test_plain_pytorch_help_and_errors(load_example, capsys):
+    main = load_example("plain_pytorch").main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "optimizer steps (default: 600)" in help_text and "sequences per step (default: 50)" in help_text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config", sorted(EXAMPLES.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
+def test_configs_bound_the_epochs(config):
+    """Lightning's bar reads `Epoch 0/-2` when `max_epochs` is left at -1 (the `max_steps`-only case)."""
+    trainer = yaml.safe_load(config.read_text())["trainer"]
+    assert isinstance(trainer.get("max_epochs"), int) and trainer["max_epochs"] >= 1
