@@ -113,7 +113,7 @@ def _adding(task: Task, cell: str, impl: str, ln: bool, lr: float, seed: int) ->
 def _copy(task: Task, cell: str, impl: str, ln: bool, lr: float, seed: int) -> Built:
     example = load_example("copy_task")
     model = example.CopyTaskModel(
-        cell=cell, hidden_size=task.hidden_size, implementation=impl, layer_norm=ln, delay=100, lr=lr
+        cell=cell, hidden_size=task.hidden_size, implementation=impl, layer_norm=ln, lr=lr
     )
     data = example.CopyTaskDataModule(delay=100, batch_size=task.batch_size, num_val_samples=256, seed=seed)
     tokens, targets = data.val_set.tensors
