@@ -47,8 +47,10 @@ class AdaptiveGradientClipping(Callback):
     - `"percentile"`: AutoClip (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
       Separation Networks"), norm clipped to the `percentile`-th percentile of the last `window_size`
       total norms (`rnn_stability.functional.PercentileClipper`).
-    - `"zscore"`: ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training"),
-      norm clipped to $\mu + z\sigma$ of an EMA after `warmup_steps`
+    - `"zscore"`: ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training",
+      arXiv:2504.02507), a norm whose z-score against an EMA exceeds `z_threshold` after `warmup_steps` is
+      clipped to $\mu + z\sigma$ (`clip_rule="cap"`, the default) or by the paper's reciprocal rule
+      $\mu + z\sigma / (z_g / z)$ (`clip_rule="reciprocal"`), optionally under an absolute `max_grad_norm`
       (`rnn_stability.functional.ZScoreClipper`).
     - `"agc"`: AGC (Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
       Normalization"), unit-wise $\|g_i\|/\max(\|w_i\|,\epsilon) \le \lambda$, skipping `exclude`.
@@ -63,7 +65,10 @@ class AdaptiveGradientClipping(Callback):
     the LR schedulers. The skip works with `Trainer(gradient_clip_val=...)` by norm or by value, with gradient
     accumulation and with manual optimization: Lightning's clipping of a skipped step, which has no gradient
     left, is made a no-op (torch's `clip_grad_value_` would raise on the empty list). With
-    `skip_nonfinite=False` the callback never synchronises outside logging steps.
+    `skip_nonfinite=False` the callback never synchronises outside logging steps on an accelerator. On the
+    CPU, where reading a value costs nothing, the clipping functions read the norm and threshold on the host
+    and leave unclipped gradients untouched (`rnn_stability.functional.uses_host_scalars`); the decisions
+    and gradients are the same.
 
     **fp16 AMP**: with a `GradScaler` (`precision="16-mixed"`) Inf gradients are expected while the loss
     scale calibrates and the scaler itself skips `optimizer.step()`; the guard then stays out of the way
@@ -96,6 +101,11 @@ class AdaptiveGradientClipping(Callback):
         alpha: ZClip EMA factor in `(0, 1)` (paper: 0.97).
         z_threshold: ZClip z-score threshold (> 0; paper: 2.5).
         warmup_steps: ZClip warm-up steps (>= 1; paper: 25).
+        clip_rule: ZClip rule for a spike: `"cap"` (default, $\mu + z\sigma$) or `"reciprocal"` (the paper's
+            default; the `zclip` package's `mode="zscore"`).
+        max_grad_norm: ZClip absolute cap on the norm (> 0), applied in warm-up too, or `None` (default) for
+            none; the `zclip` package defaults to 1.0. Not to be confused with `max_norm`, the `"norm"`
+            strategy's threshold.
         clip_factor: AGC $\lambda$ (> 0; paper: 0.01).
         eps: AGC weight-norm floor $\epsilon$ (> 0; paper: 1e-3).
         exclude: parameter names, module names or `fnmatch` patterns AGC leaves alone (e.g. `["head"]`).
@@ -130,6 +140,8 @@ class AdaptiveGradientClipping(Callback):
         alpha: float = 0.97,
         z_threshold: float = 2.5,
         warmup_steps: int = 25,
+        clip_rule: str = "cap",
+        max_grad_norm: float | None = None,
         clip_factor: float = 0.01,
         eps: float = 1e-3,
         exclude: list[str] | tuple[str, ...] = (),
@@ -147,9 +159,10 @@ class AdaptiveGradientClipping(Callback):
         self.eps = check_positive("eps", eps)
         # build a throwaway clipper of each kind so their own checks validate the arguments now
         PercentileClipper(percentile, window_size)
-        ZScoreClipper(alpha, z_threshold, warmup_steps)
+        zscore = ZScoreClipper(alpha, z_threshold, warmup_steps, clip_rule, max_grad_norm)
         self.percentile, self.window_size = float(percentile), window_size
         self.alpha, self.z_threshold, self.warmup_steps = float(alpha), float(z_threshold), warmup_steps
+        self.clip_rule, self.max_grad_norm = clip_rule, zscore.max_grad_norm
         if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
             raise TypeError(f"`exclude` must be a list of parameter names or patterns, got {exclude!r}.")
         self.exclude = tuple(exclude)
@@ -190,7 +203,9 @@ class AdaptiveGradientClipping(Callback):
     def _new_clipper(self) -> PercentileClipper | ZScoreClipper:
         if self.strategy == "percentile":
             return PercentileClipper(self.percentile, self.window_size)
-        return ZScoreClipper(self.alpha, self.z_threshold, self.warmup_steps)
+        return ZScoreClipper(
+            self.alpha, self.z_threshold, self.warmup_steps, self.clip_rule, self.max_grad_norm
+        )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -252,7 +267,9 @@ class AdaptiveGradientClipping(Callback):
         if self.strategy == "norm":
             threshold = torch.full_like(pre, self.max_norm)
         else:
-            clipper = self._clippers.setdefault(idx, self._new_clipper())
+            clipper = self._clippers.get(idx)
+            if clipper is None:
+                clipper = self._clippers[idx] = self._new_clipper()
             threshold = clipper.step(pre)
         return clip_grads_with_norm_(params, threshold, pre), threshold
 

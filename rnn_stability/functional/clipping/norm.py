@@ -1,7 +1,9 @@
-"""Clipping by total gradient norm and by value, without host synchronisation.
+"""Clipping by total gradient norm and by value: host scalars on the CPU, no host synchronisation elsewhere.
 
-The threshold may be a Python number or a 0-d tensor (as produced by the adaptive strategies); the
-decision to clip is taken on the device with `torch.where`, so nothing here calls `.item()`.
+The threshold may be a Python number or a 0-d tensor (as produced by the adaptive strategies). Which path runs
+is decided by `rnn_stability.functional.uses_host_scalars`: on the CPU the norm is read as a number and the
+gradients are rescaled only when it exceeds the threshold; on accelerators the decision is a `torch.where` on
+the device and nothing calls `.item()`. Both paths give bit-identical gradients and norms.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from rnn_stability.functional.clipping._checks import check_positive
+from rnn_stability.functional.clipping.host_scalars import HOST_FLOATS, host_float, uses_host_scalars
 from rnn_stability.functional.grad_norm import _grads, total_grad_norm
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_"]
@@ -27,8 +31,24 @@ def _check_threshold(name: str, value: float | Tensor) -> Tensor | float:
             raise ValueError(
                 f"`{name}` must be a number or a 0-d tensor, got a tensor of shape {tuple(value.shape)}."
             )
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"`{name}` must be a real number or a real 0-d tensor, got dtype {value.dtype}.")
+        # A negative threshold would flip the gradients (gradient ascent) and a NaN one disable clipping.
+        # Reading a CPU tensor is free, so it is checked; an accelerator tensor is trusted, as a check would
+        # cost a host sync (the adaptive clippers' thresholds are >= 0 or inf by construction). Zero is
+        # allowed here (a window of zero norms gives it), unlike a Python number.
+        if value.device.type == "cpu" and not float(value) >= 0:
+            raise ValueError(f"`{name}` must be >= 0 (inf disables clipping), got {float(value)}.")
         return value.reshape(())
     return check_positive(name, value, allow_inf=True)
+
+
+def _check_total_norm(total_norm: float | Tensor) -> Tensor:
+    if isinstance(total_norm, Tensor) and total_norm.numel() == 1 and total_norm.is_floating_point():
+        return total_norm.reshape(())
+    if isinstance(total_norm, (int, float)) and not isinstance(total_norm, bool):
+        return torch.tensor(float(total_norm))
+    raise TypeError(f"`total_norm` must be a float or a 0-d floating-point tensor, got {total_norm!r}.")
 
 
 def _mul_by_device_(grads: list[Tensor], factor: Tensor) -> None:
@@ -39,20 +59,39 @@ def _mul_by_device_(grads: list[Tensor], factor: Tensor) -> None:
         torch._foreach_mul_(group, factor.to(device))
 
 
+def _clip_by_host_norm_(
+    grads: list[Tensor], max_norm: float | Tensor, total_norm: Tensor, kind: type[np.floating]
+) -> Tensor:
+    # The tensor path's arithmetic on numpy scalars of the norm's dtype, so every rounding is the same.
+    norm = kind(total_norm.item())
+    limit = host_float(max_norm.item() if isinstance(max_norm, Tensor) else max_norm, kind)
+    if not norm > limit:  # at or under the threshold, or NaN: the gradients stay as they are
+        return total_norm
+    scale = float(limit / (norm + kind(_EPS)))
+    for grad in grads:
+        # one tensor at a time: a foreach multiply by a Python number would round it to bf16/fp16 first
+        grad.mul_(scale)
+    return total_norm * scale
+
+
 def clip_grads_with_norm_(
-    parameters: Iterable[Tensor] | Tensor, max_norm: float | Tensor, total_norm: Tensor
+    parameters: Iterable[Tensor] | Tensor, max_norm: float | Tensor, total_norm: float | Tensor
 ) -> Tensor:
     """Scale gradients whose already-computed total norm exceeds `max_norm` down to `max_norm`.
 
     The scale factor is `max_norm / (total_norm + 1e-6)` where `total_norm > max_norm` and exactly `1`
     elsewhere, so gradients at or under the threshold are left bit-identical. A NaN total norm leaves the
     gradients as they are (non-finite gradients are the business of the non-finite guard, not of clipping).
+    On the CPU the comparison is made on the host and unclipped gradients are not touched at all; on
+    accelerators it is a `torch.where` on the device and the gradients are multiplied by the factor (by 1
+    when nothing is clipped), with no host synchronisation (see `rnn_stability.functional.uses_host_scalars`).
 
     Args:
         parameters: parameters (or a single tensor) whose `.grad` is scaled in place.
-        max_norm: the threshold, a positive number or a 0-d tensor.
+        max_norm: the threshold, a positive number or a 0-d tensor (>= 0; checked on the CPU only, where
+            reading it costs no host sync).
         total_norm: the total norm of those gradients, e.g. from
-            `rnn_stability.functional.total_grad_norm`.
+            `rnn_stability.functional.total_grad_norm`, or a Python float (taken as a float32 CPU tensor).
 
     Returns:
         The total norm after clipping (`total_norm * scale`), a 0-d tensor.
@@ -65,9 +104,17 @@ def clip_grads_with_norm_(
         tensor(1.0000)
     """
     max_norm = _check_threshold("max_norm", max_norm)
+    total_norm = _check_total_norm(total_norm)
+    grads = _grads(parameters)
+    kind = HOST_FLOATS.get(total_norm.dtype)
+    if (
+        kind is not None
+        and uses_host_scalars(total_norm.device)
+        and (not isinstance(max_norm, Tensor) or uses_host_scalars(max_norm.device))
+    ):
+        return _clip_by_host_norm_(grads, max_norm, total_norm, kind)
     limit = torch.as_tensor(max_norm, dtype=total_norm.dtype, device=total_norm.device)
     scale = torch.where(total_norm > limit, limit / (total_norm + _EPS), torch.ones_like(total_norm))
-    grads = _grads(parameters)
     if grads:
         _mul_by_device_(grads, scale)
     return total_norm * scale
@@ -83,14 +130,17 @@ def clip_grad_norm_(
 
     Args:
         parameters: parameters (or a single tensor) whose `.grad` is clipped in place.
-        max_norm: the threshold, a positive number (`inf` disables clipping) or a 0-d tensor.
+        max_norm: the threshold, a positive number (`inf` disables clipping) or a 0-d tensor (>= 0;
+            checked on the CPU only, where reading it costs no host sync).
         norm_type: order of the norm, a positive number or `inf`.
 
     Returns:
         `(pre_clip_norm, post_clip_norm)`, both 0-d tensors on the gradients' device.
 
     Raises:
-        ValueError: if `max_norm` is not positive or `norm_type` is not a positive number or `inf`.
+        ValueError: if `max_norm` is not positive (a CPU tensor: negative or NaN) or `norm_type` is not a
+            positive number or `inf`.
+        TypeError: if `max_norm` or `norm_type` is not a number (or `max_norm` a real tensor).
 
     Examples:
         >>> import torch
@@ -111,12 +161,20 @@ def clip_grad_norm_(
 def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float | Tensor) -> None:
     """Clamp every gradient element to `[-clip_value, clip_value]` in place.
 
+    A NaN element stays NaN and an infinite one becomes `±clip_value`, as with
+    `torch.nn.utils.clip_grad_value_`. On the CPU each gradient is clamped by one `clamp_` with both bounds
+    (one memory pass); on accelerators the gradients are clamped by torch's grouped `foreach` kernels, one
+    launch per device and dtype. A `clip_value` tensor on an accelerator stays there (no host sync): each
+    gradient is then clamped with tensor bounds.
+
     Args:
         parameters: parameters (or a single tensor) whose `.grad` is clamped.
-        clip_value: a positive number or a 0-d tensor.
+        clip_value: a positive number or a 0-d tensor (>= 0; checked on the CPU only, where reading it
+            costs no host sync).
 
     Raises:
-        ValueError: if `clip_value` is not positive.
+        ValueError: if `clip_value` is not positive (a CPU tensor: negative or NaN).
+        TypeError: if `clip_value` is not a number or a real tensor.
 
     Examples:
         >>> import torch
@@ -127,6 +185,20 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float | 
         tensor([-1.0000,  0.5000,  1.0000])
     """
     clip_value = _check_threshold("clip_value", clip_value)
-    for grad in _grads(parameters):
-        limit = torch.as_tensor(clip_value, dtype=grad.dtype, device=grad.device)
-        torch.clamp_(grad, min=-limit, max=limit)
+    grads = _grads(parameters)
+    if isinstance(clip_value, Tensor):
+        if not uses_host_scalars(clip_value.device):
+            for grad in grads:
+                limit = torch.as_tensor(clip_value, dtype=grad.dtype, device=grad.device)
+                torch.clamp_(grad, min=-limit, max=limit)
+            return
+        clip_value = clip_value.item()
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
+    for grad in grads:
+        if uses_host_scalars(grad.device):
+            grad.clamp_(-clip_value, clip_value)  # the CPU's foreach is a loop of two passes; this is one
+        else:
+            groups[(grad.device, grad.dtype)].append(grad)
+    for group in groups.values():
+        torch._foreach_clamp_min_(group, -clip_value)
+        torch._foreach_clamp_max_(group, clip_value)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rnn_stability.functional.clipping._checks import check_fraction, check_positive_int
+from rnn_stability.functional.clipping.host_scalars import host_float, uses_host_scalars
 
 __all__ = ["AutoClip", "PercentileClipper"]
 
@@ -23,9 +24,11 @@ class PercentileClipper:
     Implements AutoClip (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
     Separation Networks"). The reference keeps the whole history; here it is a bounded ring buffer on
     the norms' device, so memory is fixed and the threshold follows the recent regime. Percentiles are
-    linearly interpolated (as `numpy.percentile` in the reference). Everything stays on the device: a
-    non-finite norm is stored as NaN and ignored by `torch.nanquantile` (it never enters the
-    statistics), and an empty window gives an infinite threshold (no clipping).
+    linearly interpolated (as `numpy.percentile` in the reference). A non-finite norm is stored as NaN and
+    ignored by `torch.nanquantile` (it never enters the statistics), and an empty window gives an infinite
+    threshold (no clipping). On accelerators everything stays on the device and `step` never synchronises
+    with the host; on the CPU the norm is written into the window from the host (see
+    `rnn_stability.functional.uses_host_scalars`), with identical thresholds.
 
     Use `step` (`update` then `threshold`, as in the paper: the current norm is part of the
     history it is compared against).
@@ -62,9 +65,14 @@ class PercentileClipper:
     def update(self, total_norm: Tensor) -> None:
         """Append `total_norm` to the window (a non-finite norm takes a slot but is ignored)."""
         buffer = self._buffer_on(total_norm.device)
-        norm = total_norm.detach().reshape(()).to(buffer.dtype)
-        buffer[self._count % self.window_size] = torch.where(torch.isfinite(norm), norm, math.nan)
+        slot = self._count % self.window_size
         self._count += 1
+        if uses_host_scalars(buffer.device):  # one host write instead of four tiny tensor operations
+            value = host_float(total_norm.item())
+            buffer.numpy()[slot] = value if math.isfinite(value) else math.nan
+            return
+        norm = total_norm.detach().reshape(()).to(buffer.dtype)
+        buffer[slot] = torch.where(torch.isfinite(norm), norm, math.nan)
 
     def threshold(self) -> Tensor:
         """The current threshold, a 0-d float32 tensor (`inf` while no finite norm has been seen)."""
