@@ -243,7 +243,10 @@ class LossSpikeRecovery(Callback):
         if loss is None:  # nothing was backpropagated for this step: nothing to judge
             return
         loss = mean_across_ranks(loss)
-        bad_flag = self._detectors.setdefault(idx, self._new_detector()).step(loss)
+        detector = self._detectors.get(idx)
+        if detector is None:  # not `setdefault`: building a detector every step would cost more than judging
+            detector = self._detectors[idx] = self._new_detector()
+        bad_flag = detector.step(loss)
         bad, negative = torch.stack([bad_flag, loss < 0]).tolist()  # the one host sync of the step
         if negative:
             raise RuntimeError(
