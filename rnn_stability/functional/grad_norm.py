@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from numbers import Real
 
 import torch
 from torch import Tensor
@@ -22,10 +23,17 @@ __all__ = [
 
 
 def _check_norm_type(norm_type: float) -> float:
+    if isinstance(norm_type, bool) or not isinstance(norm_type, Real):
+        raise TypeError(f"`norm_type` must be a positive number or inf, got {norm_type!r}.")
     norm_type = float(norm_type)
     if not (norm_type == float("inf") or norm_type > 0):
         raise ValueError(f"`norm_type` must be a positive number or inf, got {norm_type}.")
     return norm_type
+
+
+def combining_dtype(norms: Sequence[Tensor]) -> torch.dtype:
+    """float32, or float64 if any norm is float64: float64 norms above float32's range stay finite."""
+    return torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
 
 
 def foreach_norms(tensors: Sequence[Tensor], norm_type: float = 2.0) -> list[Tensor]:
@@ -61,6 +69,9 @@ def foreach_norms(tensors: Sequence[Tensor], norm_type: float = 2.0) -> list[Ten
 def total_norm(norms: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
     """Combine per-tensor norms into the norm of their concatenation (as `clip_grad_norm_` does).
 
+    The result is float32, or float64 when any norm is float64 (as torch's `clip_grad_norm_` promotes):
+    float64 gradients whose total norm exceeds float32's range keep a finite norm.
+
     Examples:
         >>> import torch
         >>> total_norm([torch.tensor(3.0), torch.tensor(4.0)]).item()
@@ -70,7 +81,8 @@ def total_norm(norms: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
     if len(norms) == 0:
         return torch.tensor(0.0)
     device = norms[0].device
-    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    dtype = combining_dtype(norms)
+    stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
     if norm_type == float("inf"):
         return stacked.max()
     return torch.linalg.vector_norm(stacked, norm_type)

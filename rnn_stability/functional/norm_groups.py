@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rnn_stability.functional.grad_norm import _check_norm_type, foreach_norms
+from rnn_stability.functional.grad_norm import _check_norm_type, combining_dtype, foreach_norms
 
 __all__ = [
     "GRANULARITIES",
@@ -44,6 +44,7 @@ def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple
 
     Raises:
         ValueError: if `granularity` is not one of `"total"`, `"module"`, `"parameter"`.
+        TypeError: if `names` is a string or holds anything but strings.
 
     Examples:
         >>> group_parameters(["rnn.weight_ih_l0", "rnn.bias_ih_l0", "head.weight", "scale"])
@@ -53,6 +54,11 @@ def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
+    # a string is a sequence of one-character names: without this check "a.b" gave three groups
+    if not isinstance(names, str):
+        names = list(names)  # read once: a generator would be consumed by the check below
+    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"`names` must be a sequence of parameter names (strings), got {names!r}.")
     group_names: list[str] = []
     positions: dict[str, int] = {}
     index: list[int] = []
@@ -70,6 +76,31 @@ def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple
     return group_names, index
 
 
+def _check_groups(groups: Sequence[int] | Tensor, num_groups: int, count: int) -> None:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 0:
+        raise ValueError(f"`num_groups` must be a non-negative int, got {num_groups!r}.")
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, (Sequence, Tensor)):
+        raise TypeError(f"`groups` must be a sequence of ints or a tensor, got {type(groups).__name__}.")
+    if len(groups) != count:
+        raise ValueError(f"`groups` must have one entry per norm ({count}), got {len(groups)}.")
+    if count == 0:
+        return
+    # The range is checked where reading it is free (Python ints, CPU tensors); an accelerator tensor is
+    # trusted, since checking it would cost a host sync (an out-of-range index there is a device-side error).
+    if isinstance(groups, Tensor):
+        if groups.device.type != "cpu":
+            return
+        low, high = int(groups.min()), int(groups.max())
+    else:
+        if not all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
+            raise TypeError(f"`groups` must hold ints, got {list(groups)!r}.")
+        low, high = min(groups), max(groups)
+    if low < 0 or high >= num_groups:
+        raise ValueError(
+            f"`groups` must hold group indices in [0, num_groups={num_groups}), got values in [{low}, {high}]."
+        )
+
+
 def group_norms(
     norms: Sequence[Tensor], groups: Sequence[int] | Tensor, num_groups: int, norm_type: float = 2.0
 ) -> Tensor:
@@ -85,7 +116,10 @@ def group_norms(
         A float32 tensor of shape `(num_groups,)` on the device of the first norm (CPU if there are none).
 
     Raises:
-        ValueError: if `groups` does not have one entry per norm or `num_groups` is negative.
+        ValueError: if `groups` does not have one entry per norm, holds an index outside
+            `[0, num_groups)` (checked for Python ints and CPU tensors; not for accelerator tensors, where
+            it would cost a host sync), or `num_groups` is negative.
+        TypeError: if `groups` is not a sequence of ints or a tensor.
 
     Examples:
         >>> import torch
@@ -95,20 +129,19 @@ def group_norms(
         [0.0, 4.0]
     """
     norm_type = _check_norm_type(norm_type)
-    if num_groups < 0:
-        raise ValueError(f"`num_groups` must be a non-negative int, got {num_groups}.")
-    if len(groups) != len(norms):
-        raise ValueError(f"`groups` must have one entry per norm ({len(norms)}), got {len(groups)}.")
+    _check_groups(groups, num_groups, len(norms))
     if len(norms) == 0:
         return torch.zeros(num_groups)
     device = norms[0].device
-    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    # float64 norms are combined in float64 (their powers overflow float32 long before they do)
+    dtype = combining_dtype(norms)
+    stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
     index = torch.as_tensor(groups, dtype=torch.int64, device=device)
-    out = torch.zeros(num_groups, dtype=torch.float32, device=device)
+    out = torch.zeros(num_groups, dtype=dtype, device=device)
     if norm_type == float("inf"):
         # norms are non-negative, so starting from 0 is the identity of max
-        return out.scatter_reduce_(0, index, stacked, reduce="amax")
-    return out.index_add_(0, index, stacked.pow(norm_type)).pow(1.0 / norm_type)
+        return out.scatter_reduce_(0, index, stacked, reduce="amax").float()
+    return out.index_add_(0, index, stacked.pow(norm_type)).pow(1.0 / norm_type).float()
 
 
 def update_to_weight_ratio(

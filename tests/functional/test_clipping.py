@@ -171,3 +171,51 @@ def test_nonfinite_helpers():
     discard_grads_([a, b])
     assert a.grad is None and b.grad is None
     assert nonfinite_parameter_names([("a", a)]) == []
+
+
+def test_float64_gradients_beyond_float32_range_are_clipped_like_torch():
+    ours = [torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in range(2)]
+    theirs = [torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in range(2)]
+    for p in ours + theirs:
+        p.grad = torch.tensor([1e38], dtype=torch.float64)
+    pre, post = clip_grad_norm_(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    torch.testing.assert_close(pre, expected)
+    assert post.item() == pytest.approx(1.0)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+        assert a.grad.item() == pytest.approx(1 / math.sqrt(2))
+    named = [(f"p{i}", p) for i, p in enumerate(ours)]
+    for p in ours:
+        p.grad = torch.tensor([1e39], dtype=torch.float64)  # beyond float32, finite in float64
+    assert nonfinite_parameter_names(named) == []
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, -math.inf])
+def test_tensor_thresholds_are_checked_on_the_cpu(bad):
+    w = torch.nn.Parameter(torch.zeros(3))
+    w.grad = torch.tensor([1.0, -2.0, 3.0])
+    with pytest.raises(ValueError, match="`max_norm` must be >= 0"):
+        clip_grad_norm_([w], torch.tensor(bad))
+    with pytest.raises(ValueError, match="`max_norm` must be >= 0"):
+        clip_grads_with_norm_([w], torch.tensor(bad), torch.tensor(5.0))
+    with pytest.raises(ValueError, match="`clip_value` must be >= 0"):
+        clip_grad_value_([w], torch.tensor(bad))
+    with pytest.raises(TypeError, match="`clip_value`"):
+        clip_grad_value_([w], torch.tensor(True))
+    assert w.grad.tolist() == [1.0, -2.0, 3.0]  # nothing was flipped or clamped to the wrong bound
+    # zero and inf tensors stay valid: adaptive thresholds reach them (a window of zero norms, an empty one)
+    clip_grad_norm_([w], torch.tensor(math.inf))
+    assert w.grad.tolist() == [1.0, -2.0, 3.0]
+    clip_grad_value_([w], torch.tensor(0.0))
+    assert w.grad.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_clip_grads_with_norm_accepts_a_float_total_norm():
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([3.0, 4.0])
+    post = clip_grads_with_norm_([w], 1.0, 5.0)
+    assert post.item() == pytest.approx(1.0)
+    assert w.grad.tolist() == pytest.approx([0.6, 0.8])
+    with pytest.raises(TypeError, match="`total_norm`"):
+        clip_grads_with_norm_([w], 1.0, "5")  # type: ignore[arg-type]

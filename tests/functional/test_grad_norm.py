@@ -67,3 +67,23 @@ def test_nonfinite_count_counts_nan_and_inf() -> None:
 def test_invalid_norm_type(norm_type: float) -> None:
     with pytest.raises(ValueError, match="norm_type"):
         foreach_norms([torch.ones(1)], norm_type)
+
+
+def test_float64_norms_beyond_float32_range_stay_finite() -> None:
+    # float64 gradients of 1e38: the total norm (4e38) is finite in float64 but overflowed to inf when the
+    # per-tensor norms were combined in float32
+    grads = [torch.full((4,), 1e38, dtype=torch.float64), torch.full((4,), 1e38, dtype=torch.float64)]
+    params = []
+    for grad in grads:
+        p = torch.zeros_like(grad, requires_grad=True)
+        p.grad = grad.clone()
+        params.append(p)
+    expected = torch.nn.utils.get_total_norm([p.grad for p in params])
+    got = total_grad_norm(params)
+    assert got.dtype == torch.float64 and torch.isfinite(got)
+    torch.testing.assert_close(got, expected)
+    big = [torch.tensor(1e150, dtype=torch.float64)] * 2
+    assert total_norm(big).item() == pytest.approx(math.sqrt(2) * 1e150)
+    # mixed float32/float64 promotes as torch does; float32 alone stays float32
+    assert total_norm([torch.tensor(3.0), torch.tensor(4.0, dtype=torch.float64)]).dtype == torch.float64
+    assert total_norm([torch.tensor(3.0), torch.tensor(4.0)]).dtype == torch.float32

@@ -29,7 +29,15 @@ def any_across_ranks(flag: Tensor) -> Tensor:
         >>> import torch
         >>> any_across_ranks(torch.tensor(True))
         tensor(True)
+
+    Raises:
+        TypeError: if `flag` is not a boolean tensor.
+        ValueError: if `flag` is not 0-d (one flag per rank; reduce a tensor of flags with `.any()` first).
     """
+    if not isinstance(flag, Tensor) or flag.dtype != torch.bool:
+        raise TypeError(f"`flag` must be a 0-d boolean tensor, got {flag!r}.")
+    if flag.dim() != 0:
+        raise ValueError(f"`flag` must be a 0-d boolean tensor, got shape {tuple(flag.shape)}.")
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return flag
     as_int = flag.to(torch.int32).reshape(1)
@@ -83,9 +91,27 @@ def nonfinite_parameter_names(named_parameters: Iterable[tuple[str, Tensor]]) ->
         >>> a.grad, b.grad = torch.ones(2), torch.tensor([1.0, float("nan")])
         >>> nonfinite_parameter_names([("a", a), ("b", b)])
         ['b']
+
+    Raises:
+        TypeError: if an item of `named_parameters` is not a `(name, tensor)` pair (e.g. plain parameters
+            instead of `model.named_parameters()`).
     """
-    named = [(name, p.grad) for name, p in named_parameters if p.grad is not None]
+    named = []
+    for item in named_parameters:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Tensor)):
+            raise TypeError(
+                "`named_parameters` must yield (name, parameter) pairs, e.g. `model.named_parameters()`, "
+                f"got {type(item).__name__}."
+            )
+        if item[1].grad is not None:
+            named.append((str(item[0]), item[1].grad))
     if not named:
         return []
-    flags = torch.stack([~torch.isfinite(torch.linalg.vector_norm(g.float())) for _, g in named]).cpu()
+    # float64 gradients are measured in float64, so a norm beyond float32's range is not called non-finite
+    flags = torch.stack(
+        [
+            ~torch.isfinite(torch.linalg.vector_norm(g if g.dtype == torch.float64 else g.float()))
+            for _, g in named
+        ]
+    ).cpu()
     return [name for (name, _), bad in zip(named, flags.tolist(), strict=True) if bad]

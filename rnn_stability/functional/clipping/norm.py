@@ -34,10 +34,10 @@ def _check_threshold(name: str, value: float | Tensor) -> Tensor | float:
         if value.dtype == torch.bool or value.is_complex():
             raise TypeError(f"`{name}` must be a real number or a real 0-d tensor, got dtype {value.dtype}.")
         # A negative threshold would flip the gradients (gradient ascent) and a NaN one disable clipping.
-        # Reading a CPU tensor is free, so it is checked; an accelerator tensor is trusted, as a check would
-        # cost a host sync (the adaptive clippers' thresholds are >= 0 or inf by construction). Zero is
-        # allowed here (a window of zero norms gives it), unlike a Python number.
-        if value.device.type == "cpu" and not float(value) >= 0:
+        # Reading a CPU tensor is free, so it is checked; an accelerator tensor (or any under
+        # `force_sync_free`) is trusted, as a check would cost a host sync (the adaptive clippers' thresholds
+        # are >= 0 or inf by construction). Zero is allowed (a window of zero norms gives it), unlike a number.
+        if uses_host_scalars(value.device) and not float(value) >= 0:
             raise ValueError(f"`{name}` must be >= 0 (inf disables clipping), got {float(value)}.")
         return value.reshape(())
     return check_positive(name, value, allow_inf=True)
