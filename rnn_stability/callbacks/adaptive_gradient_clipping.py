@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -163,9 +164,12 @@ class AdaptiveGradientClipping(Callback):
         self.percentile, self.window_size = float(percentile), window_size
         self.alpha, self.z_threshold, self.warmup_steps = float(alpha), float(z_threshold), warmup_steps
         self.clip_rule, self.max_grad_norm = clip_rule, zscore.max_grad_norm
-        if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
+        # materialised once, before the check: a generator checked first would be empty when stored
+        if isinstance(exclude, str) or not isinstance(exclude, Iterable):
             raise TypeError(f"`exclude` must be a list of parameter names or patterns, got {exclude!r}.")
         self.exclude = tuple(exclude)
+        if not all(isinstance(p, str) for p in self.exclude):
+            raise TypeError(f"`exclude` must be a list of parameter names or patterns, got {self.exclude!r}.")
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(f"`skip_nonfinite` must be a bool, got {skip_nonfinite!r}.")
         self.skip_nonfinite = skip_nonfinite

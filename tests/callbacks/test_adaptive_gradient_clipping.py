@@ -87,7 +87,12 @@ def test_every_strategy_clips_in_a_real_step(options, expect_clipping):
         assert all(r.post_clip_norm.item() == pytest.approx(0.05, rel=1e-4) for r in recorder.records)
 
 
-def test_agc_exclude_leaves_the_head_untouched(monkeypatch):
+@pytest.mark.parametrize(
+    "make_exclude",
+    [lambda: ["head"], lambda: (name for name in ["head"])],  # a generator must not be consumed by the check
+    ids=["list", "generator"],
+)
+def test_agc_exclude_leaves_the_head_untouched(monkeypatch, make_exclude):
     grads: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     class Spy(Callback):
@@ -96,7 +101,8 @@ def test_agc_exclude_leaves_the_head_untouched(monkeypatch):
 
     L.seed_everything(0, verbose=False)
     model = TinyRNNRegressor()
-    clipper = AdaptiveGradientClipping(strategy="agc", clip_factor=1e-4, exclude=["head"])
+    clipper = AdaptiveGradientClipping(strategy="agc", clip_factor=1e-4, exclude=make_exclude())
+    assert clipper.exclude == ("head",)
     trainer = quiet_trainer(max_steps=2, callbacks=[Spy(), clipper, RecordAfter(clipper)])
     before: list[torch.Tensor] = []
     monkeypatch.setattr(

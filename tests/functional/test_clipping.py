@@ -219,3 +219,11 @@ def test_clip_grads_with_norm_accepts_a_float_total_norm():
     assert w.grad.tolist() == pytest.approx([0.6, 0.8])
     with pytest.raises(TypeError, match="`total_norm`"):
         clip_grads_with_norm_([w], 1.0, "5")  # type: ignore[arg-type]
+
+
+def test_agc_reads_a_generator_exclude_once():
+    head, body = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2, 2))
+    head.grad, body.grad = torch.full((2, 2), 10.0), torch.full((2, 2), 10.0)
+    adaptive_grad_clip_([("body", body), ("head", head)], exclude=(name for name in ["head"]))
+    assert torch.equal(head.grad, torch.full((2, 2), 10.0))  # excluded, though it comes second
+    assert body.grad.norm(dim=1).max().item() == pytest.approx(0.01 * math.sqrt(2), rel=1e-5)

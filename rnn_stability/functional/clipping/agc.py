@@ -6,7 +6,7 @@ Normalization", ICML (NFNets).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
 import torch
@@ -72,7 +72,9 @@ def adaptive_grad_clip_(
     Raises:
         ValueError: if `clip_factor` or `eps` is not positive, or `exclude` is given with unnamed
             parameters.
-        TypeError: if `exclude` is a string instead of a sequence of strings.
+        TypeError: if `exclude` is a string (or holds anything but strings) instead of a sequence of
+            strings, or `parameters` is a mapping or yields something other than tensors or
+            `(name, tensor)` pairs.
 
     Examples:
         >>> import torch
@@ -89,17 +91,32 @@ def adaptive_grad_clip_(
         raise TypeError(
             f"`exclude` must be a sequence of parameter names or patterns, got the string {exclude!r}."
         )
+    try:
+        exclude = tuple(exclude)  # read once: a generator would be empty by the second parameter
+    except TypeError:
+        raise TypeError(
+            f"`exclude` must be a sequence of parameter names or patterns, got {exclude!r}."
+        ) from None
+    if not all(isinstance(pattern, str) for pattern in exclude):
+        raise TypeError(f"`exclude` must hold parameter names or patterns (strings), got {exclude!r}.")
+    if isinstance(parameters, Mapping):
+        raise TypeError(
+            "`parameters` must be tensors or (name, tensor) pairs; for a dict pass `.items()`, got "
+            f"{type(parameters).__name__}."
+        )
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     for item in parameters:
-        if isinstance(item, tuple):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Tensor):
             name, param = item
             if exclude and matches_any(name, exclude):
                 continue
-        else:
+        elif isinstance(item, Tensor):
             if exclude:
                 raise ValueError("`exclude` needs named parameters, e.g. `model.named_parameters()`.")
             param = item
+        else:
+            raise TypeError(f"`parameters` must yield tensors or (name, tensor) pairs, got {item!r}.")
         grad = param.grad
         if grad is None:
             continue
