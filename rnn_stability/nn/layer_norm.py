@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = ["GateLayerNorm", "gate_layer_norm"]
+
+
+def _check_eps(eps: float) -> None:
+    # eps <= 0 divides a constant block by zero (NaN), and a NaN eps makes every output NaN
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"`eps` must be a positive finite float, got {eps!r}")
+    if not 0.0 < eps < math.inf:
+        raise ValueError(f"`eps` must be a positive finite float, got {eps!r}")
 
 
 def gate_layer_norm(x: Tensor, gain: Tensor, eps: float = 1e-5, shift: Tensor | None = None) -> Tensor:
@@ -20,18 +30,23 @@ def gate_layer_norm(x: Tensor, gain: Tensor, eps: float = 1e-5, shift: Tensor | 
     Args:
         x: gate pre-activations of shape `(..., G * H)`.
         gain: per-gate gains of shape `(G, H)`.
-        eps: added to the variance for numerical stability.
+        eps: added to the variance for numerical stability, a positive finite float.
         shift: optional per-gate shift of shape `(G, H)` added after the gain.
 
     Returns:
         The normalised blocks, shape `(..., G, H)`.
 
+    Raises:
+        ValueError: if `eps` is not positive and finite.
+        TypeError: if `eps` is not a number.
+
     Examples:
         >>> x = torch.tensor([[1.0, 3.0, 10.0, 30.0]])
-        >>> gate_layer_norm(x, torch.ones(2, 2), eps=0.0)
+        >>> gate_layer_norm(x, torch.ones(2, 2), eps=1e-12)
         tensor([[[-1.,  1.],
                  [-1.,  1.]]])
     """
+    _check_eps(eps)
     num_gates, hidden_size = gain.shape
     blocks = x.unflatten(-1, (num_gates, hidden_size))
     normalised = F.layer_norm(blocks, (hidden_size,), eps=eps)
@@ -50,12 +65,14 @@ class GateLayerNorm(nn.Module):
     Args:
         num_gates: number of gate blocks `G` (4 for an LSTM, 3 for a GRU).
         hidden_size: width `H` of each block.
-        eps: added to the variance for numerical stability.
+        eps: added to the variance for numerical stability, a positive finite float.
         device: device of the gain.
         dtype: dtype of the gain.
 
     Raises:
-        ValueError: if `num_gates` or `hidden_size` is not positive or `eps` is negative.
+        ValueError: if `num_gates` or `hidden_size` is not positive, or `eps` is not positive and finite.
+        TypeError: if `num_gates` or `hidden_size` is not an int (a bool is not a size), or `eps` is not a
+            number.
 
     Examples:
         >>> norm = GateLayerNorm(num_gates=4, hidden_size=3)
@@ -72,12 +89,12 @@ class GateLayerNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_gates, int) or num_gates <= 0:
-            raise ValueError(f"`num_gates` must be a positive int, got {num_gates!r}")
-        if not isinstance(hidden_size, int) or hidden_size <= 0:
-            raise ValueError(f"`hidden_size` must be a positive int, got {hidden_size!r}")
-        if eps < 0:
-            raise ValueError(f"`eps` must be a non-negative float, got {eps!r}")
+        for name, size in (("num_gates", num_gates), ("hidden_size", hidden_size)):
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise TypeError(f"`{name}` must be a positive int, got {size!r}")
+            if size <= 0:
+                raise ValueError(f"`{name}` must be a positive int, got {size!r}")
+        _check_eps(eps)
         self.num_gates = num_gates
         self.hidden_size = hidden_size
         self.eps = eps
