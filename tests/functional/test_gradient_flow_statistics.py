@@ -1,4 +1,4 @@
-"""flow_statistics: decay rate by least squares, memory length, and the documented verdict rule."""
+"""flow_statistics: robust decay rate, memory length, and the verdict on task-dependent and exploding recurrences."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from rnn_stability.functional import flow_statistics
+from rnn_stability.data import adding_problem
+from rnn_stability.functional import flow_statistics, gradient_flow
 from rnn_stability.functional.flow_statistics import VERDICT_CODES
 
 
@@ -78,3 +80,85 @@ def test_flow_statistics_rejects_bad_profiles():
         flow_statistics(torch.ones(2, 3))
     with pytest.raises(ValueError, match="profile"):
         flow_statistics(torch.ones(0))
+
+
+def _least_squares_growth(profile: torch.Tensor) -> float:
+    """ln of the growth over the sequence by an ordinary least-squares fit (the rule before the robust one)."""
+    log_p = profile.double().log()
+    d = torch.arange(profile.numel() - 1, -1, -1, dtype=torch.float64)
+    d = d - d.mean()
+    return float((d * (log_p - log_p.mean())).sum() / d.square().sum()) * (profile.numel() - 1)
+
+
+def _first_inputs_memoriser(num_kept: int, seq_len: int = 20) -> tuple[nn.LSTM, torch.Tensor, torch.Tensor]:
+    """An LSTM built to solve "output the first `num_kept` inputs at the end", with its data.
+
+    Channel 0 carries the values, channel 1 + u marks step u. Cell u opens its input gate only at its
+    marked step, then holds (forget gate ≈ 1, no recurrent weights): the state gradient neither grows nor
+    shrinks, and ∂L/∂x_t is large exactly at the `num_kept` steps the target depends on.
+    """
+    lstm = nn.LSTM(1 + num_kept, num_kept, batch_first=True)
+    gate = 10.0  # sigmoid(±10): a gate fully open or closed
+    with torch.no_grad():
+        for weights in lstm.parameters():
+            weights.zero_()
+        input_gate, forget_gate, candidate, output_gate = (
+            slice(k * num_kept, (k + 1) * num_kept) for k in range(4)
+        )
+        units = torch.arange(num_kept)
+        lstm.weight_ih_l0[input_gate][units, 1 + units] = 2 * gate
+        lstm.bias_ih_l0[input_gate] = -gate
+        lstm.bias_ih_l0[forget_gate] = gate
+        lstm.weight_ih_l0[candidate][:, 0] = 0.1  # small: tanh stays nearly linear
+        lstm.bias_ih_l0[output_gate] = gate
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(256, seq_len, 1, generator=generator)
+    markers = torch.zeros(256, seq_len, num_kept)
+    markers[:, units, units] = 1.0
+    return lstm, torch.cat([values, markers], dim=-1), values[:, :num_kept, 0]
+
+
+@pytest.mark.parametrize(("num_kept", "seq_len"), [(1, 10), (4, 20)])
+def test_growth_towards_the_inputs_the_task_needs_is_not_exploding(num_kept, seq_len):
+    lstm, x, target = _first_inputs_memoriser(num_kept, seq_len)
+    # a least-squares read-out: the task is solved up to the tanh curvature
+    with torch.no_grad():
+        h_last = lstm(x)[0][:, -1]
+        readout = torch.linalg.lstsq(h_last, target).solution
+    loss = torch.nn.functional.mse_loss(h_last @ readout, target).item()
+    assert loss < 0.01
+    profile = gradient_flow(
+        lstm, x, lambda out: torch.nn.functional.mse_loss(out[0][:, -1] @ readout, target)
+    )
+    # ∂L/∂x_t is orders of magnitude larger at the remembered steps than anywhere else...
+    assert float(profile[:num_kept].min()) > 100 * float(profile[num_kept:].max())
+    # ...which a least-squares fit of ln p reads as growth far beyond explode_factor (the old verdict)
+    assert _least_squares_growth(profile) > math.log(10.0)
+    stats = flow_statistics(profile)
+    assert stats.verdict == "healthy"
+    assert abs(stats.decay_rate) * (profile.numel() - 1) < math.log(10.0)
+    assert stats.memory_length == profile.numel()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_recurrent_weight_scaled_by_three_explodes(seed):
+    torch.manual_seed(seed)
+    rnn, head = nn.RNN(2, 32, batch_first=True), nn.Linear(32, 1)  # tanh, untrained
+    x, y = adding_problem(64, 100, generator=torch.Generator().manual_seed(seed))
+
+    def verdict() -> str:
+        profile = gradient_flow(rnn, x, lambda out: torch.nn.functional.mse_loss(head(out[0][:, -1]), y))
+        return flow_statistics(profile).verdict
+
+    assert verdict() == "vanishing"  # torch's initialisation contracts
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(3.0)
+    assert verdict() == "exploding"  # spectral radius ≈ 1.7: the Jacobians' product grows at every step
+
+
+def test_decay_rate_ignores_a_minority_of_outlying_steps():
+    profile = _geometric(0.5, 40)  # halves per step back: decay rate ln 2
+    profile[:8] = 1e6  # 20 % of the steps, far above the rest
+    assert flow_statistics(profile).decay_rate == pytest.approx(math.log(2.0), rel=0.1)
+    long = flow_statistics(_geometric(1.001, 5000))  # fitted on a subsample of the steps
+    assert long.decay_rate == pytest.approx(-math.log(1.001), rel=1e-6)
