@@ -193,12 +193,23 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float | 
                 torch.clamp_(grad, min=-limit, max=limit)
             return
         clip_value = clip_value.item()
+    bounds: dict[torch.dtype, float] = {}
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
     for grad in grads:
+        bound = bounds.get(grad.dtype)
+        if bound is None:
+            bound = bounds[grad.dtype] = _in_range(clip_value, grad.dtype)
         if uses_host_scalars(grad.device):
-            grad.clamp_(-clip_value, clip_value)  # the CPU's foreach is a loop of two passes; this is one
+            grad.clamp_(-bound, bound)  # the CPU's foreach is a loop of two passes; this is one
         else:
             groups[(grad.device, grad.dtype)].append(grad)
-    for group in groups.values():
-        torch._foreach_clamp_min_(group, -clip_value)
-        torch._foreach_clamp_max_(group, clip_value)
+    for (_, dtype), group in groups.items():
+        torch._foreach_clamp_min_(group, -bounds[dtype])
+        torch._foreach_clamp_max_(group, bounds[dtype])
+
+
+def _in_range(value: float, dtype: torch.dtype) -> float:
+    """`value` as a tensor of `dtype` holds it (`inf` beyond its range): torch refuses such scalar bounds."""
+    if not dtype.is_floating_point or abs(value) <= torch.finfo(dtype).max:
+        return value
+    return torch.tensor(value, dtype=dtype).item()

@@ -149,10 +149,11 @@ class ZScoreClipper:
                 self._mean, self._var = np.float32(stats[0].item()), np.float32(stats[1].item())
                 self._count, self._device_stats = int(stats[2].item()), None
         elif stats is None:
+            # `full` fills on the device; `torch.tensor(x, device=...)` would copy from the host and wait
             self._device_stats = (
-                torch.tensor(float(self._mean), device=device),
-                torch.tensor(float(self._var), device=device),
-                torch.tensor(self._count, dtype=torch.int64, device=device),
+                torch.full((), float(self._mean), device=device),
+                torch.full((), float(self._var), device=device),
+                torch.full((), self._count, dtype=torch.int64, device=device),
             )
         elif stats[0].device != device:
             self._device_stats = (stats[0].to(device), stats[1].to(device), stats[2].to(device))
