@@ -52,7 +52,9 @@ class GradientFlowMonitor(Callback):
 
     - `grad_flow/<module>/memory_length`
     - `grad_flow/<module>/decay_rate`
-    - `grad_flow/<module>/verdict` (-1 vanishing, 0 healthy, 1 exploding)
+    - `grad_flow/<module>/verdict`: the code of `rnn_stability.functional.VERDICT_CODES` (-1 vanishing,
+      0 healthy, 1 exploding) — the word itself in a `lightning.pytorch.loggers.CSVLogger`'s file, and also
+      as text under the same tag in a `lightning.pytorch.loggers.TensorBoardLogger`
     - `grad_flow/<module>/max_norm`
 
     `<module>` is the name in `pl_module.named_modules()`. Like
@@ -272,9 +274,23 @@ class GradientFlowMonitor(Callback):
             metrics[f"grad_flow/{name}/verdict"] = float(stats.verdict_code)
             metrics[f"grad_flow/{name}/max_norm"] = stats.max_norm
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            self._log_to(logger, metrics, step)
         if self.save_plots and self.num_measurements % self.plot_every_n_measurements == 0:
             self._plot(trainer)
+
+    def _log_to(self, logger: Any, metrics: dict[str, float], step: int) -> None:
+        # The verdict is a word; loggers that can keep one get it (a CSV cell, a TensorBoard text), the
+        # others the numeric code of VERDICT_CODES.
+        if is_lightning_instance(logger, "loggers.CSVLogger"):
+            words = {
+                f"grad_flow/{name}/verdict": stats.verdict for name, stats in self.latest_statistics.items()
+            }
+            logger.log_metrics({**metrics, **words}, step=step)
+            return
+        logger.log_metrics(metrics, step=step)
+        if is_lightning_instance(logger, "loggers.TensorBoardLogger"):
+            for name, stats in self.latest_statistics.items():
+                logger.experiment.add_text(f"grad_flow/{name}/verdict", stats.verdict, global_step=step)
 
     def _recorder_names(self) -> list[str]:
         return list(self._recorder.modules) if self._recorder is not None else []
@@ -296,11 +312,15 @@ class GradientFlowMonitor(Callback):
                 path=os.path.join(self._plot_dir, f"heatmap_{safe}.png"),
             )
             latest = self.latest_profiles.get(name, {})
+            stats = self.latest_statistics.get(name)
+            summary = (
+                "" if stats is None else f": memory {stats.memory_length}/{stats.seq_len}, {stats.verdict}"
+            )
             profile = plot_flow_profile(
                 rows[-1][1],
                 output_profile=latest.get("output"),
                 threshold=self.threshold,
-                title=f"gradient flow: {name} (step {step})",
+                title=f"gradient flow: {name} (step {step}){summary}",
                 path=os.path.join(self._plot_dir, f"profile_{safe}.png"),
             )
             for board in boards:

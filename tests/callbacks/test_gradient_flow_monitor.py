@@ -78,6 +78,34 @@ def test_measures_every_n_steps_only_and_logs(tmp_path):
     assert last["grad_flow/rnn/verdict"] == stats.verdict_code
 
 
+def test_verdict_is_a_word_in_csv_and_tensorboard_text(tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    monitor = GradientFlowMonitor(every_n_steps=2, save_plots=False)
+    csv_logger, board = CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")
+    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[monitor], logger=[csv_logger, board])
+    trainer.fit(TinyRNNRegressor(), adding_loader(seq_len=10))
+    verdict = monitor.latest_statistics["rnn"].verdict
+
+    with open(f"{csv_logger.log_dir}/metrics.csv") as file:
+        cells = [row["grad_flow/rnn/verdict"] for row in csv.DictReader(file) if row["grad_flow/rnn/verdict"]]
+    assert len(cells) == 2 and cells[-1] == verdict
+
+    events = EventAccumulator(board.log_dir, size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    texts = events.Tensors("grad_flow/rnn/verdict/text_summary")
+    assert [t.step for t in texts] == [0, 2]
+    assert texts[-1].tensor_proto.string_val[0].decode() == verdict
+    # the numeric code stays a scalar, for charts
+    assert [s.value for s in events.Scalars("grad_flow/rnn/verdict")][-1] == monitor.latest_statistics[
+        "rnn"
+    ].verdict_code
+
+
 def _fit_weights(tmp_path, callbacks, **trainer_kwargs):
     torch.manual_seed(0)
     model = TinyRNNRegressor()
