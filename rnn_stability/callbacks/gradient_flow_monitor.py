@@ -89,6 +89,7 @@ class GradientFlowMonitor(Callback):
 
     Raises:
         ValueError: if an argument is out of range.
+        TypeError: if `save_plots` is not a bool.
         ImportError: if `save_plots` is set and matplotlib is not installed.
 
     Examples:
@@ -116,6 +117,8 @@ class GradientFlowMonitor(Callback):
             isinstance(modules, str) or not all(isinstance(m, str) for m in modules) or not modules
         ):
             raise ValueError(f"`modules` must be None or a non-empty list of module names, got {modules!r}.")
+        if not isinstance(save_plots, bool):  # bool("no") is True
+            raise TypeError(f"`save_plots` must be a bool, got {save_plots!r}.")
         if save_plots:
             require_matplotlib()
         self.every_n_steps = every_n_steps

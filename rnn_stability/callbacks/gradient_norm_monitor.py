@@ -93,6 +93,7 @@ class GradientNormMonitor(Callback):
 
     Raises:
         ValueError: if an argument is outside its accepted range.
+        TypeError: if `norm_type` is not a number, or `log_weight_norms` / `log_update_ratio` not a bool.
 
     Examples:
         >>> from lightning.pytorch import Trainer
@@ -123,6 +124,10 @@ class GradientNormMonitor(Callback):
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
         if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)):
             raise TypeError(f"`norm_type` must be a positive float or inf, got {norm_type!r}.")
+        # bool("no") is True: a string would silently switch the option on
+        for name, flag in (("log_weight_norms", log_weight_norms), ("log_update_ratio", log_update_ratio)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
         for name, value in (("warn_below", warn_below), ("warn_above", warn_above)):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0

@@ -208,7 +208,8 @@ class GradientFlowRecorder:
         modules: the recurrent modules to watch, by name.
 
     Raises:
-        TypeError: if a module is not a `torch.nn.RNNBase` or `torch.nn.RNNCellBase`.
+        TypeError: if `modules` is not a mapping of names to modules, or a module is not a
+            `torch.nn.RNNBase` or `torch.nn.RNNCellBase`.
 
     Examples:
         >>> import torch
@@ -223,6 +224,11 @@ class GradientFlowRecorder:
     """
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        if not isinstance(modules, Mapping):
+            raise TypeError(
+                "`modules` must be a mapping of names to recurrent modules, e.g. {'lstm': model.lstm}, got "
+                f"{type(modules).__name__}."
+            )
         for name, module in modules.items():
             if not is_recurrent(module):
                 raise TypeError(

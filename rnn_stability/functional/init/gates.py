@@ -163,14 +163,32 @@ def require_biases(module: nn.Module, weights: LayerWeights, function: str) -> t
     return weights.bias_ih, weights.bias_hh
 
 
+def _check_kind(kind: str) -> tuple[str, ...]:
+    gates = GATE_NAMES.get(kind) if isinstance(kind, str) else None
+    if gates is None:
+        raise ValueError(f"`kind` must be one of {', '.join(map(repr, GATE_NAMES))}, got {kind!r}")
+    return gates
+
+
 def gate_blocks(tensor: Tensor, kind: str) -> tuple[Tensor, ...]:
-    """Views of the per-gate row blocks of a fused weight or bias; writing to a view writes the parameter."""
-    return tensor.chunk(len(GATE_NAMES[kind]), dim=0)
+    """Views of the per-gate row blocks of a fused weight or bias; writing to a view writes the parameter.
+
+    Raises:
+        ValueError: if `kind` is not a key of `GATE_NAMES`.
+    """
+    return tensor.chunk(len(_check_kind(kind)), dim=0)
 
 
 def gate_block(tensor: Tensor, kind: str, gate: str) -> Tensor:
-    """View of the rows of one gate (e.g. `"forget"` of an LSTM, `"update"` of a GRU)."""
-    return gate_blocks(tensor, kind)[GATE_NAMES[kind].index(gate)]
+    """View of the rows of one gate (e.g. `"forget"` of an LSTM, `"update"` of a GRU).
+
+    Raises:
+        ValueError: if `kind` is not a key of `GATE_NAMES` or `gate` is not one of its gates.
+    """
+    gates = _check_kind(kind)
+    if gate not in gates:
+        raise ValueError(f"`gate` must be one of {', '.join(map(repr, gates))} for {kind}, got {gate!r}")
+    return gate_blocks(tensor, kind)[gates.index(gate)]
 
 
 def recurrent_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -182,7 +200,12 @@ def recurrent_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
         >>> net = torch.nn.ModuleDict({"enc": torch.nn.LSTM(2, 3), "head": torch.nn.Linear(3, 1)})
         >>> [name for name, _ in recurrent_modules(net)]
         ['enc']
+
+    Raises:
+        TypeError: if `root` is not a `torch.nn.Module`.
     """
+    if not isinstance(root, nn.Module):
+        raise TypeError(f"`root` must be a torch.nn.Module, got {type(root).__name__}")
     found: list[tuple[str, nn.Module]] = []
     for name, module in root.named_modules():
         if not isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
