@@ -17,6 +17,7 @@ from typing_extensions import override
 from rnn_stability.callbacks.clip_record import ClipRecord
 from rnn_stability.callbacks.lightning_packages import is_lightning_instance
 from rnn_stability.callbacks.logging_steps import is_logging_step, log_step_metrics, resolve_interval
+from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.functional.clipping import (
     PercentileClipper,
     ZScoreClipper,
@@ -193,6 +194,10 @@ class AdaptiveGradientClipping(Callback):
         self._names: dict[int, str] = {}
         self._warned_gradient_clip_val = False
         self._wrapped_plugin: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies (darts' `save`, neuralforecast's `fit`) leave the run behind.
+        return portable_state(self, {"_names": {}, "_wrapped_plugin": None})
 
     @property
     def num_clipped_steps(self) -> int:

@@ -21,6 +21,7 @@ from rnn_stability.callbacks.flow_plots import (
     require_matplotlib,
 )
 from rnn_stability.callbacks.lightning_packages import is_lightning_instance
+from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.functional.flow_statistics import FlowStatistics, check_flow_rule, flow_statistics
 from rnn_stability.functional.gradient_flow import GradientFlowRecorder, is_recurrent
 
@@ -119,6 +120,8 @@ class GradientFlowMonitor(Callback):
             raise ValueError(f"`modules` must be None or a non-empty list of module names, got {modules!r}.")
         if not isinstance(save_plots, bool):  # bool("no") is True
             raise TypeError(f"`save_plots` must be a bool, got {save_plots!r}.")
+        if not isinstance(save_plots, bool):  # bool("no") is True
+            raise TypeError(f"`save_plots` must be a bool, got {save_plots!r}.")
         if save_plots:
             require_matplotlib()
         self.every_n_steps = every_n_steps
@@ -140,6 +143,10 @@ class GradientFlowMonitor(Callback):
         self._pending_step: int | None = None
         self._plot_dir: str | None = None
         self._warned_empty = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies (darts' `save`, neuralforecast's `fit`) leave the run behind.
+        return portable_state(self, {"_recorder": None, "_pending_step": None, "_scale_before_step": None})
 
     @property
     @override

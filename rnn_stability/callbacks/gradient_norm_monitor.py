@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from rnn_stability.callbacks.adaptive_gradient_clipping import AdaptiveGradientClipping
 from rnn_stability.callbacks.logging_steps import is_logging_step, log_step_metrics, resolve_interval
+from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.functional.grad_norm import _check_norm_type, foreach_norms, nonfinite_count, total_norm
 from rnn_stability.functional.norm_groups import (
     GRANULARITIES,
@@ -128,6 +129,10 @@ class GradientNormMonitor(Callback):
         for name, flag in (("log_weight_norms", log_weight_norms), ("log_update_ratio", log_update_ratio)):
             if not isinstance(flag, bool):
                 raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
+        # bool("no") is True: a string would silently switch the option on
+        for name, flag in (("log_weight_norms", log_weight_norms), ("log_update_ratio", log_update_ratio)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
         for name, value in (("warn_below", warn_below), ("warn_above", warn_above)):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
@@ -158,6 +163,20 @@ class GradientNormMonitor(Callback):
         self._handles: list[RemovableHandle] = []
         self._pending: dict[int, _Pending] = {}
         self._weights_before: dict[int, list[Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies (darts' `save`, neuralforecast's `fit`) leave the run behind.
+        return portable_state(
+            self,
+            {
+                "_trainer": None,
+                "_plans": [],
+                "_clippers": [],
+                "_handles": [],
+                "_pending": {},
+                "_weights_before": {},
+            },
+        )
 
     @property
     @override

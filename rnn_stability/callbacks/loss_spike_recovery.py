@@ -14,6 +14,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from rnn_stability.callbacks.logging_steps import is_logging_step, log_step_metrics, resolve_interval
+from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.callbacks.training_snapshot import TrainingSnapshot
 from rnn_stability.functional.clipping import discard_grads_
 from rnn_stability.functional.clipping._checks import check_fraction, check_positive_int
@@ -155,6 +156,12 @@ class LossSpikeRecovery(Callback):
         self._rollback_pending = False
         self._scaled_lrs: dict[int, list[Any]] = {}  # id(optimizer) -> scheduled lrs while inside step()
         self._hooks: list[RemovableHandle] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies (darts' `save`, neuralforecast's `fit`) leave the run behind.
+        return portable_state(
+            self, {"snapshot": None, "_hooks": [], "_pending_loss": None, "_scaled_lrs": {}}
+        )
 
     @property
     def current_lr_factor(self) -> float:

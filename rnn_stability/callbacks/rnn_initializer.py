@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.functional.init import SCHEMES, check_scheme, init_rnn_, recurrent_kind, recurrent_modules
 from rnn_stability.functional.init.scheme import check_scheme_options
 
@@ -100,6 +101,10 @@ class RNNInitializer(Callback):
         self.applied = False
         #: `(module name, module type, scheme)` of every module initialised.
         self.initialized: list[tuple[str, str, str]] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies (darts' `save`, neuralforecast's `fit`) leave the run behind.
+        return portable_state(self)
 
     @property
     @override

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
+from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.nn.convert import check_conversion_arguments, convert_rnn_modules
 
 __all__ = ["StableRNN"]
@@ -74,6 +75,10 @@ class StableRNN(Callback):
         self.include = None if included is None else list(included)
         self.exclude = list(excluded)
         self.converted: list[str] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies (darts' `save`, neuralforecast's `fit`) leave the run behind.
+        return portable_state(self)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
