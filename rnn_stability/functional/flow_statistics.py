@@ -149,14 +149,10 @@ def flow_statistics(
         raise TypeError(f"`profile` must be a Tensor, got {type(profile).__name__}.")
     if profile.is_complex() or profile.dtype == torch.bool:
         raise TypeError(f"`profile` must hold real norms, got dtype {profile.dtype}.")
-    if profile.is_complex() or profile.dtype == torch.bool:
-        raise TypeError(f"`profile` must hold real norms, got dtype {profile.dtype}.")
     if profile.dim() != 1 or profile.numel() == 0:
         raise ValueError(f"`profile` must be a non-empty 1-d tensor, got shape {tuple(profile.shape)}.")
     check_flow_rule(threshold, explode_factor, vanish_fraction)
     p = profile.detach().to(device="cpu", dtype=torch.float64)
-    if bool((p < 0).any()):  # norms are >= 0; a negative entry is not a profile (NaN stays: "exploding")
-        raise ValueError(f"`profile` must hold norms (>= 0), got a minimum of {float(p[p < 0].min())}.")
     if bool((p < 0).any()):  # norms are >= 0; a negative entry is not a profile (NaN stays: "exploding")
         raise ValueError(f"`profile` must hold norms (>= 0), got a minimum of {float(p[p < 0].min())}.")
     seq_len = p.numel()
