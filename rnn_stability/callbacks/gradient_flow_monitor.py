@@ -120,8 +120,6 @@ class GradientFlowMonitor(Callback):
             raise ValueError(f"`modules` must be None or a non-empty list of module names, got {modules!r}.")
         if not isinstance(save_plots, bool):  # bool("no") is True
             raise TypeError(f"`save_plots` must be a bool, got {save_plots!r}.")
-        if not isinstance(save_plots, bool):  # bool("no") is True
-            raise TypeError(f"`save_plots` must be a bool, got {save_plots!r}.")
         if save_plots:
             require_matplotlib()
         self.every_n_steps = every_n_steps

@@ -129,10 +129,6 @@ class GradientNormMonitor(Callback):
         for name, flag in (("log_weight_norms", log_weight_norms), ("log_update_ratio", log_update_ratio)):
             if not isinstance(flag, bool):
                 raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
-        # bool("no") is True: a string would silently switch the option on
-        for name, flag in (("log_weight_norms", log_weight_norms), ("log_update_ratio", log_update_ratio)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
         for name, value in (("warn_below", warn_below), ("warn_above", warn_above)):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
