@@ -102,7 +102,7 @@ class AdaptiveGradientClipping(Callback):
         window_size: AutoClip history length (>= 1).
         alpha: ZClip EMA factor in `(0, 1)` (paper: 0.97).
         z_threshold: ZClip z-score threshold (> 0; paper: 2.5).
-        warmup_steps: ZClip warm-up steps (>= 1; paper: 25).
+        warmup_steps: ZClip warm-up steps (>= 2; paper: 25).
         clip_rule: ZClip rule for a spike: `"cap"` (default, $\mu + z\sigma$) or `"reciprocal"` (the paper's
             default; the `zclip` package's `mode="zscore"`).
         max_grad_norm: ZClip absolute cap on the norm (> 0), applied in warm-up too, or `None` (default) for

@@ -85,7 +85,7 @@ class LossSpikeRecovery(Callback):
         action: `"skip"` or `"rollback"` (see above).
         alpha: EMA factor of the log-loss statistics, in `(0, 1)` (ZClip: 0.97).
         z_threshold: z-score of the log-loss above which a step is a spike (> 0).
-        warmup_steps: optimizer steps that only initialise the statistics (>= 1); non-finite losses are caught
+        warmup_steps: optimizer steps that only initialise the statistics (>= 2); non-finite losses are caught
             from the first step.
         min_ratio: a spike must also exceed `min_ratio` times the EMA loss level (>= 1).
         snapshot_every_n_steps: good optimizer steps between snapshots in `"rollback"` mode (>= 1).

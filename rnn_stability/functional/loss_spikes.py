@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from rnn_stability.functional.clipping._checks import check_positive
+from rnn_stability.functional.clipping._checks import as_scalar_tensor, check_positive
 from rnn_stability.functional.clipping.zscore import ZScoreClipper
 
 __all__ = ["LossSpikeDetector", "mean_across_ranks"]
@@ -50,7 +50,7 @@ class LossSpikeDetector:
     Args:
         alpha: EMA factor in `(0, 1)` (ZClip: 0.97).
         z_threshold: z-score of the log-loss above which a step is a spike (> 0; default 4).
-        warmup_steps: finite losses that initialise the statistics before any spike is flagged (>= 1).
+        warmup_steps: finite losses that initialise the statistics before any spike is flagged (>= 2).
         min_ratio: a spike must also exceed this multiple of the EMA level $e^{\mu}$ (>= 1; default 2).
 
     Raises:
@@ -95,9 +95,9 @@ class LossSpikeDetector:
         """Threshold on the loss itself, `exp(log_threshold())` (0-d tensor)."""
         return self.log_threshold().exp()
 
-    def step(self, loss: Tensor) -> Tensor:
+    def step(self, loss: Tensor | float) -> Tensor:
         """Judge `loss` against the past (bool 0-d tensor: non-finite or spike), then fold it into the history."""
-        loss = loss.detach().reshape(()).float()
+        loss = as_scalar_tensor("loss", loss).detach().reshape(()).float()
         log_loss = loss.log()
         bad = ~torch.isfinite(loss) | (log_loss > self.log_threshold().to(log_loss.device))
         self._stats.update(log_loss)  # non-finite log-losses (NaN, Inf, log 0 = -inf) leave it unchanged

@@ -73,7 +73,7 @@ def _zclip_reference(norms, alpha, z, warmup):
     ),
     alpha=st.floats(0.5, 0.99),
     z=st.floats(0.5, 4.0),
-    warmup=st.integers(1, 6),
+    warmup=st.integers(2, 6),  # >= 2: one norm has no variance
 )
 def test_zscore_matches_reference(norms, alpha, z, warmup):
     clipper = ZScoreClipper(alpha=alpha, z_threshold=z, warmup_steps=warmup)
@@ -139,3 +139,28 @@ def test_wrong_types_raise_type_error():
         ZScoreClipper(alpha="0.9")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`state_dict\\['window'\\]`"):
         PercentileClipper(window_size=2).load_state_dict({"window": [1.0, 2.0, 3.0]})
+
+
+def test_zscore_warmup_needs_two_norms():
+    # with one warm-up norm sigma is 0, so every later norm above the mean was clipped to it, even at z = 1e6
+    with pytest.raises(ValueError, match="`warmup_steps` must be an int >= 2"):
+        ZScoreClipper(warmup_steps=1, z_threshold=1e6)
+    clipper = ZScoreClipper(warmup_steps=2, z_threshold=1e6)
+    for x in (1.0, 2.0):
+        clipper.step(torch.tensor(x))
+    assert clipper.step(torch.tensor(3.0)).item() > 1e5  # a huge z is no clipping at all
+
+
+@pytest.mark.parametrize("make", [PercentileClipper, ZScoreClipper], ids=["percentile", "zscore"])
+def test_clippers_take_float_norms_and_name_bad_ones(make):
+    as_float, as_tensor = make(), make()
+    for x in (1.0, 2.0, 3.0, 40.0):
+        assert torch.equal(as_float.step(x), as_tensor.step(torch.tensor(x)))
+    with pytest.raises(TypeError, match="`total_norm`"):
+        make().step("1.0")
+    with pytest.raises(ValueError, match="`total_norm`"):
+        make().step(torch.ones(2))
+    with pytest.raises(ValueError, match="`state_dict`"):
+        make().load_state_dict({})
+    with pytest.raises(TypeError, match="`state_dict`"):
+        make().load_state_dict([1.0])

@@ -138,7 +138,7 @@ def _assert_same_runs(a, b):
     norms=norms_st,
     alpha=st.floats(0.5, 0.99),
     z=st.floats(0.3, 4.0),
-    warmup=st.integers(1, 6),
+    warmup=st.integers(2, 6),  # >= 2: one norm has no variance
     rule=st.sampled_from(["cap", "reciprocal"]),
     cap=st.sampled_from([None, 0.5, 3.0]),
 )

@@ -12,7 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnn_stability.functional.clipping._checks import check_fraction, check_positive_int
+from rnn_stability.functional.clipping._checks import (
+    as_scalar_tensor,
+    check_fraction,
+    check_positive_int,
+    check_state_keys,
+)
 from rnn_stability.functional.clipping.host_scalars import host_float, uses_host_scalars
 
 __all__ = ["AutoClip", "PercentileClipper"]
@@ -62,8 +67,10 @@ class PercentileClipper:
             self._buffer = self._buffer.to(device)
         return self._buffer
 
-    def update(self, total_norm: Tensor) -> None:
-        """Append `total_norm` to the window (a non-finite norm takes a slot but is ignored)."""
+    def update(self, total_norm: Tensor | float) -> None:
+        """Append `total_norm` (a 0-d tensor or a float) to the window (a non-finite norm takes a slot but is
+        ignored)."""
+        total_norm = as_scalar_tensor("total_norm", total_norm)
         buffer = self._buffer_on(total_norm.device)
         slot = self._count % self.window_size
         self._count += 1
@@ -81,8 +88,8 @@ class PercentileClipper:
         value = torch.nanquantile(self._buffer, self.percentile / 100.0)
         return torch.where(torch.isnan(value), math.inf, value)
 
-    def step(self, total_norm: Tensor) -> Tensor:
-        """Record `total_norm` and return the threshold to clip it to."""
+    def step(self, total_norm: Tensor | float) -> Tensor:
+        """Record `total_norm` (a 0-d tensor or a float) and return the threshold to clip it to."""
         self.update(total_norm)
         return self.threshold()
 
@@ -100,9 +107,10 @@ class PercentileClipper:
         """Restore the window saved by `state_dict` (keeps this object's `percentile`/`window_size`).
 
         Raises:
-            ValueError: if the saved window holds more norms than `window_size`.
+            ValueError: if `state_dict` has no `"window"` or it holds more norms than `window_size`.
+            TypeError: if `state_dict` is not a mapping.
         """
-        window = [float(x) for x in state_dict["window"]]
+        window = [float(x) for x in check_state_keys(state_dict, ["window"])["window"]]
         if len(window) > self.window_size:
             raise ValueError(
                 f"`state_dict['window']` holds {len(window)} norms, more than `window_size`={self.window_size}."

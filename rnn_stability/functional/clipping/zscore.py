@@ -12,7 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnn_stability.functional.clipping._checks import check_fraction, check_positive, check_positive_int
+from rnn_stability.functional.clipping._checks import (
+    as_scalar_tensor,
+    check_fraction,
+    check_positive,
+    check_positive_int,
+    check_state_keys,
+)
 from rnn_stability.functional.clipping.host_scalars import host_float, uses_host_scalars
 
 __all__ = ["ZClip", "ZScoreClipper"]
@@ -80,7 +86,8 @@ class ZScoreClipper:
     Args:
         alpha: EMA smoothing factor in `(0, 1)`; the paper uses 0.97.
         z_threshold: z-score above which a norm is a spike (> 0); the paper uses 2.5.
-        warmup_steps: finite norms used to initialise the statistics before any clipping (>= 1); paper: 25.
+        warmup_steps: finite norms used to initialise the statistics before any clipping (>= 2: the
+            variance of a single norm is 0, which would clip at the mean); paper: 25.
         clip_rule: `"cap"` or `"reciprocal"` (see above).
         max_grad_norm: absolute cap on the norm (> 0), or `None` for none.
 
@@ -113,6 +120,10 @@ class ZScoreClipper:
             raise ValueError(f"`alpha` must be a float in (0, 1), got {alpha!r}.")
         self.z_threshold = check_positive("z_threshold", z_threshold)
         self.warmup_steps = check_positive_int("warmup_steps", warmup_steps)
+        if self.warmup_steps < 2:  # one norm has variance 0: sigma = 0 would clip at the mean, whatever z is
+            raise ValueError(
+                f"`warmup_steps` must be an int >= 2 (a variance needs two norms), got {warmup_steps!r}."
+            )
         if not isinstance(clip_rule, str):
             raise TypeError(f"`clip_rule` must be one of {RULES}, got {clip_rule!r}.")
         if clip_rule not in RULES:
@@ -193,12 +204,13 @@ class ZScoreClipper:
             return torch.scalar_tensor(float(self._mean), dtype=torch.float32)
         return self._device_stats[0]
 
-    def update(self, total_norm: Tensor) -> None:
+    def update(self, total_norm: Tensor | float) -> None:
         """Fold `total_norm` (clipped by the rule) into the statistics; a non-finite norm is ignored."""
         self.step(total_norm)
 
-    def step(self, total_norm: Tensor) -> Tensor:
-        """Return the threshold to clip `total_norm` to (from past statistics), then record it."""
+    def step(self, total_norm: Tensor | float) -> Tensor:
+        """Return the threshold to clip `total_norm` (a 0-d tensor or a float) to, then record it."""
+        total_norm = as_scalar_tensor("total_norm", total_norm)
         self._place(total_norm.device)
         if self._device_stats is None:
             threshold = self._step_on_host(host_float(total_norm.item()))
@@ -277,7 +289,13 @@ class ZScoreClipper:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the statistics saved by `state_dict` (keeps this object's settings)."""
+        """Restore the statistics saved by `state_dict` (keeps this object's settings).
+
+        Raises:
+            ValueError: if `state_dict` lacks `"mean"`, `"var"` or `"count"`.
+            TypeError: if `state_dict` is not a mapping.
+        """
+        check_state_keys(state_dict, ["mean", "var", "count"])
         self._mean = host_float(float(state_dict["mean"]))
         self._var = host_float(float(state_dict["var"]))
         self._count = int(state_dict["count"])
