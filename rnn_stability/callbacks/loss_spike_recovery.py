@@ -48,7 +48,9 @@ class LossSpikeRecovery(Callback):
     - `"rollback"`: the step is dropped the same way and, at the end of the batch, after Lightning has
       stepped the LR schedulers, the model, optimizers, LR schedulers and fp16 `GradScaler` are restored from
       the latest `rnn_stability.callbacks.training_snapshot.TrainingSnapshot` (one copy on the CPU, taken at
-      `on_train_start` and then every `snapshot_every_n_steps` good optimizer steps). The next
+      `on_train_start` and then every `snapshot_every_n_steps` good optimizer steps), and the detector's
+      statistics return to what they were then (after a rollback to the first snapshot, taken before any
+      step, the warm-up starts again). The next
       `cooldown_steps` optimizer steps then run at `lr_factor` times the scheduled learning rate, after
       which the schedule is followed as before. The data loader moves on, so the batches between snapshot and
       spike are skipped: PaLM's recipe (Chowdhery et al. 2022, Sec. 5.1: restart ~100 steps before the
@@ -149,6 +151,7 @@ class LossSpikeRecovery(Callback):
         self.num_rollbacks = 0
         self.snapshot: TrainingSnapshot | None = None
         self._detectors: dict[int, LossSpikeDetector] = {}
+        self._snapshot_detectors: dict[int, dict[str, Any]] = {}  # detector statistics when snapshotted
         self._consecutive_skips: dict[int, int] = {}
         self._cooldown_left = 0
         self._good_since_snapshot = 0
@@ -226,7 +229,15 @@ class LossSpikeRecovery(Callback):
 
     def _take_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.snapshot = TrainingSnapshot.capture(trainer, pl_module)
+        self._snapshot_detectors = {idx: detector.state_dict() for idx, detector in self._detectors.items()}
         self._good_since_snapshot = 0
+
+    def _set_detectors(self, states: dict[Any, dict[str, Any]]) -> None:
+        self._detectors = {}
+        for idx, state in states.items():
+            detector = self._new_detector()
+            detector.load_state_dict(state)
+            self._detectors[int(idx)] = detector
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
@@ -304,6 +315,9 @@ class LossSpikeRecovery(Callback):
             self._rollback_pending = False
             assert self.snapshot is not None  # taken at on_train_start
             self.snapshot.restore(trainer, pl_module)
+            # the restored model is judged against the losses it had then, not the abandoned run's (a rollback
+            # to the untrained start would otherwise spike against the trained loss level at once)
+            self._set_detectors(self._snapshot_detectors)
             self.num_rollbacks += 1
             self._cooldown_left = self.cooldown_steps
             self._good_since_snapshot = 0
@@ -340,8 +354,4 @@ class LossSpikeRecovery(Callback):
         self.num_rollbacks = int(state_dict["num_rollbacks"])
         self._cooldown_left = int(state_dict["cooldown_left"])
         self._consecutive_skips = {int(k): int(v) for k, v in state_dict["consecutive_skips"].items()}
-        self._detectors = {}
-        for idx, detector_state in state_dict["detectors"].items():
-            detector = self._new_detector()
-            detector.load_state_dict(detector_state)
-            self._detectors[int(idx)] = detector
+        self._set_detectors(state_dict["detectors"])

@@ -78,6 +78,21 @@ def test_snapshot_is_on_cpu_and_taken_every_n_good_steps():
     assert taken == [0, 0, 3, 3, 3, 6, 6, 6]
 
 
+def test_rollback_restores_the_detector_statistics_of_the_snapshot():
+    recovery = LossSpikeRecovery(action="rollback", warmup_steps=3, snapshot_every_n_steps=4, cooldown_steps=0)
+    statistics = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            statistics.append(recovery.state_dict()["detectors"])
+
+    L.seed_everything(0, verbose=False)
+    trainer = quiet_trainer(max_steps=12, callbacks=[recovery, Watch()])
+    trainer.fit(SpikyRegressor(spikes={9: SPIKE}), adding_loader(num_samples=160, batch_size=8))
+    # the snapshot of the 8th batch comes back with the loss statistics of then, not those of steps 9 and 10
+    assert statistics[9] == statistics[7] != statistics[8]
+    assert recovery.num_rollbacks == 1
+
 def test_cooldown_scales_the_scheduled_lr_then_the_schedule_resumes():
     recovery = LossSpikeRecovery(
         action="rollback", warmup_steps=3, snapshot_every_n_steps=100, lr_factor=0.1, cooldown_steps=3
@@ -96,7 +111,11 @@ def test_cooldown_scales_the_scheduled_lr_then_the_schedule_resumes():
 
 
 def test_max_rollbacks_raises():
-    recovery = LossSpikeRecovery(action="rollback", warmup_steps=3, max_rollbacks=2, cooldown_steps=1)
+    # snapshots every 2 steps, so the ones rolled back to hold warm statistics (the first one, taken before any
+    # step, would start the warm-up again and let the spike at step 9 through)
+    recovery = LossSpikeRecovery(
+        action="rollback", warmup_steps=3, max_rollbacks=2, cooldown_steps=1, snapshot_every_n_steps=2
+    )
     with pytest.raises(RuntimeError, match="max_rollbacks"):
         _fit(SpikyRegressor(spikes={5: SPIKE, 7: math.nan, 9: SPIKE}), recovery, 12)
     assert recovery.num_rollbacks == 2 and recovery.num_spikes == 3
