@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 from rnn_stability.functional import (
     PercentileClipper,
     ZScoreClipper,
+    adaptive_grad_clip_,
     clip_grad_norm_,
     clip_grad_value_,
     clip_grads_with_norm_,
     force_sync_free,
     total_grad_norm,
+    unitwise_norm,
     uses_host_scalars,
 )
 
@@ -227,3 +229,31 @@ def _with_grads(model: torch.nn.Module, grads: list[torch.Tensor]) -> list[torch
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     return params
+
+
+def _agc_formula_(params: list[torch.nn.Parameter], clip_factor: float, eps: float) -> None:
+    """AGC written straight from its definition (the implementation before the CPU fast paths)."""
+    for p in params:
+        max_norm = unitwise_norm(p.detach()).clamp(min=eps) * clip_factor
+        grad_norm = unitwise_norm(p.grad)
+        scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp(min=1e-6), 1.0)
+        p.grad.mul_(scale.to(p.grad.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", ["", "nan", "inf"])
+@pytest.mark.parametrize(
+    ("clip_factor", "eps"), [(0.01, 1e-3), (1.0, 1e-3), (1e-3, 1e-3), (1e-4, 1e-3), (0.05, 1e-9)]
+)
+def test_agc_paths_agree_with_its_formula(dtype, bad, clip_factor, eps):
+    host, device, formula = (_params(4, dtype, bad) for _ in range(3))
+    for params in (host, device, formula):
+        params[0].grad[1] = 0.0  # a unit without gradient
+        params[2].grad[0] *= 1e-7  # a unit with a gradient below the 1e-6 floor
+        params[2].data[0] = 0.0  # ...and zero weights (the ε floor)
+    adaptive_grad_clip_(host, clip_factor, eps)
+    with force_sync_free():
+        adaptive_grad_clip_(device, clip_factor, eps)
+    _agc_formula_(formula, clip_factor, eps)
+    for h, d, f in zip(host, device, formula, strict=True):
+        assert _same(h.grad, d.grad) and _same(h.grad, f.grad)

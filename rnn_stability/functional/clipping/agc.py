@@ -13,8 +13,12 @@ import torch
 from torch import Tensor
 
 from rnn_stability.functional.clipping._checks import check_positive
+from rnn_stability.functional.clipping.host_scalars import uses_host_scalars
 
 __all__ = ["adaptive_grad_clip_", "matches_any", "unitwise_norm"]
+
+_GRAD_NORM_FLOOR = 1e-6
+"""Floor on a unit's gradient norm before dividing by it, as in timm's `adaptive_clip_grad`."""
 
 
 def unitwise_norm(tensor: Tensor) -> Tensor:
@@ -57,8 +61,10 @@ def adaptive_grad_clip_(
 
     AGC from Brock et al. (2021), "High-Performance Large-Scale Image Recognition Without Normalization".
     A unit whose gradient is too large relative to its weights is rescaled to
-    $\lambda \max(\|w_i\|, \epsilon) / \|g_i\|$; every other unit is left bit-identical. Stateless and
-    sync-free. The paper does not clip the final classifier layer: pass its name in `exclude`.
+    $\lambda \max(\|w_i\|, \epsilon) / \|g_i\|$; every other unit is left bit-identical. Stateless. On
+    accelerators it never synchronises with the host; on the CPU a parameter with no unit to clip is skipped
+    after one host read (see `rnn_stability.functional.uses_host_scalars`), with the same result. The paper
+    does not clip the final classifier layer: pass its name in `exclude`.
 
     Args:
         parameters: parameters, a single tensor, or `(name, parameter)` pairs such as
@@ -104,6 +110,9 @@ def adaptive_grad_clip_(
             "`parameters` must be tensors or (name, tensor) pairs; for a dict pass `.items()`, got "
             f"{type(parameters).__name__}."
         )
+    # A clipped unit has ‖g‖ > λ·max(‖w‖, ε) >= λε; from 2e-6 on (float32 rounding aside) that is above the
+    # floor on ‖g‖, which then changes no result and is skipped (one tensor operation per parameter less).
+    floor_matters = clip_factor * eps < 2 * _GRAD_NORM_FLOOR
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     for item in parameters:
@@ -120,7 +129,11 @@ def adaptive_grad_clip_(
         grad = param.grad
         if grad is None:
             continue
-        max_norm = unitwise_norm(param.detach()).clamp(min=eps) * clip_factor
+        max_norm = unitwise_norm(param.detach()).clamp_(min=eps).mul_(clip_factor)
         grad_norm = unitwise_norm(grad)
-        scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp(min=1e-6), 1.0)
-        grad.mul_(scale.to(grad.dtype))
+        exceeds = grad_norm > max_norm
+        if uses_host_scalars(grad.device) and not exceeds.any().item():
+            continue  # on the CPU, a parameter with no unit to clip is left untouched (free to check there)
+        divisor = grad_norm.clamp(min=_GRAD_NORM_FLOOR) if floor_matters else grad_norm
+        scale = torch.where(exceeds, max_norm / divisor, 1.0)
+        grad.mul_(scale if scale.dtype == grad.dtype else scale.to(grad.dtype))

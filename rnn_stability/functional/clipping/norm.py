@@ -24,6 +24,8 @@ __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_"]
 _EPS = 1e-6
 """Added to the norm before dividing, as `torch.nn.utils.clip_grad_norm_` does."""
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
 
 def _check_threshold(name: str, value: float | Tensor) -> Tensor | float:
     if isinstance(value, Tensor):
@@ -210,6 +212,8 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float | 
 
 def _in_range(value: float, dtype: torch.dtype) -> float:
     """`value` as a tensor of `dtype` holds it (`inf` beyond its range): torch refuses such scalar bounds."""
+    if dtype == torch.float32 and abs(value) <= _FLOAT32_MAX:  # the common case, without `finfo`
+        return value
     if not dtype.is_floating_point or abs(value) <= torch.finfo(dtype).max:
         return value
     return torch.tensor(value, dtype=dtype).item()
