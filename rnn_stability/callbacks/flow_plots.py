@@ -131,6 +131,8 @@ def plot_flow_profile(
 
     Raises:
         ImportError: if matplotlib is not installed.
+        TypeError: if `profile` or `output_profile` is not a tensor.
+        ValueError: if `profile` or `output_profile` is not 1-d.
 
     Examples:
         >>> import torch
@@ -138,6 +140,13 @@ def plot_flow_profile(
         >>> fig.axes[0].get_yscale()
         'log'
     """
+    for name, value in (("profile", profile), ("output_profile", output_profile)):
+        if value is None and name == "output_profile":
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}` must be a 1-d tensor, got {type(value).__name__}.")
+        if value.dim() != 1:  # a 2-d (per-sequence) profile would be flattened into one long line
+            raise ValueError(f"`{name}` must be a 1-d tensor, got shape {tuple(value.shape)}.")
     figure = _new_figure(7.0, 3.5)
     axes = figure.add_subplot()
     values = profile.detach().to(device="cpu", dtype=torch.float64).reshape(-1)

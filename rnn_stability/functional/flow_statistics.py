@@ -56,6 +56,14 @@ class FlowStatistics:
     seq_len: int
     max_norm: float
 
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICT_CODES:
+            raise ValueError(f"`verdict` must be one of {tuple(VERDICT_CODES)}, got {self.verdict!r}.")
+        for name in ("memory_length", "seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+
     @property
     def verdict_code(self) -> int:
         """`-1` vanishing, `0` healthy, `1` exploding (see `VERDICT_CODES`)."""

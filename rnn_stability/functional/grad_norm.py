@@ -52,9 +52,14 @@ def foreach_norms(tensors: Sequence[Tensor], norm_type: float = 2.0) -> list[Ten
         [5.0, 2.0]
     """
     norm_type = _check_norm_type(norm_type)
+    if isinstance(tensors, Tensor):  # iterating it would measure its rows, one norm each
+        raise TypeError("`tensors` must be a sequence of tensors, got a single Tensor: pass `[tensor]`.")
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-    for index, tensor in enumerate(tensors):
-        groups[(tensor.device, tensor.dtype)].append(index)
+    try:
+        for index, tensor in enumerate(tensors):
+            groups[(tensor.device, tensor.dtype)].append(index)
+    except AttributeError:
+        raise TypeError(f"`tensors` must be a sequence of tensors, got {tensors!r}.") from None
     out: list[Tensor] = [torch.empty(0)] * len(tensors)
     for (_device, dtype), indices in groups.items():
         group = [tensors[i] for i in indices]
@@ -80,6 +85,8 @@ def total_norm(norms: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
     norm_type = _check_norm_type(norm_type)
     if len(norms) == 0:
         return torch.tensor(0.0)
+    if not all(isinstance(n, Tensor) for n in norms):
+        raise TypeError(f"`norms` must be a sequence of 0-d tensors, got {norms!r}.")
     device = norms[0].device
     dtype = combining_dtype(norms)
     stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
@@ -91,7 +98,10 @@ def total_norm(norms: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
 def _grads(parameters: Iterable[Tensor] | Tensor) -> list[Tensor]:
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    return [p.grad for p in parameters if p.grad is not None]
+    try:  # no per-item type check: this runs every step; a non-tensor item has no `.grad`
+        return [p.grad for p in parameters if p.grad is not None]
+    except AttributeError:
+        raise TypeError(f"`parameters` must be tensors (or one tensor), got {parameters!r}.") from None
 
 
 def grad_norms(parameters: Iterable[Tensor] | Tensor, norm_type: float = 2.0) -> list[Tensor]:

@@ -128,7 +128,15 @@ def mean_across_ranks(value: Tensor) -> Tensor:
         >>> import torch
         >>> mean_across_ranks(torch.tensor(2.5))
         tensor(2.5000)
+
+    Raises:
+        TypeError: if `value` is not a floating-point tensor.
+        ValueError: if `value` has more than one element.
     """
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise TypeError(f"`value` must be a 0-d floating-point tensor, got {value!r}.")
+    if value.numel() != 1:
+        raise ValueError(f"`value` must be a 0-d tensor, got shape {tuple(value.shape)}.")
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return value
     total = value.detach().float().reshape(1).clone()

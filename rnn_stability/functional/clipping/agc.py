@@ -28,15 +28,23 @@ def unitwise_norm(tensor: Tensor) -> Tensor:
     LSTM weight); for convolutions `(out, in, *kernel)` it is an output channel. The result keeps the
     reduced dimensions so it broadcasts against `tensor`.
 
+    Norms are float32, or float64 for a float64 tensor (its norms may lie beyond float32's range).
+
     Examples:
         >>> import torch
         >>> unitwise_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
         tensor([[5.],
                 [1.]])
+
+    Raises:
+        TypeError: if `tensor` is not a tensor.
     """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"`tensor` must be a Tensor, got {type(tensor).__name__}.")
+    wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     if tensor.ndim <= 1:
-        return torch.linalg.vector_norm(tensor.float()).reshape([1] * tensor.ndim)
-    return torch.linalg.vector_norm(tensor.float(), dim=tuple(range(1, tensor.ndim)), keepdim=True)
+        return torch.linalg.vector_norm(tensor, dtype=wide).reshape([1] * tensor.ndim)
+    return torch.linalg.vector_norm(tensor, dim=tuple(range(1, tensor.ndim)), keepdim=True, dtype=wide)
 
 
 def matches_any(name: str, patterns: Sequence[str]) -> bool:
@@ -47,7 +55,15 @@ def matches_any(name: str, patterns: Sequence[str]) -> bool:
     Examples:
         >>> matches_any("head.weight", ["head"]), matches_any("rnn.bias_ih_l0", ["*.bias*"])
         (True, True)
+
+    Raises:
+        TypeError: if `name` is not a string, or `patterns` is a string (its characters would be the
+            patterns) instead of a sequence of strings.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a parameter name (a string), got {type(name).__name__}.")
+    if isinstance(patterns, str):
+        raise TypeError(f"`patterns` must be a sequence of names or patterns, got the string {patterns!r}.")
     return any(name == p or name.startswith(p + ".") or fnmatchcase(name, p) for p in patterns)
 
 

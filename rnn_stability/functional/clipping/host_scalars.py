@@ -35,7 +35,8 @@ def uses_host_scalars(device: torch.device) -> bool:
     """Whether clipping on `device` reads values on the host (the CPU) or stays sync-free (anything else).
 
     Args:
-        device: the device of the gradients' total norm (or of the values being clipped).
+        device: the device of the gradients' total norm (or of the values being clipped), a `torch.device`
+            or its name (`"cpu"`, `"cuda:0"`).
 
     Returns:
         `True` for the CPU, unless inside `force_sync_free`; `False` for CUDA, MPS, XLA and every other device.
@@ -44,8 +45,23 @@ def uses_host_scalars(device: torch.device) -> bool:
         >>> import torch
         >>> uses_host_scalars(torch.device("cpu")), uses_host_scalars(torch.device("cuda"))
         (True, False)
+
+    Raises:
+        TypeError: if `device` is neither a `torch.device` nor a string.
+        ValueError: if `device` is a string that names no device.
     """
+    if not isinstance(device, torch.device):
+        device = _as_device(device)
     return device.type == "cpu" and not _forced_sync_free
+
+
+def _as_device(device: object) -> torch.device:
+    if not isinstance(device, str):
+        raise TypeError(f"`device` must be a torch.device or a device name, got {type(device).__name__}.")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"`device` must name a device, got {device!r} ({error}).") from None
 
 
 @contextmanager

@@ -62,7 +62,7 @@ def ranks_with(flag: Tensor) -> list[int]:
     return [rank for rank, value in enumerate(torch.cat(gathered).tolist()) if value]
 
 
-def discard_grads_(parameters: Iterable[Tensor]) -> None:
+def discard_grads_(parameters: Iterable[Tensor] | Tensor) -> None:
     """Set `.grad` of every parameter to `None`, so that `optimizer.step()` skips them.
 
     `torch.optim` optimizers (SGD with momentum, Adam, AdamW, RMSprop, ...) leave the parameter and its
@@ -75,7 +75,15 @@ def discard_grads_(parameters: Iterable[Tensor]) -> None:
         >>> discard_grads_([w])
         >>> w.grad is None
         True
+
+    Raises:
+        TypeError: if `parameters` holds something other than tensors.
     """
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    parameters = list(parameters)
+    if not all(isinstance(param, Tensor) for param in parameters):
+        raise TypeError(f"`parameters` must be tensors (or one tensor), got {parameters!r}.")
     for param in parameters:
         param.grad = None
 
