@@ -88,14 +88,17 @@ class AdaptiveGradientClipping(Callback):
     Logged through `pl_module.log` every `log_every_n_steps` optimizer steps (see that argument; with
     several optimizers each key gets the suffix `/optimizer_{idx}`):
 
-    - `grad_clip/threshold`: the threshold in force (see `rnn_stability.callbacks.ClipRecord`).
+    - `grad_clip/threshold`: the threshold in force (see `rnn_stability.callbacks.ClipRecord`); not logged
+      while ZClip warms up without `max_grad_norm` (no threshold is in force: it would read `inf`), and
+      `nan` on a step the non-finite guard skipped.
     - `grad_clip/pre_clip_norm`, `grad_clip/post_clip_norm`: total L2 gradient norm before and after.
     - `grad_clip/clipped_fraction`: fraction of optimizer steps since the previous logged value where
       clipping changed the gradients.
     - `grad_clip/skipped_steps`: total number of steps skipped by the non-finite guard.
 
     Args:
-        strategy: one of `"norm"`, `"value"`, `"percentile"`, `"zscore"`, `"agc"`.
+        strategy: one of `"norm"`, `"value"`, `"percentile"`, `"zscore"`, `"agc"`. Default `"percentile"`
+            (AutoClip): it has no threshold to tune, as it follows the scale of the gradients.
         max_norm: threshold of `"norm"` (> 0).
         clip_value: element bound of `"value"` (> 0).
         percentile: AutoClip percentile in `[0, 100]` (paper: 10).
@@ -134,7 +137,7 @@ class AdaptiveGradientClipping(Callback):
 
     def __init__(
         self,
-        strategy: str = "norm",
+        strategy: str = "percentile",
         max_norm: float = 1.0,
         clip_value: float = 1.0,
         percentile: float = 10.0,
@@ -357,6 +360,8 @@ class AdaptiveGradientClipping(Callback):
             "grad_clip/clipped_fraction": torch.as_tensor(fraction, dtype=torch.float32),
             "grad_clip/skipped_steps": float(self.num_skipped_steps),
         }
+        if self.strategy == "zscore" and bool(torch.isinf(threshold)):  # a read on logging steps only
+            del values["grad_clip/threshold"]  # ZClip's warm-up: no threshold in force yet
         log_step_metrics(trainer, pl_module, {key + suffix: value for key, value in values.items()}, interval)
 
     @override

@@ -13,8 +13,8 @@ __all__ = ["ClipRecord"]
 class ClipRecord:
     """One clipping decision, kept on the device (reading a field as a Python number is a host sync).
 
-    Other callbacks (e.g. `rnn_stability.callbacks.GradientNormMonitor`) read it to report the
-    norm before clipping when the clipper ran first.
+    Another callback, or a test, can read it as `AdaptiveGradientClipping.last_record` to see what the
+    clipper did at the step just taken.
 
     Attributes:
         step: `trainer.global_step` when it was recorded (before the optimizer step increments it).

@@ -42,6 +42,7 @@ class _Pending:
 
     step: int
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    unlogged: set[str] = field(default_factory=set)  # measured for the alerts only
 
 
 class GradientNormMonitor(Callback):
@@ -54,19 +55,23 @@ class GradientNormMonitor(Callback):
     - `grad_norm/total_post_clip`: total norm of the gradient the optimizer actually used.
     - `grad_norm/max`: largest per-parameter gradient norm.
     - `grad_norm/nonfinite`: number of NaN/Inf gradient elements.
-    - `grad_norm/<group>`: gradient norm of each group (see `granularity`).
+    - `grad_norm/<group>`: gradient norm of each group (see `granularity`; none at `"total"`, whose one
+      group is the total norm).
     - `weight_norm/<group>`: weight norm of each group after the step (if `log_weight_norms`).
     - `update_ratio/<group>`: `‖Δw‖ / ‖w‖` of the step, `w` before the update (if `log_update_ratio`).
 
-    With more than one optimizer (manual optimization) every key gets the suffix `/optimizer_<index>`.
+    One name per number: with an `rnn_stability.callbacks.AdaptiveGradientClipping` among the callbacks,
+    the two totals are not logged here, because the clipper logs them as `grad_clip/pre_clip_norm` and
+    `grad_clip/post_clip_norm`. With more than one optimizer (manual optimization) every key gets the suffix
+    `/optimizer_<index>`. Every key of every callback is listed on the docs' "Logged metrics" page.
 
     **Where each number comes from.** Lightning calls every callback's `on_before_optimizer_step` (after AMP
     unscaling, once per accumulation window), then `configure_gradient_clipping` (``Trainer(gradient_clip_val=
     ...)``), then the optimizer update. The pre-clip norm, the max, the non-finite count and the group norms are
     measured in `on_before_optimizer_step`; if an
     `rnn_stability.callbacks.AdaptiveGradientClipping` placed *before* this callback already clipped this
-    step, the total pre-clip norm is taken from its `last_record` instead (the other numbers, and the alerts,
-    then describe its clipped gradient: put the monitor first to be alerted on unclipped group norms). The
+    step, they describe its clipped gradient (put the monitor first to be alerted on unclipped group
+    norms). The
     post-clip norm is measured in an optimizer step *post*-hook: optimizers do not modify `.grad` and
     Lightning zeroes it only at the next step, so this is exactly the gradient of the update whatever clipped
     it. (An optimizer step *pre*-hook would be too early: without AMP, Lightning runs
@@ -240,19 +245,6 @@ class GradientNormMonitor(Callback):
         ]
         return [grad for grad, _ in members], [g for _, g in members]
 
-    def _clipper_pre_clip_norm(self, trainer: pl.Trainer, optimizer_idx: int) -> Tensor | None:
-        if self.norm_type != 2.0:  # the clippers measure Euclidean norms
-            return None
-        for clipper in self._clippers:
-            record = clipper.last_record
-            if (
-                record is not None
-                and record.step == trainer.global_step
-                and record.optimizer_idx == optimizer_idx
-            ):
-                return record.pre_clip_norm
-        return None
-
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -266,18 +258,19 @@ class GradientNormMonitor(Callback):
         grads, groups = self._grads(plan)
         norms = foreach_norms(grads, self.norm_type)
         measured_total = total_norm(norms, self.norm_type)
-        pre_clip = self._clipper_pre_clip_norm(trainer, index)
-        grouped = group_norms(norms, groups, len(plan.group_names), self.norm_type)
         pending = _Pending(step=trainer.global_step)
-        pending.metrics[self._key("grad_norm", "total_pre_clip", index)] = (
-            measured_total if pre_clip is None else pre_clip
-        )
+        if not self._clippers:  # otherwise the clipper logs the totals (grad_clip/pre_clip_norm)
+            pending.metrics[self._key("grad_norm", "total_pre_clip", index)] = measured_total
         pending.metrics[self._key("grad_norm", "max", index)] = (
             torch.stack(norms).max() if norms else measured_total
         )
         pending.metrics[self._key("grad_norm", "nonfinite", index)] = nonfinite_count(plan.params)
+        grouped = group_norms(norms, groups, len(plan.group_names), self.norm_type)
         for name, value in zip(plan.group_names, grouped.unbind(), strict=True):
-            pending.metrics[self._key("grad_norm", name, index)] = value
+            key = self._key("grad_norm", name, index)
+            pending.metrics[key] = value
+            if self.granularity == "total":  # its one group is the total norm, logged once already
+                pending.unlogged.add(key)
         self._pending[index] = pending
 
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -297,10 +290,11 @@ class GradientNormMonitor(Callback):
         if index is None or pending is None:
             return
         plan = self._plans[index]
-        grads, _ = self._grads(plan)
-        pending.metrics[self._key("grad_norm", "total_post_clip", index)] = total_norm(
-            foreach_norms(grads, self.norm_type), self.norm_type
-        )
+        if not self._clippers:
+            grads, _ = self._grads(plan)
+            pending.metrics[self._key("grad_norm", "total_post_clip", index)] = total_norm(
+                foreach_norms(grads, self.norm_type), self.norm_type
+            )
         weights = [p.detach() for p in plan.params]
         num_groups = len(plan.group_names)
         if self.log_weight_norms:
@@ -332,7 +326,9 @@ class GradientNormMonitor(Callback):
         dtype = torch.float32 if device.type == "mps" else torch.float64  # float64 keeps large counts exact
         # one device-to-host transfer for everything logged this step
         values = torch.stack([t.detach().to(device=device, dtype=dtype) for t in tensors]).tolist()
-        log_step_metrics(trainer, pl_module, dict(zip(names, values, strict=True)), self._interval)
+        unlogged = {name for _, p in pending for name in p.unlogged}
+        logged = {name: value for name, value in zip(names, values, strict=True) if name not in unlogged}
+        log_step_metrics(trainer, pl_module, logged, self._interval)
         if self.warn_below is None and self.warn_above is None:
             return
         offset = 0

@@ -8,6 +8,7 @@ function of parameter names, so it is computed once; the norms themselves are co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,25 @@ GRANULARITIES = ("total", "module", "parameter")
 ROOT_GROUP = "root"
 """Group name, at `"module"` granularity, of parameters registered directly on the root module."""
 
+# A recurrent module's per-layer parameters: torch's `weight_ih_l0`, `bias_hh_l1_reverse`, `weight_hr_l0` (cells:
+# `weight_ih`), and the weight/bias of our layer norms `layer_norm_<kind>_l0`, `layer_norm_cell_l1_reverse`
+# (cells: `layer_norm_<kind>`). The group is the layer's suffix without its underscore, `l0` or `l1_reverse`.
+_RECURRENT_PARAMETER = re.compile(r"^(?:weight|bias)_(?:ih|hh|hr)(?:_(l\d+(?:_reverse)?))?$")
+_RECURRENT_NORM = re.compile(r"^layer_norm_[a-z]+(?:_(l\d+(?:_reverse)?))?$")
+
+
+def _module_group(name: str) -> str:
+    """The `"module"` group of a parameter: its owning module, or the layer (and direction) of a recurrent one."""
+    parts = name.split(".")
+    owner, match = parts[:-1], _RECURRENT_PARAMETER.match(parts[-1])
+    if match is None and len(parts) >= 2 and parts[-1] in ("weight", "bias"):
+        match = _RECURRENT_NORM.match(parts[-2])
+        if match is not None:
+            owner = parts[:-2]
+    if match is not None and match.group(1) is not None:
+        owner = [*owner, match.group(1)]
+    return ".".join(owner) or ROOT_GROUP
+
 
 def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple[list[str], list[int]]:
     """Assign each named parameter to a group.
@@ -36,8 +56,11 @@ def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple
         names: parameter names as given by `Module.named_parameters()` (e.g. `"rnn.weight_hh_l0"`).
         granularity: `"total"` puts every parameter in one group called `"total"`; `"module"` groups
             parameters by the module that directly owns them (the name without its last component, e.g.
-            `"encoder.rnn"`; parameters of the root module itself form the group `"root"`);
-            `"parameter"` gives every parameter its own group, named like the parameter.
+            `"encoder.head"`; parameters of the root module itself form the group `"root"`), except that
+            a recurrent module's parameters are grouped per layer and direction, its layer norms included:
+            `"encoder.rnn.l0"`, `"encoder.rnn.l0_reverse"`, `"encoder.rnn.l1"` (torch's `_l<k>` suffixes;
+            a cell's parameters form one group, the cell); `"parameter"` gives every parameter its own
+            group, named like the parameter.
 
     Returns:
         The group names in order of first appearance, and for each input name the index of its group.
@@ -48,7 +71,11 @@ def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple
 
     Examples:
         >>> group_parameters(["rnn.weight_ih_l0", "rnn.bias_ih_l0", "head.weight", "scale"])
-        (['rnn', 'head', 'root'], [0, 0, 1, 2])
+        (['rnn.l0', 'head', 'root'], [0, 0, 1, 2])
+        >>> group_parameters(["rnn.weight_hh_l1_reverse", "rnn.layer_norm_cell_l1_reverse.bias", "rnn.weight_hh_l0"])
+        (['rnn.l1_reverse', 'rnn.l0'], [0, 0, 1])
+        >>> group_parameters(["cell.weight_ih", "cell.layer_norm_ih.weight", "cell.norm.weight"])
+        (['cell', 'cell.norm'], [0, 0, 1])
         >>> group_parameters(["rnn.weight_ih_l0", "head.weight"], "total")
         (['total'], [0, 0])
     """
@@ -68,7 +95,7 @@ def group_parameters(names: Sequence[str], granularity: str = "module") -> tuple
         elif granularity == "parameter":
             group = name
         else:
-            group = name.rsplit(".", 1)[0] if "." in name else ROOT_GROUP
+            group = _module_group(name)
         if group not in positions:
             positions[group] = len(group_names)
             group_names.append(group)

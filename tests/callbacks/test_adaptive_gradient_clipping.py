@@ -283,11 +283,14 @@ def test_csv_logger_gets_the_documented_keys(tmp_path):
     clipper = AdaptiveGradientClipping(strategy="zscore", warmup_steps=2)
     _fit(clipper, max_steps=6, logger=CSVLogger(tmp_path, name="keys"), log_every_n_steps=2)
     rows = list(csv.DictReader(open(next(Path(tmp_path).rglob("metrics.csv")))))
-    logged = [r for r in rows if r.get("grad_clip/threshold")]
+    logged = [r for r in rows if r.get("grad_clip/pre_clip_norm")]
     assert [int(r["step"]) for r in logged] == [1, 3, 5]
     for key in LOG_KEYS:
         assert key in rows[0].keys()
-        assert all(math.isfinite(float(r[key])) or key == "grad_clip/threshold" for r in logged)
+    # step 1 is still in ZClip's two-step warm-up: no threshold in force, none logged (rather than inf)
+    assert [int(r["step"]) for r in logged if r["grad_clip/threshold"]] == [3, 5]
+    for row in logged:
+        assert all(math.isfinite(float(row[key])) for key in LOG_KEYS if row[key])
 
 
 @pytest.mark.parametrize("interval", [3, 4])
@@ -302,6 +305,13 @@ def test_own_interval_logs_fresh_values_only_on_its_steps(tmp_path, interval):
         assert float(row["grad_clip/pre_clip_norm"]) == pytest.approx(
             recorder.records[step].pre_clip_norm.item()
         )
+
+
+def test_default_strategy_is_autoclip_as_the_guides_advise():
+    clipper = AdaptiveGradientClipping()
+    assert (clipper.strategy, clipper.percentile, clipper.window_size) == ("percentile", 10.0, 1000)
+    _fit(clipper, max_steps=3)
+    assert isinstance(clipper.last_record.threshold, torch.Tensor) and clipper.num_steps == 3
 
 
 def test_gradient_clip_val_warns_once():

@@ -61,7 +61,7 @@ def test_logged_keys_and_values_match_torch_reference(tmp_path: Path) -> None:
     expected = {
         f"{prefix}/{group}"
         for prefix in ("grad_norm", "weight_norm", "update_ratio")
-        for group in ("rnn", "head")
+        for group in ("rnn.l0", "head")
     } | {f"grad_norm/{k}" for k in ("total_pre_clip", "total_post_clip", "max", "nonfinite")}
     assert sorted(rows) == [1, 3]  # logged on Lightning's logging steps only
     final = {name: p.detach() for name, p in model.named_parameters()}
@@ -77,14 +77,14 @@ def test_logged_keys_and_values_match_torch_reference(tmp_path: Path) -> None:
             max(g.norm().item() for g in grads.values()), rel=1e-5
         )
         assert logged["grad_norm/nonfinite"] == 0
-        for group in ("rnn", "head"):
-            members = [g for name, g in grads.items() if name.startswith(group + ".")]
+        for group, module in (("rnn.l0", "rnn"), ("head", "head")):  # a one-layer LSTM: one layer group
+            members = [g for name, g in grads.items() if name.startswith(module + ".")]
             assert logged[f"grad_norm/{group}"] == pytest.approx(_norm(members), rel=1e-5)
     # weights after the last logged step are the final weights
     last, ref = rows[3], model.reference[3]
-    for group in ("rnn", "head"):
-        after = [w for name, w in final.items() if name.startswith(group + ".")]
-        before = [w for name, w in ref["weights"].items() if name.startswith(group + ".")]
+    for group, module in (("rnn.l0", "rnn"), ("head", "head")):
+        after = [w for name, w in final.items() if name.startswith(module + ".")]
+        before = [w for name, w in ref["weights"].items() if name.startswith(module + ".")]
         assert last[f"weight_norm/{group}"] == pytest.approx(_norm(after), rel=1e-5)
         delta = _norm([a - b for a, b in zip(after, before, strict=True)])
         assert last[f"update_ratio/{group}"] == pytest.approx(delta / _norm(before), rel=1e-4)
@@ -100,21 +100,18 @@ def test_trainer_gradient_clip_val_gives_pre_and_post(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("clipper_first", [True, False])
-def test_pre_and_post_clip_with_clipping_callback_in_either_order(
-    tmp_path: Path, clipper_first: bool
-) -> None:
+def test_with_a_clipping_callback_the_totals_have_one_name(tmp_path: Path, clipper_first: bool) -> None:
     torch.manual_seed(0)
     clipper, monitor = AdaptiveGradientClipping(strategy="norm", max_norm=0.01), GradientNormMonitor()
     callbacks: list[Any] = [clipper, monitor] if clipper_first else [monitor, clipper]
     rows = _fit_logged(tmp_path, TinyRNNRegressor(), callbacks)
     assert len(rows) == 4
     for logged in rows.values():
-        # the clipper's own record of the norm it saw before clipping is the reference
-        assert logged["grad_norm/total_pre_clip"] == pytest.approx(
-            logged["grad_clip/pre_clip_norm"], rel=1e-6
-        )
-        assert logged["grad_norm/total_pre_clip"] > 0.02
-        assert logged["grad_norm/total_post_clip"] == pytest.approx(0.01, rel=1e-3)
+        # the clipper logs the totals; the monitor does not repeat them under its own names
+        assert "grad_norm/total_pre_clip" not in logged and "grad_norm/total_post_clip" not in logged
+        assert logged["grad_clip/pre_clip_norm"] > 0.02
+        assert logged["grad_clip/post_clip_norm"] == pytest.approx(0.01, rel=1e-3)
+        assert {"grad_norm/max", "grad_norm/nonfinite", "grad_norm/rnn.l0", "grad_norm/head"} <= set(logged)
 
 
 def test_default_interval_follows_trainer_and_accumulation(tmp_path: Path) -> None:
@@ -145,8 +142,8 @@ def test_own_interval_logs_fresh_values_only_on_its_steps(tmp_path: Path, interv
 @pytest.mark.parametrize(
     ("granularity", "groups"),
     [
-        ("total", ["total"]),
-        ("module", ["rnn", "head"]),
+        ("total", []),  # its one group is `total_pre_clip`
+        ("module", ["rnn.l0", "head"]),
         (
             "parameter",
             [
@@ -169,8 +166,9 @@ def test_granularity_groups_partition_the_total(tmp_path: Path, granularity: str
             f"grad_norm/{k}" for k in ("total_pre_clip", "total_post_clip", "max", "nonfinite")
         }
         assert group_keys == {f"grad_norm/{g}" for g in groups}
-        squares = sum(logged[k] ** 2 for k in group_keys)
-        assert math.sqrt(squares) == pytest.approx(logged["grad_norm/total_pre_clip"], rel=1e-5)
+        if groups:
+            squares = sum(logged[k] ** 2 for k in group_keys)
+            assert math.sqrt(squares) == pytest.approx(logged["grad_norm/total_pre_clip"], rel=1e-5)
 
 
 class _TwoOptimizers(TinyRNNRegressor):
@@ -203,9 +201,9 @@ def test_multiple_optimizers_get_suffixed_keys(tmp_path: Path) -> None:
     rows = _fit_logged(tmp_path, _TwoOptimizers(), [GradientNormMonitor()], max_steps=4)
     assert len(rows) == 2  # max_steps counts both optimizers' steps: 2 batches
     for logged in rows.values():
-        assert {"grad_norm/rnn/optimizer_0", "grad_norm/head/optimizer_1"} <= set(logged)
+        assert {"grad_norm/rnn.l0/optimizer_0", "grad_norm/head/optimizer_1"} <= set(logged)
         assert "grad_norm/head/optimizer_0" not in logged
-        for index, group in ((0, "rnn"), (1, "head")):
+        for index, group in ((0, "rnn.l0"), (1, "head")):
             pre, post = (
                 logged[f"grad_norm/total_pre_clip/optimizer_{index}"],
                 logged[f"grad_norm/{group}/optimizer_{index}"],
@@ -226,6 +224,18 @@ def test_nonfinite_gradients_are_counted_and_warned(tmp_path: Path) -> None:
     assert monitor.last_warning_step == {"below": None, "above": 0}
 
 
+def test_total_granularity_warns_on_the_total_it_does_not_log_twice(tmp_path: Path) -> None:
+    monitor = GradientNormMonitor(granularity="total", warn_above=0.0, log_every_n_steps=1)
+    logger = CSVLogger(tmp_path)
+    with pytest.warns(UserWarning, match=r"exploding gradients at step 0.*total="):
+        quiet_trainer(tmp_path, max_steps=1, callbacks=[monitor], logger=logger).fit(
+            TinyRNNRegressor(), adding_loader()
+        )
+    with open(f"{logger.log_dir}/metrics.csv") as file:
+        header = file.readline().strip().split(",")
+    assert "grad_norm/total" not in header and "grad_norm/total_pre_clip" in header
+
+
 def test_warnings_name_groups_and_step_and_are_rate_limited(tmp_path: Path) -> None:
     monitor = GradientNormMonitor(warn_below=1e6, warn_every_n_steps=3)
     trainer = quiet_trainer(tmp_path, max_steps=6, callbacks=[monitor])
@@ -234,7 +244,7 @@ def test_warnings_name_groups_and_step_and_are_rate_limited(tmp_path: Path) -> N
     messages = [str(w.message) for w in record if "GradientNormMonitor" in str(w.message)]
     assert len(messages) == 2
     assert "vanishing gradients at step 0" in messages[0] and "step 3" in messages[1]
-    assert "rnn=" in messages[0] and "head=" in messages[0]
+    assert "rnn.l0=" in messages[0] and "head=" in messages[0]
     assert monitor.last_warning_step["below"] == 3
     # the rate-limit state travels in checkpoints
     trainer.save_checkpoint(tmp_path / "last.ckpt")

@@ -67,9 +67,32 @@ def test_update_ratio_of_zero_weights_is_inf() -> None:
 
 def test_group_parameters_granularities() -> None:
     names = ["encoder.rnn.weight_hh_l0", "encoder.rnn.bias_hh_l0", "head.weight", "scale"]
-    assert group_parameters(names, "module") == (["encoder.rnn", "head", "root"], [0, 0, 1, 2])
+    assert group_parameters(names, "module") == (["encoder.rnn.l0", "head", "root"], [0, 0, 1, 2])
     assert group_parameters(names, "parameter") == (names, [0, 1, 2, 3])
     assert group_parameters(names, "total") == (["total"], [0, 0, 0, 0])
+
+
+def test_module_groups_split_a_recurrent_module_per_layer_and_direction() -> None:
+    from rnn_stability.nn import LSTM, GRUCell
+
+    model = torch.nn.Module()
+    model.rnn = LSTM(2, 3, num_layers=2, bidirectional=True, proj_size=2, layer_norm=True)
+    model.cell = GRUCell(2, 3, layer_norm=True)
+    model.plain = torch.nn.GRU(2, 3)
+    model.head = torch.nn.Linear(3, 1)
+    names = [name for name, _ in model.named_parameters()]
+    groups, index = group_parameters(names, "module")
+    assert groups == ["rnn.l0", "rnn.l0_reverse", "rnn.l1", "rnn.l1_reverse", "cell", "plain.l0", "head"]
+    members = {
+        group: [n for n, i in zip(names, index, strict=True) if groups[i] == group] for group in groups
+    }
+    # each layer's weights, biases, projection and layer norms in one group, nothing left over
+    layer = [n for n in names if n.startswith("rnn.") and ("_l1_reverse." in n or n.endswith("_l1_reverse"))]
+    assert members["rnn.l1_reverse"] == layer
+    assert any("norm" in n for n in layer) and "rnn.weight_hr_l1_reverse" in layer
+    assert members["cell"] == [n for n in names if n.startswith("cell.")]
+    # a model that is itself a recurrent module
+    assert group_parameters(["weight_ih_l0", "weight_hh_l1"], "module")[0] == ["l0", "l1"]
 
 
 def test_empty_inputs_give_zero_groups() -> None:
