@@ -1,4 +1,4 @@
-"""Evidence for issue 5: steps to solve the adding problem with torch's default init vs gate-aware init.
+"""Steps to solve the adding problem with torch's default initialisation vs gate-aware initialisation.
 
 Adding problem (Hochreiter & Schmidhuber 1997), one recurrent layer + linear head on the last step, Adam 1e-3,
 batch 50, gradient clipping at norm 1.0. Schemes: ``default`` (torch's own ``reset_parameters``),
@@ -6,7 +6,9 @@ batch 50, gradient clipping at norm 1.0. Schemes: ``default`` (torch's own ``res
 LSTM forget bias 1) and ``chrono`` (same weights, chrono biases with ``max_timescale = T``). Every run of one
 seed sees the same training batches and the same head initialisation. The MSE on a fixed held-out batch is
 evaluated every ``--eval-every`` steps; a run stops when it drops below ``--threshold`` ("solved") or at
-``--max-steps``. Results are written after every run to ``benchmarks/results/adding_problem_init.{md,json,png}``.
+``--max-steps``. Results are written after every run to ``benchmarks/results/adding_problem_init.{md,json,png}`` (the markdown
+has no title of its own: the docs include it under theirs); ``--merge`` rewrites them from the JSON without
+training.
 
 Run (CPU, single thread; about 0.1-0.25 s per step)::
 
@@ -158,9 +160,14 @@ def plot(records: list[dict[str, Any]], path: Path, threshold: float) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({(r["cell"], r["seq_len"]) for r in records}, key=group_order)
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+    # two panels a row, so that the figure stays readable in a docs column (~800 px)
+    ncols = min(2, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
     colors = {"default": "tab:gray", "orthogonal": "tab:blue", "chrono": "tab:orange"}
-    for ax, (cell, seq_len) in zip(axes[0], keys, strict=True):
+    for ax in axes.flat[len(keys) :]:
+        ax.axis("off")
+    for ax, (cell, seq_len) in zip(axes.flat, keys, strict=False):
         for r in records:
             if (r["cell"], r["seq_len"]) != (cell, seq_len) or not r["curve"]:
                 continue
@@ -175,9 +182,13 @@ def plot(records: list[dict[str, Any]], path: Path, threshold: float) -> None:
             ylabel="held-out MSE",
             title=f"{cell.upper()}, adding T={seq_len}",
         )
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if len(keys) < axes.size:  # the spare panel holds the legend
+        axes.flat[-1].legend(handles, labels, loc="center", fontsize=9, frameon=False)
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0 if len(keys) < axes.size else 0.12, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -188,7 +199,6 @@ def write(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
     text = table(records, args.threshold)
     cap = "step caps as listed below" if args.merge else f"cap {args.max_steps} steps"
     header = (
-        "# Adding problem: steps to solve by initialisation scheme\n\n"
         f"`python benchmarks/adding_problem_init.py` — hidden {args.hidden}, Adam 1e-3, batch {args.batch_size}, "
         f"clip 1.0, val MSE on {args.val_size} held-out sequences every {args.eval_every} steps, {cap} "
         '("> N": not reached after N steps; unsolved runs count as N, so the ratios against an unsolved '

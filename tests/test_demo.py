@@ -21,7 +21,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", *TINY, "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    for expected in ("vanilla", "stable", "final MSE", "steps to solve", "clipped steps", "memory length"):
+    for expected in ("vanilla", "stable", "held-out MSE", "steps to solve", "clipped steps", "memory length"):
         assert expected in printed
     assert str(out.resolve()) in printed.replace("\n", "")
     for name in (

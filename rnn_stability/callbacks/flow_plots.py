@@ -59,6 +59,7 @@ def plot_flow_heatmap(
     *,
     title: str = "gradient flow",
     path: str | os.PathLike[str] | None = None,
+    log10_range: tuple[float, float] | None = None,
 ) -> Figure:
     """Heatmap of `log10 ‖∂L/∂x_t‖`: training step on the vertical axis, time step on the horizontal one.
 
@@ -69,6 +70,8 @@ def plot_flow_heatmap(
         profiles: 1-d profiles (e.g. `[p[name] for _, p in monitor.history]`), one per step.
         title: figure title.
         path: if given, the PNG file to write.
+        log10_range: `(low, high)` ends of the colour scale in log10 units; give two heatmaps the same
+            range to compare them side by side. `None` spans this heatmap's own values.
 
     Returns:
         The matplotlib figure.
@@ -82,6 +85,8 @@ def plot_flow_heatmap(
         >>> fig = plot_flow_heatmap([0, 10], [torch.ones(5), 0.5 ** torch.arange(4.0, -1.0, -1.0)])
         >>> fig.axes[0].get_xlabel()
         'time step t'
+        >>> plot_flow_heatmap([0], [torch.ones(5)], log10_range=(-3, 1)).axes[0].images[0].get_clim()
+        (-3.0, 1.0)
     """
     if len(steps) != len(profiles) or len(steps) == 0:
         raise ValueError(
@@ -96,7 +101,10 @@ def plot_flow_heatmap(
     from matplotlib.ticker import MaxNLocator
 
     axes = figure.add_subplot()
-    image = axes.imshow(grid.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
+    low, high = log10_range if log10_range is not None else (None, None)
+    image = axes.imshow(
+        grid.numpy(), aspect="auto", interpolation="nearest", cmap="viridis", vmin=low, vmax=high
+    )
     # one row per measurement, labelled with its training step (at most ~10 labels)
     rows = list(range(0, len(steps), max(1, len(steps) // 10)))
     axes.set_yticks(rows, [str(int(steps[row])) for row in rows])

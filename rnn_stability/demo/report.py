@@ -29,17 +29,17 @@ def comparison_rows(results: Sequence[RunResult]) -> list[tuple[str, list[str]]]
 
     Examples:
         >>> run = RunResult("vanilla", "torch", 10, 1.0, [0.2] * 10, [0.2] * 10, 0.18, None)
-        >>> dict(comparison_rows([run]))["steps to solve (MSE < 0.01)"]
+        >>> dict(comparison_rows([run]))["steps to solve (smoothed training MSE < 0.01)"]
         ['not solved in 10']
     """
     rows: list[tuple[str, list[str]]] = [
         ("recipe", [r.title for r in results]),
         (
-            f"final MSE (mean baseline {MEAN_BASELINE_MSE:.3f})",
+            f"held-out MSE after training (mean baseline {MEAN_BASELINE_MSE:.3f})",
             [f"{r.final_mse:.4f} ({r.final_mse / MEAN_BASELINE_MSE:.1%} of baseline)" for r in results],
         ),
         (
-            f"steps to solve (MSE < {SOLVED_MSE:g})",
+            f"steps to solve (smoothed training MSE < {SOLVED_MSE:g})",
             [str(r.steps_to_solve) if r.steps_to_solve else f"not solved in {r.steps}" for r in results],
         ),
         ("clipped steps", [_count(r.clipped_steps, r.steps) for r in results]),

@@ -78,14 +78,17 @@ def _worker(name: str, config: DemoConfig, messages: Any, num_threads: int) -> N
 
 
 class _Display:
-    """One progress bar per set-up, with the smoothed MSE and the step at which the task was solved."""
+    """One progress bar per set-up, with the smoothed training MSE and the step at which the task was solved.
+
+    The table printed at the end reports the MSE on held-out sequences instead; the labels say which is which.
+    """
 
     def __init__(self, config: DemoConfig, console: Console) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description:<8}"),
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
-            TextColumn("MSE {task.fields[mse]:>7}"),
+            TextColumn("train MSE (avg) {task.fields[mse]:>7}"),
             TextColumn("{task.fields[status]:<20}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
