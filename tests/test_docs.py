@@ -62,6 +62,16 @@ def test_no_raw_rest_or_latex_in_any_page(site: Path) -> None:
     assert not found, found
 
 
+def test_every_page_has_one_title_and_names_no_internal_issue(site: Path) -> None:
+    # an included result file with a `# title` of its own would put a second H1 on its page
+    titles = {
+        name: len(re.findall(r"<h1\b", page)) for name, page in _pages(site).items() if "<article" in page
+    }
+    assert all(count == 1 for count in titles.values()), {n: c for n, c in titles.items() if c != 1}
+    mentions = [name for name, page in _pages(site).items() if re.search(r"\b[Ii]ssue \d+", _text(page))]
+    assert not mentions, mentions
+
+
 def test_maths_is_mathml(site: Path) -> None:
     pages = _pages(site)
     formulas = [m for page in pages.values() for m in re.findall(r'class="arithmatex">(.{0,5})', page)]
