@@ -42,6 +42,8 @@ bench: install
 	$(BIN)/python benchmarks/rnn_speed.py
 	$(BIN)/python benchmarks/callback_overhead.py
 	$(BIN)/python benchmarks/gradient_flow_overhead.py
+	$(BIN)/python -m pip install -q --no-deps timm  # AGC reference; its torchvision would not load here
+	$(BIN)/python benchmarks/clip_speed.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info
