@@ -50,7 +50,7 @@ ROWS: list[Row] = [
     # rnn_stability.nn
     Row("LSTM", "hidden_size=0", lambda: N.LSTM(2, 0), ValueError, "hidden_size"),
     Row("LSTM", "dropout=2", lambda: N.LSTM(2, 3, dropout=2.0), ValueError, "dropout"),
-    Row("LSTM", "layer_norm string", lambda: N.LSTM(2, 3, layer_norm="no"), ValueError, "`layer_norm`"),
+    Row("LSTM", "layer_norm int", lambda: N.LSTM(2, 3, layer_norm=3), TypeError, "`layer_norm`"),
     Row("LSTM", "residual string", lambda: N.LSTM(2, 3, residual="no"), TypeError, "`residual`"),
     Row("GRU", "dropout=-1", lambda: N.GRU(2, 3, dropout=-1.0), ValueError, "dropout"),
     Row("GRU", "residual string", lambda: N.GRU(2, 3, residual="no"), TypeError, "`residual`"),
@@ -66,7 +66,7 @@ ROWS: list[Row] = [
     Row("gate_layer_norm", "eps<0", lambda: N.gate_layer_norm(torch.ones(1, 4), torch.ones(2, 2), -1.0), ValueError, "`eps`"),
     Row("gate_layer_norm", "eps=nan", lambda: N.gate_layer_norm(torch.ones(1, 4), torch.ones(2, 2), math.nan), ValueError, "`eps`"),
     Row("convert_rnn", "not a module", lambda: N.convert_rnn("x"), TypeError, "`module`"),
-    Row("convert_rnn", "layer_norm string", lambda: N.convert_rnn(_lstm(), layer_norm="no"), ValueError, "`layer_norm`"),
+    Row("convert_rnn", "layer_norm int", lambda: N.convert_rnn(_lstm(), layer_norm=3), TypeError, "`layer_norm`"),
     # rnn_stability.functional: norms
     Row("foreach_norms", "strings", lambda: F.foreach_norms(["a"]), TypeError, "`tensors`"),
     Row("foreach_norms", "one 2-d tensor", lambda: F.foreach_norms(torch.ones(3, 2)), TypeError, "`tensors`"),
@@ -169,7 +169,7 @@ ROWS: list[Row] = [
     Row("LossSpikeRecovery", "max_rollbacks=0", lambda: C.LossSpikeRecovery(max_rollbacks=0), ValueError, "`max_rollbacks`"),
     Row("RNNInitializer", "scheme", lambda: C.RNNInitializer(scheme="he"), ValueError, "`scheme`"),
     Row("RNNInitializer", "seed string", lambda: C.RNNInitializer(seed="x"), ValueError, "`seed`"),
-    Row("StableRNN", "layer_norm string", lambda: C.StableRNN(layer_norm="no"), ValueError, "`layer_norm`"),
+    Row("StableRNN", "layer_norm int", lambda: C.StableRNN(layer_norm=3), TypeError, "`layer_norm`"),
     Row("StableRNN", "include int", lambda: C.StableRNN(include=3), TypeError, "`include`"),
     Row("plot_flow_heatmap", "lengths differ", lambda: C.plot_flow_heatmap([1, 2], [torch.ones(3)]), ValueError, "`steps`"),
     Row("plot_flow_profile", "a string", lambda: C.plot_flow_profile("x"), TypeError, "`profile`"),
