@@ -14,7 +14,8 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH_PIN)"
+	# integrations: darts, neuralforecast, pytorch-forecasting, for their tests (about 1 min more, ~1.5 GB).
+	$(BIN)/python -m pip install -q -e ".[dev,integrations]" "$(TORCH_PIN)"
 	touch $@
 
 install: $(VENV)/.installed
