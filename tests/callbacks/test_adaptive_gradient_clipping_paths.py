@@ -103,3 +103,19 @@ def test_no_host_sync_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(p.grad).all() for p in params)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(clip_rule="mean"), ValueError, "`clip_rule` must be one of"),
+        (dict(clip_rule=None), TypeError, "`clip_rule`"),
+        (dict(max_grad_norm=-1.0), ValueError, "`max_grad_norm` must be a positive"),
+        (dict(max_grad_norm="1.0"), TypeError, "`max_grad_norm`"),
+    ],
+)
+def test_zclip_options_are_checked_by_the_callback(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        AdaptiveGradientClipping(strategy="zscore", **kwargs)
+    clipper = AdaptiveGradientClipping(strategy="zscore", clip_rule="reciprocal", max_grad_norm=2)
+    assert (clipper.clip_rule, clipper.max_grad_norm) == ("reciprocal", 2.0)
