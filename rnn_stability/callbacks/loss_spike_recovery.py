@@ -16,7 +16,7 @@ from typing_extensions import override
 from rnn_stability.callbacks.logging_steps import is_logging_step, log_step_metrics, resolve_interval
 from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.callbacks.training_snapshot import TrainingSnapshot
-from rnn_stability.functional.clipping import discard_grads_
+from rnn_stability.functional.clipping import discard_grads_, uses_host_scalars
 from rnn_stability.functional.clipping._checks import check_fraction, check_positive_int
 from rnn_stability.functional.loss_spikes import LossSpikeDetector, mean_across_ranks
 
@@ -69,9 +69,11 @@ class LossSpikeRecovery(Callback):
     so `on_train_start` of the resumed run takes the first snapshot from it; storing another copy would
     double the checkpoint's size for nothing.
 
-    **Cost**: one host synchronisation per optimizer step (reading the verdict; under DDP after a one-element
-    `all_reduce` of the loss), the EMA arithmetic on 0-d tensors, and in `"rollback"` mode a copy of the
-    model and optimizer state to the CPU every `snapshot_every_n_steps` steps (see
+    **Cost**: on accelerators, one host synchronisation per optimizer step (reading the verdict; under DDP
+    after a one-element `all_reduce` of the loss) and the EMA arithmetic on 0-d tensors; on the CPU the loss
+    is read as a number and judged with host scalars (`LossSpikeDetector.judge`), the library's rule
+    (`rnn_stability.functional.uses_host_scalars`). In `"rollback"` mode add a copy of the model and
+    optimizer state to the CPU every `snapshot_every_n_steps` steps (see
     `benchmarks/results/loss_spike_overhead.md`). FSDP / model-parallel strategies are refused (a snapshot
     of a shard is not a snapshot of the model).
 
@@ -264,8 +266,11 @@ class LossSpikeRecovery(Callback):
         detector = self._detectors.get(idx)
         if detector is None:  # not `setdefault`: building a detector every step would cost more than judging
             detector = self._detectors[idx] = self._new_detector()
-        bad_flag = detector.step(loss)
-        bad, negative = torch.stack([bad_flag, loss < 0]).tolist()  # the one host sync of the step
+        if uses_host_scalars(loss.device):  # reading a CPU value is free; tensor bookkeeping is not
+            value = loss.item()
+            bad, negative = detector.judge(value), value < 0
+        else:  # the one host sync of the step
+            bad, negative = torch.stack([detector.step(loss), loss < 0]).tolist()
         if negative:
             raise RuntimeError(
                 f"`LossSpikeRecovery` judges the log of the loss, but optimizer {idx} got a negative loss"
