@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 from neuralforecast import NeuralForecast
 from neuralforecast.utils import AirPassengersDF  # ships with the package
-from pytorch_lightning.loggers import CSVLogger  # neuralforecast trains with `pytorch_lightning`
+from pytorch_lightning.loggers import CSVLogger  # neuralforecast's Lightning
 
 from rnn_stability.callbacks import GradientNormMonitor
-from rnn_stability.integrations.neuralforecast import StableLSTM, fitted_callbacks
+from rnn_stability.integrations.neuralforecast import (
+    StableLSTM,
+    fitted_callbacks,
+)
 
 model = StableLSTM(
     h=12,
@@ -21,8 +24,12 @@ model = StableLSTM(
     max_steps=30,
     scaler_type="robust",
     random_seed=0,
-    stable_rnn={"layer_norm": True},  # convert_rnn's options; None: torch's computation, bit for bit
-    callbacks=[GradientNormMonitor()],  # this and the rest go to the Lightning Trainer
+    stable_rnn={
+        "layer_norm": True
+    },  # convert_rnn's options; None: torch's computation, bit for bit
+    callbacks=[
+        GradientNormMonitor()
+    ],  # this and the rest go to the Lightning Trainer
     accelerator="cpu",
     log_every_n_steps=5,
     enable_progress_bar=False,
@@ -31,18 +38,27 @@ model = StableLSTM(
 )
 nf = NeuralForecast(models=[model], freq="MS")
 nf.fit(AirPassengersDF)
-# fit trained deep copies of the models (callbacks and logger included): the ones that ran are the copies'
+# fit trained deep copies of the models, callbacks and logger included:
+# the ones that ran are the copies'
 (monitor,) = fitted_callbacks(nf, GradientNormMonitor)
 log_dir = nf.models[0].trainer_kwargs["logger"].log_dir
-metrics = pd.read_csv(f"{log_dir}/metrics.csv").ffill().iloc[-1].to_dict()  # train_loss_step, grad_norm/...
+metrics = (
+    pd.read_csv(f"{log_dir}/metrics.csv").ffill().iloc[-1].to_dict()
+)  # train_loss_step, grad_norm/...
 forecast = nf.predict()
 
-nf.save("stable_nf", overwrite=True)  # StableLSTM is registered for NeuralForecast.load on import
+nf.save(
+    "stable_nf", overwrite=True
+)  # StableLSTM is registered for NeuralForecast.load on import
 loaded = NeuralForecast.load("stable_nf")
-assert np.array_equal(loaded.predict()["StableLSTM"].values, forecast["StableLSTM"].values)
+assert np.array_equal(
+    loaded.predict()["StableLSTM"].values, forecast["StableLSTM"].values
+)
 # --8<-- [end:neuralforecast]
 
-logged = sorted(key for key in metrics if key.startswith(("grad_norm/", "grad_clip/")))
+logged = sorted(
+    key for key in metrics if key.startswith(("grad_norm/", "grad_clip/"))
+)
 print(
     f"train_loss {float(metrics['train_loss_step']):.2f}; our callbacks logged {len(logged)} metrics, e.g. {logged[0]}"
 )

@@ -4,14 +4,17 @@ Run from the repository root: .venv/bin/python examples/forecasting_libraries/py
 (writes stable_deepar.ckpt into the current directory).
 """
 
-# --8<-- [start:pytorch_forecasting]
+# --8<-- [start:pf]
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
 from pytorch_forecasting import TimeSeriesDataSet
 
-from rnn_stability.callbacks import AdaptiveGradientClipping, GradientNormMonitor
+from rnn_stability.callbacks import (
+    AdaptiveGradientClipping,
+    GradientNormMonitor,
+)
 from rnn_stability.integrations.pytorch_forecasting import StableDeepAR
 
 # Two monthly series: trend, yearly cycle, noise.
@@ -21,7 +24,12 @@ data = pd.DataFrame(
     {
         "series": np.repeat(["a", "b"], t.size),
         "time_idx": np.tile(t, 2),
-        "value": np.concatenate([1 + t / 144 + 0.3 * np.sin(2 * np.pi * t / 12 + phase) for phase in (0, 1)])
+        "value": np.concatenate(
+            [
+                1 + t / 144 + 0.3 * np.sin(2 * np.pi * t / 12 + phase)
+                for phase in (0, 1)
+            ]
+        )
         + rng.normal(0.0, 0.05, 2 * t.size),
     }
 )
@@ -36,7 +44,11 @@ dataset = TimeSeriesDataSet(
 )
 pl.seed_everything(0)
 model = StableDeepAR.from_dataset(
-    dataset, hidden_size=16, rnn_layers=1, cell_type="LSTM", stable_rnn={"layer_norm": True}
+    dataset,
+    hidden_size=16,
+    rnn_layers=1,
+    cell_type="LSTM",
+    stable_rnn={"layer_norm": True},
 )
 trainer = pl.Trainer(
     accelerator="cpu",
@@ -47,19 +59,27 @@ trainer = pl.Trainer(
     enable_checkpointing=False,
     enable_progress_bar=False,
 )
-trainer.fit(model, dataset.to_dataloader(train=True, batch_size=32, num_workers=0))
-metrics = dict(trainer.callback_metrics)  # train_loss, grad_norm/..., grad_clip/...
+trainer.fit(
+    model, dataset.to_dataloader(train=True, batch_size=32, num_workers=0)
+)
+metrics = dict(
+    trainer.callback_metrics
+)  # train_loss, grad_norm/..., grad_clip/...
 trainer.save_checkpoint("stable_deepar.ckpt")
 
 test_data = dataset.to_dataloader(train=False, batch_size=64, num_workers=0)
 torch.manual_seed(0)  # DeepAR's forecast is the mean of sampled paths
 forecast = model.predict(test_data)
-loaded = StableDeepAR.load_from_checkpoint("stable_deepar.ckpt")  # rebuilt with our LSTM
+loaded = StableDeepAR.load_from_checkpoint(
+    "stable_deepar.ckpt"
+)  # rebuilt with our LSTM
 torch.manual_seed(0)
 assert torch.equal(loaded.predict(test_data), forecast)
-# --8<-- [end:pytorch_forecasting]
+# --8<-- [end:pf]
 
-logged = sorted(key for key in metrics if key.startswith(("grad_norm/", "grad_clip/")))
+logged = sorted(
+    key for key in metrics if key.startswith(("grad_norm/", "grad_clip/"))
+)
 print(
     f"train_loss {float(metrics['train_loss']):.4f}; our callbacks logged {len(logged)} metrics, e.g. {logged[0]}"
 )

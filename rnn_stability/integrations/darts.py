@@ -53,11 +53,8 @@ def _use_stable_module(
 ) -> None:
     # darts builds `rnn_type_or_module(**pl_module_params, ...)` when it is a class (its custom-module path).
     name = model.rnn_type_or_module
-    if not isinstance(name, str):
-        raise TypeError(
-            f"{type(model).__name__} takes `model` as 'LSTM' or 'GRU', got {name!r}; a custom module class can "
-            "derive from StableRNNMixin itself"
-        )
+    if name not in ("LSTM", "GRU"):
+        raise ValueError(f"{type(model).__name__} takes `model` as 'LSTM' or 'GRU', got {name!r}")
     model.pl_module_params = {**model.pl_module_params, "name": name, "stable_rnn": stable_rnn}
     model.rnn_type_or_module = module
 
@@ -72,7 +69,7 @@ class StableRNNModel(RNNModel):
         stable_rnn: `convert_rnn`'s arguments, e.g. `{"layer_norm": True}`; `None`: every option off.
 
     Raises:
-        TypeError: if `model` is a module class rather than `"LSTM"` / `"GRU"`.
+        ValueError: if `model` is not `"LSTM"` or `"GRU"` (torch's plain `RNN` has no counterpart of ours).
     """
 
     def __init__(
@@ -108,7 +105,7 @@ class StableBlockRNNModel(BlockRNNModel):
         stable_rnn: `convert_rnn`'s arguments, e.g. `{"layer_norm": True}`; `None`: every option off.
 
     Raises:
-        TypeError: if `model` is a module class rather than `"LSTM"` / `"GRU"`.
+        ValueError: if `model` is not `"LSTM"` or `"GRU"` (torch's plain `RNN` has no counterpart of ours).
     """
 
     def __init__(
