@@ -47,8 +47,9 @@ class GradientFlowMonitor(Callback):
     `num_skipped_measurements` and the next optimizer step is measured instead.
     On the other steps the callback registers nothing and does no work beyond one integer comparison.
 
-    From the input profile of each module it computes `rnn_stability.functional.flow_statistics`
-    (decay rate, effective memory length, verdict; the verdict rule is documented there) and sends to every
+    From the input profile of each module (and its output profile, the gradient the loss injected at each
+    step) it computes `rnn_stability.functional.flow_statistics` (decay rate, effective memory length,
+    verdict; the verdict rule is documented there) and sends to every
     logger of the trainer, with `step` = the measured optimizer step:
 
     - `grad_flow/<module>/memory_length`
@@ -269,6 +270,8 @@ class GradientFlowMonitor(Callback):
                 self.threshold,
                 explode_factor=self.explode_factor,
                 vanish_fraction=self.vanish_fraction,
+                # a loss at every step adds up going back; the output profile says how much was injected
+                output_profile=profiles[name].get("output"),
             )
             for name, profile in inputs.items()
         }

@@ -106,14 +106,46 @@ def _theil_sen_slope(x: Tensor, y: Tensor) -> float:
     return float(((y[j] - y[i]) / (x[j] - x[i])).median())
 
 
+def _injected_after(output_profile: Tensor, seq_len: int) -> Tensor:
+    """`Q_t = q_t + … + q_{T-1}`: the gradient norm injected at and after each step (NaN where none is)."""
+    if (
+        not isinstance(output_profile, Tensor)
+        or output_profile.is_complex()
+        or output_profile.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"`output_profile` must be a real tensor of norms, got {type(output_profile).__name__}."
+        )
+    if output_profile.shape != (seq_len,):
+        raise ValueError(
+            f"`output_profile` must have the shape of `profile`, ({seq_len},), got {tuple(output_profile.shape)}."
+        )
+    q = output_profile.detach().to(device="cpu", dtype=torch.float64)
+    if bool((q < 0).any()):
+        raise ValueError(
+            f"`output_profile` must hold norms (>= 0), got a minimum of {float(q[q < 0].min())}."
+        )
+    after = q.flip(0).cumsum(0).flip(0)
+    return after.masked_fill(after == 0, float("nan"))
+
+
 def flow_statistics(
     profile: Tensor,
     threshold: float = 0.01,
     *,
     explode_factor: float = 10.0,
     vanish_fraction: float = 0.5,
+    output_profile: Tensor | None = None,
 ) -> FlowStatistics:
     """Decay rate, effective memory length and verdict of a gradient-flow profile.
+
+    A loss applied at every time step (a sequence-to-sequence task) injects gradient all along the sequence,
+    and ∂L/∂x_t sums what it receives from every later step: with a recurrence that neither amplifies nor
+    forgets, it grows linearly back from the end, which is not explosion either. Given `output_profile`,
+    the norms `q_t` of the gradient injected at each step (‖∂L/∂y_t‖ of the module's output, as
+    `rnn_stability.functional.GradientFlowRecorder` records it), the decay rate is fitted on
+    `p_t / Q_t` with `Q_t = q_t + … + q_{T-1}`, the gradient injected at and after step `t`: what the
+    recurrence did with it. A loss on the last step only makes `Q_t` constant and changes nothing.
 
     The verdict rule, applied in this order:
 
@@ -132,6 +164,8 @@ def flow_statistics(
         threshold: fraction of the maximum norm that still counts as learning signal, in (0, 1].
         explode_factor: growth over the sequence above which the flow is exploding, greater than 1.
         vanish_fraction: fraction of `T` the memory length must reach to avoid "vanishing", in (0, 1].
+        output_profile: optional 1-d tensor of the same length, the norm of the gradient the loss injects
+            at each step (see above); the memory length is read on `profile` either way.
 
     Returns:
         A `FlowStatistics`.
@@ -139,7 +173,7 @@ def flow_statistics(
     Raises:
         TypeError: if `profile` is not a real (floating-point or integer) tensor.
         ValueError: if `profile` is not 1-d and non-empty, holds a negative norm, or an argument is out of
-            range.
+            range; if `output_profile` is not a tensor of norms of the same length.
 
     Examples:
         >>> import torch
@@ -152,6 +186,10 @@ def flow_statistics(
         'exploding'
         >>> flow_statistics(torch.tensor([1e4] + [1.0] * 9)).verdict  # only the first input matters
         'healthy'
+        >>> d = torch.arange(39.0, -1.0, -1.0)  # a loss at each of 40 steps, each reaching back (x 1.02 a step)
+        >>> summed = (d + 1) * 1.02**d
+        >>> flow_statistics(summed).verdict, flow_statistics(summed, output_profile=torch.ones(40)).verdict
+        ('exploding', 'healthy')
     """
     if not isinstance(profile, Tensor):
         raise TypeError(f"`profile` must be a Tensor, got {type(profile).__name__}.")
@@ -168,9 +206,10 @@ def flow_statistics(
     max_norm = float(p[finite].max()) if bool(finite.any()) else float("nan")
 
     distance = torch.arange(seq_len - 1, -1, -1, dtype=torch.float64)
-    usable = finite & (p > 0)
+    relative = p / _injected_after(output_profile, seq_len) if output_profile is not None else p
+    usable = torch.isfinite(relative) & (relative > 0)
     if int(usable.sum()) >= 2:
-        decay_rate = -_theil_sen_slope(distance[usable], p[usable].log())
+        decay_rate = -_theil_sen_slope(distance[usable], relative[usable].log())
     else:
         decay_rate = float("nan")
 

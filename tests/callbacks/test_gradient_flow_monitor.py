@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from rnn_stability.callbacks import GradientFlowMonitor
-from rnn_stability.functional import FlowStatistics, gradient_flow
+from rnn_stability.functional import FlowStatistics, flow_statistics, gradient_flow
 from tests.helpers import TinyRNNRegressor, adding_loader, quiet_trainer
 
 
@@ -68,6 +68,8 @@ def test_measures_every_n_steps_only_and_logs(tmp_path):
     assert set(monitor.latest_profiles["rnn"]) == {"input", "output"}
     stats = monitor.latest_statistics["rnn"]
     assert isinstance(stats, FlowStatistics) and 1 <= stats.memory_length <= 10
+    kinds = monitor.latest_profiles["rnn"]
+    assert stats == flow_statistics(kinds["input"], output_profile=kinds["output"])
     # logged exactly once per measurement, at the measured step, whatever log_every_n_steps is
     assert [step for step, _ in logger.records] == [0, 2, 4]
     last = logger.records[-1][1]

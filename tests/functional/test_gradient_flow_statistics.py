@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rnn_stability.data import adding_problem
-from rnn_stability.functional import flow_statistics, gradient_flow
+from rnn_stability.functional import GradientFlowRecorder, flow_statistics, gradient_flow
 from rnn_stability.functional.flow_statistics import VERDICT_CODES
 
 
@@ -162,3 +162,31 @@ def test_decay_rate_ignores_a_minority_of_outlying_steps():
     assert flow_statistics(profile).decay_rate == pytest.approx(math.log(2.0), rel=0.1)
     long = flow_statistics(_geometric(1.001, 5000))  # fitted on a subsample of the steps
     assert long.decay_rate == pytest.approx(-math.log(1.001), rel=1e-6)
+
+
+def test_a_loss_at_every_step_adds_up_without_exploding():
+    # a recurrence that neither amplifies nor forgets, and a loss at each of its 60 steps: ∂L/∂x_t sums the
+    # gradient of every later loss, so it grows going back — by accumulation, not by explosion
+    lstm, x, _ = _first_inputs_memoriser(1, seq_len=60)
+    with torch.no_grad():
+        lstm.weight_ih_l0.zero_()
+        lstm.bias_ih_l0[:1] = 10.0  # input gate always open: every input is added to the cell
+        lstm.weight_ih_l0[2:3, 0] = 0.1
+    recorder = GradientFlowRecorder({"lstm": lstm})
+    with recorder:
+        out, _ = lstm(x)
+    out.square().sum().backward()  # a loss on the output of every step
+    kinds = recorder.profiles()["lstm"]
+    assert float(kinds["input"][0]) > 10 * float(kinds["input"][-1])
+    raw = flow_statistics(kinds["input"])  # read alone, the sum looks like growth
+    stats = flow_statistics(kinds["input"], output_profile=kinds["output"])
+    assert raw.decay_rate < 0 and abs(stats.decay_rate) < abs(raw.decay_rate) / 10
+    assert stats.verdict == "healthy"
+
+
+@pytest.mark.parametrize(
+    "output_profile", [torch.ones(4), torch.ones(3, 1), -torch.ones(3), torch.ones(3, dtype=torch.bool)]
+)
+def test_output_profile_must_be_norms_of_the_same_length(output_profile):
+    with pytest.raises(ValueError, match="output_profile"):
+        flow_statistics(torch.ones(3), output_profile=output_profile)
