@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from rnn_stability.nn.layer_norm import GateLayerNorm
+from rnn_stability.nn.layer_norm import (
+    GATE_NORMS,
+    GateLayerNorm,
+    LayerNormVariant,
+    check_layer_norm,
+    checkpoint_variant_hint,
+    layer_norm_variant,
+)
 from rnn_stability.nn.recurrence import (
     gru_input_gates,
     gru_layer_norm_step,
+    lstm_gate_shift,
     lstm_input_gates,
     lstm_layer_norm_step,
 )
 from rnn_stability.nn.scripting import torch_module_for_scripting
-from rnn_stability.nn.stacked import check_flag
 
 __all__ = ["GRUCell", "LSTMCell"]
 
@@ -23,11 +31,12 @@ __all__ = ["GRUCell", "LSTMCell"]
 class _LayerNormCellMixin(nn.RNNCellBase):
     """Layer-norm parameters and input checks shared by both cells; listed before the torch cell class.
 
-    Builds `layer_norm_ih` / `layer_norm_hh` (`num_gates` blocks), and `layer_norm_cell` for the LSTM.
+    Builds the gate normalisations of the variant (`layer_norm_hh`, `layer_norm_gates` or `layer_norm_ih` and
+    `layer_norm_hh`, `num_gates` blocks each), and `layer_norm_cell` for the LSTM.
     """
 
     num_gates: int
-    layer_norm: bool
+    layer_norm: bool | LayerNormVariant
     layer_norm_eps: float = 1e-5
 
     def __init__(
@@ -38,16 +47,31 @@ class _LayerNormCellMixin(nn.RNNCellBase):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        layer_norm: bool = False,
+        layer_norm: bool | LayerNormVariant = False,
     ) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)  # type: ignore[call-arg]
-        self.layer_norm = check_flag("layer_norm", layer_norm)
-        if layer_norm:
+        self.layer_norm = check_layer_norm(layer_norm)
+        variant = self.layer_norm_variant
+        if variant is not None:
             factory: dict[str, Any] = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
-            self.layer_norm_ih = GateLayerNorm(self.num_gates, hidden_size, **factory)
-            self.layer_norm_hh = GateLayerNorm(self.num_gates, hidden_size, **factory)
+            for name in GATE_NORMS[variant]:
+                setattr(self, name, GateLayerNorm(self.num_gates, hidden_size, **factory))
             if isinstance(self, nn.LSTMCell):
                 self.layer_norm_cell = nn.LayerNorm(hidden_size, bias=bias, **factory)
+
+    @property
+    def layer_norm_variant(self) -> LayerNormVariant | None:
+        """What `layer_norm` normalises: `"recurrent"`, `"joint"`, `"separate"`, or `None` when it is off."""
+        return layer_norm_variant(self.layer_norm)
+
+    def _gains(self) -> tuple[Tensor | None, Tensor]:
+        """`(gain_ih, gain)`: as `rnn_stability.nn.stacked.StackedRNNMixin._gate_parameters`."""
+        norm: GateLayerNorm = getattr(
+            self, "layer_norm_gates" if self.layer_norm_variant == "joint" else "layer_norm_hh"
+        )
+        norm_ih: GateLayerNorm | None = getattr(self, "layer_norm_ih", None)
+        gain_ih = norm_ih.weight if norm_ih is not None and self.layer_norm_variant == "separate" else None
+        return gain_ih, norm.weight
 
     def reset_parameters(self) -> None:
         """torch's uniform init for the weights; layer-norm gains 1 and biases 0."""
@@ -57,11 +81,34 @@ class _LayerNormCellMixin(nn.RNNCellBase):
                 module.reset_parameters()
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", layer_norm=True" if self.layer_norm else "")
+        return super().extra_repr() + (f", layer_norm={self.layer_norm!r}" if self.layer_norm else "")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layer_norm", False)
+        # Pickled when `layer_norm=True` meant the separate normalisation, the only one with `layer_norm_ih`.
+        if self.layer_norm is True and "layer_norm_ih" in self._modules:
+            self.layer_norm = "separate"
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # Gate gains of another variant: say which `layer_norm` loads them. A warning, as torch does not tell this
+        # method whether the load is strict (a strict one then fails on the unexpected or missing keys).
+        hint = checkpoint_variant_hint(self.layer_norm_variant, state_dict.keys(), prefix)
+        if hint is not None:
+            where = f"{type(self).__name__} {prefix[:-1]!r}" if prefix else type(self).__name__
+            warnings.warn(f"loading {where}: {hint}", UserWarning, stacklevel=4)
 
     def __prepare_scriptable__(self) -> nn.Module:
         """For `torch.jit.script`: torch's cell with the same state (see `rnn_stability.nn.scripting`)."""
@@ -92,17 +139,19 @@ class _LayerNormCellMixin(nn.RNNCellBase):
 class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
     r"""`torch.nn.LSTMCell` plus a keyword-only `layer_norm` option.
 
-    With `layer_norm=False` the forward is torch's (native fused cell). With `layer_norm=True` it is the
-    layer-normalised LSTM step of Ba, Kiros & Hinton (2016), "Layer Normalization" — the same formula as
-    `rnn_stability.nn.LSTM`:
+    With `layer_norm=False` the forward is torch's (native fused cell). Otherwise it is one step of the
+    layer-normalised LSTM of `rnn_stability.nn.LSTM` (after Ba, Kiros & Hinton (2016), "Layer
+    Normalization"), with the same variants: for `"joint"` (what `True` means)
 
     $$
-    (i, f, g, o) = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}, \quad
+    (i, f, g, o) = \gamma \odot LN(W_{ih} x + W_{hh} h) + b_{ih} + b_{hh}, \quad
     c' = \sigma(f) c + \sigma(i) \tanh(g), \quad h' = \sigma(o) \tanh(\gamma_c \odot LN(c') + \beta_c)
     $$
 
-    with parameters `layer_norm_ih.weight`, `layer_norm_hh.weight` (`(4, hidden_size)`) and
-    `layer_norm_cell.weight` / `.bias`, initialised to the identity.
+    with parameters `layer_norm_gates.weight` (`(4, hidden_size)`) and `layer_norm_cell.weight` / `.bias`,
+    initialised to the identity; `"recurrent"` has `layer_norm_hh.weight` instead of
+    `layer_norm_gates.weight`, `"separate"` both `layer_norm_ih.weight` and `layer_norm_hh.weight`. From a
+    zero state the first `"joint"` step sees `W_ih x` alone, so only the direction of `x` counts there.
 
     Args:
         input_size: number of input features.
@@ -110,10 +159,12 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
         bias: use `bias_ih` and `bias_hh` (and the cell-norm shift).
         device: parameter device.
         dtype: parameter dtype.
-        layer_norm: use the layer-normalised step.
+        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
+            `"joint"`, `False` (default) is torch's step.
 
     Raises:
-        TypeError: if `layer_norm` is not a bool.
+        TypeError: if `layer_norm` is neither a bool nor a string.
+        ValueError: for another string as `layer_norm`.
 
     Examples:
         >>> cell = LSTMCell(3, 4, layer_norm=True)
@@ -145,19 +196,22 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         self._check_step(input, list(hx))
-        gates = lstm_input_gates(
-            input, self.weight_ih, self.layer_norm_ih.weight, self.bias_ih, self.bias_hh, self.layer_norm_eps
-        )
+        gain_ih, gain = self._gains()
+        joint = self.layer_norm_variant == "joint"
+        shift = lstm_gate_shift(self.bias_ih, self.bias_hh, gain)
+        gates = lstm_input_gates(input, self.weight_ih, gain_ih, shift, self.layer_norm_eps, joint)
         h, c = lstm_layer_norm_step(
             gates,
             hx[0],
             hx[1],
             self.weight_hh,
-            self.layer_norm_hh.weight,
+            gain,
+            shift if joint else None,
             self.layer_norm_cell.weight,
             self.layer_norm_cell.bias,
             None,
             self.layer_norm_eps,
+            joint,
         )
         if not is_batched:
             return h.squeeze(0), c.squeeze(0)
@@ -167,11 +221,13 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
 class GRUCell(_LayerNormCellMixin, nn.GRUCell):
     r"""`torch.nn.GRUCell` plus a keyword-only `layer_norm` option.
 
-    With `layer_norm=True` the step is the layer-normalised GRU of `rnn_stability.nn.GRU` (after Ba,
-    Kiros & Hinton (2016), "Layer Normalization"): with $a^x = \gamma_{ih} \odot LN(W_{ih} x) + b_{ih}$
-    and $a^h = \gamma_{hh} \odot LN(W_{hh} h) + b_{hh}$, $r = \sigma(a^x_r + a^h_r)$,
-    $z = \sigma(a^x_z + a^h_z)$, $n = \tanh(a^x_n + r \odot a^h_n)$, $h' = (1 - z) n + z h$.
-    Gains `layer_norm_ih.weight` / `layer_norm_hh.weight` have shape `(3, hidden_size)`, initialised to 1.
+    With layer norm on, the step is the layer-normalised GRU of `rnn_stability.nn.GRU` (after Ba, Kiros &
+    Hinton (2016), "Layer Normalization"), with the same variants. For `"joint"` (what `True` means), with
+    $x = W_{ih} x_t$ and $u = W_{hh} h$ in $(r, z, n)$ blocks and $s = (b_{ir} + b_{hr}, b_{iz} + b_{hz},
+    b_{in})$: $r = \sigma(\gamma_r \odot LN(x_r + u_r) + s_r)$, $z = \sigma(\gamma_z \odot LN(x_z + u_z) +
+    s_z)$, $n = \tanh(\gamma_n \odot LN(x_n + r \odot u_n) + s_n + r \odot b_{hn})$, $h' = (1 - z) n + z h$.
+    Gains of shape `(3, hidden_size)`, initialised to 1: `layer_norm_gates.weight` (`"joint"`),
+    `layer_norm_hh.weight` (`"recurrent"`), `layer_norm_ih.weight` and `layer_norm_hh.weight` (`"separate"`).
 
     Args:
         input_size: number of input features.
@@ -179,10 +235,12 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
         bias: use `bias_ih` and `bias_hh`.
         device: parameter device.
         dtype: parameter dtype.
-        layer_norm: use the layer-normalised step.
+        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
+            `"joint"`, `False` (default) is torch's step.
 
     Raises:
-        TypeError: if `layer_norm` is not a bool.
+        TypeError: if `layer_norm` is neither a bool nor a string.
+        ValueError: for another string as `layer_norm`.
 
     Examples:
         >>> cell = GRUCell(3, 4, layer_norm=True)
@@ -208,10 +266,11 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
         elif not is_batched:
             hx = hx.unsqueeze(0)
         self._check_step(input, [hx])
-        gates, bias_hn = gru_input_gates(
-            input, self.weight_ih, self.layer_norm_ih.weight, self.bias_ih, self.bias_hh, self.layer_norm_eps
+        gain_ih, gain = self._gains()
+        joint = self.layer_norm_variant == "joint"
+        eps = self.layer_norm_eps
+        gates, shift, bias_hn = gru_input_gates(
+            input, self.weight_ih, gain_ih, self.bias_ih, self.bias_hh, eps, joint
         )
-        h = gru_layer_norm_step(
-            gates, hx, self.weight_hh, self.layer_norm_hh.weight, bias_hn, self.layer_norm_eps
-        )
+        h = gru_layer_norm_step(gates, hx, self.weight_hh, gain, shift, bias_hn, eps, joint)
         return h if is_batched else h.squeeze(0)

@@ -252,8 +252,10 @@ def convert_rnn(
         include: module names (as in `named_modules`, `""` for `module` itself) or fnmatch patterns; only
             matching recurrent modules are converted. `None` (default): all.
         exclude: names or patterns of recurrent modules to leave alone (applied after `include`).
-        **options: our constructors' keyword options, e.g. `layer_norm` (Ba, Kiros & Hinton (2016),
-            "Layer Normalization") and `residual` (cells take only the options they have).
+        **options: our constructors' keyword options, e.g. `layer_norm` (`True` or a variant name:
+            `"joint"`, `"recurrent"`, `"separate"`; see `rnn_stability.nn.LSTM`) and `residual` (cells take
+            only the options they have). Reconverting to another variant keeps the gains both have
+            (`layer_norm_hh_*` between `"recurrent"` and `"separate"`) and makes fresh ones for the rest.
 
     Returns:
         `module`, converted.
@@ -266,8 +268,8 @@ def convert_rnn(
     Examples:
         >>> model = nn.Sequential(nn.LSTM(3, 4))
         >>> model = convert_rnn(model, layer_norm=True)
-        >>> type(model[0]).__module__, model[0].layer_norm
-        ('rnn_stability.nn.lstm', True)
+        >>> type(model[0]).__module__, model[0].layer_norm, model[0].layer_norm_variant
+        ('rnn_stability.nn.lstm', True, 'joint')
     """
     convert_rnn_modules(module, include=include, exclude=exclude, **options)
     return module

@@ -50,6 +50,9 @@ def _recurrent_weight_grad(grad_hh: Tensor, first: Tensor, out: Tensor, h0: Tens
 class LSTMLayerNormFunction(torch.autograd.Function):
     """Layer-normalised LSTM over `x_gates` of shape `(T, B, 4, H)`; returns `(out, h_n, c_n)`.
 
+    `x_gates` is what `rnn_stability.nn.recurrence.lstm_input_gates` gives: with `joint`, the gates are
+    `gain * LN(x_gates + W_hh h) + shift`, else `x_gates + gain * LN(W_hh h)` (and `shift` is `None`).
+
     Per-step results go straight into preallocated `(T, ...)` buffers (`out=`, with the per-step views
     made once by `unbind`), so nothing is indexed or stacked inside or after the loop. On this scale (a
     `(B, 4H)` step is a few hundred kB) every ATen call costs several microseconds of dispatch, so the loops
@@ -65,10 +68,12 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         c0: Tensor,
         weight_hh: Tensor,
         gain_hh: Tensor,
+        shift: Tensor | None,
         cell_weight: Tensor,
         cell_bias: Tensor | None,
         weight_hr: Tensor | None,
         eps: float,
+        joint: bool,
         reverse: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         steps, batch, _, hidden = x_gates.shape
@@ -104,9 +109,16 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         shape = [hidden]
         for t in _steps(steps, reverse):
             torch.mm(h, w_hh_t, out=hh_flat)
+            if joint:
+                hh.add_(x_s[t])
             normed_t, _, rstd[t] = torch.native_layer_norm(hh, shape, None, None, eps)
             normed[t] = normed_t
-            torch.addcmul(x_s[t], normed_t, gain_hh, out=gates)
+            if not joint:
+                torch.addcmul(x_s[t], normed_t, gain_hh, out=gates)
+            elif shift is None:
+                torch.mul(normed_t, gain_hh, out=gates)
+            else:
+                torch.addcmul(shift, normed_t, gain_hh, out=gates)
             torch.sigmoid(gates, out=act)
             torch.tanh(g_pre, out=g)
             c_prev = c
@@ -132,7 +144,7 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         # Intermediate results (never returned), kept per step as the backward reads them per step.
         ctx.steps_saved = (normed, rstd, mean_c, rstd_c)
         ctx.has_cell_bias = cell_bias is not None
-        ctx.reverse = reverse
+        ctx.joint, ctx.reverse = joint, reverse
         return out, h.clone(), c.clone()
 
     @staticmethod
@@ -194,38 +206,47 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         grad_h0 = torch.mm(dhh, weight_hh)
         grad_c0 = dc * f_next
         need = ctx.needs_input_grad
-        grad_w_hh = grad_gain = grad_cell_w = grad_cell_b = grad_w_hr = None
+        grad_w_hh = grad_gain = grad_shift = grad_cell_w = grad_cell_b = grad_w_hr = None
         if need[3]:
             grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, out, h0, reverse)
         if need[4]:
             grad_gain = gain_acc.sum(0)
         if need[5]:
+            grad_shift = grad_gates.sum((0, 1))
+        if need[6]:
             xhat_c = (cells - torch.stack(mean_c, 0)) * torch.stack(rstd_c, 0)
             grad_cell_w = (grad_read * xhat_c).sum((0, 1))
-        if ctx.has_cell_bias and need[6]:
+        if ctx.has_cell_bias and need[7]:
             grad_cell_b = grad_read.sum((0, 1))
-        if weight_hr is not None and need[7]:
+        if weight_hr is not None and need[8]:
             flat = steps * batch
             grad_w_hr = torch.mm(grad_h.view(flat, grad_h.size(-1)).t(), pre_proj.view(flat, hidden))
+        # Joint: x_gates enters the normalisation beside W_hh h, so its gradient is that of W_hh h.
+        grad_x = grad_hh.view_as(grad_gates) if ctx.joint else grad_gates
         return (
-            grad_gates,
+            grad_x,
             grad_h0,
             grad_c0,
             grad_w_hh,
             grad_gain,
+            grad_shift,
             grad_cell_w,
             grad_cell_b,
             grad_w_hr,
+            None,
             None,
             None,
         )
 
 
 class GRULayerNormFunction(torch.autograd.Function):
-    """Layer-normalised GRU over `x_gates` of shape `(T, B, 3, H)`; returns `(out, h_n)`.
+    """Layer-normalised GRU over `x_gates` of shape `(T, B, 3, H)`, `W_hh h` normalised on its own (the
+    `"recurrent"` and `"separate"` variants); returns `(out, h_n)`.
 
     Laid out like `LSTMLayerNormFunction`: preallocated buffers, per-step views made once, and the
     coefficients that turn `dh` into gate gradients computed in the forward while the step is in cache.
+    Takes the arguments of `rnn_stability.nn.fused_joint.GRUJointLayerNormFunction` (`shift` is `None` and
+    `joint` is false here: the shift is already in `x_gates`).
     """
 
     @staticmethod
@@ -235,10 +256,13 @@ class GRULayerNormFunction(torch.autograd.Function):
         h0: Tensor,
         weight_hh: Tensor,
         gain_hh: Tensor,
+        shift: Tensor | None,
         bias_hn: Tensor | None,
         eps: float,
+        joint: bool,
         reverse: bool,
     ) -> tuple[Tensor, Tensor]:
+        assert shift is None and not joint, "the joint GRU runs GRUJointLayerNormFunction"
         steps, batch, _, hidden = x_gates.shape
         needs_grad = any(ctx.needs_input_grad)
         w_hh_t = weight_hh.t()
@@ -345,6 +369,6 @@ class GRULayerNormFunction(torch.autograd.Function):
             grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, out, h0, reverse)
         if need[3]:
             grad_gain = gain_acc.sum(0)
-        if bias_acc is not None and need[4]:
+        if bias_acc is not None and need[5]:
             grad_bias_hn = bias_acc.sum(0)
-        return grad_gates, grad_h0, grad_w_hh, grad_gain, grad_bias_hn, None, None
+        return grad_gates, grad_h0, grad_w_hh, grad_gain, None, grad_bias_hn, None, None, None

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from rnn_stability.nn.fused import GRULayerNormFunction
+from rnn_stability.nn.fused_joint import GRUJointLayerNormFunction
+from rnn_stability.nn.layer_norm import LayerNormVariant
 from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence
 from rnn_stability.nn.stacked import StackedRNNMixin
 
@@ -21,27 +23,39 @@ class GRU(StackedRNNMixin, nn.GRU):
     and errors are torch's. With both options off, `forward` *is* `torch.nn.GRU.forward` (torch's native
     kernel): bit-identical outputs.
 
-    `layer_norm=True` — the GRU analogue of the layer-normalised LSTM of Ba, Kiros & Hinton (2016),
-    "Layer Normalization", arXiv:1607.06450: both projections are normalised per gate block before the
-    gates, and torch's placement of `b_hn` inside the reset product is kept:
+    `layer_norm` — the GRU analogue of the layer-normalised LSTM (`rnn_stability.nn.LSTM`; Ba, Kiros &
+    Hinton (2016), "Layer Normalization", arXiv:1607.06450), `LN` normalising each `H`-wide gate block on its
+    own, torch's placement of $b_{hn}$ inside the reset product kept. With $x = W_{ih} x_t$ and
+    $u = W_{hh} h_{t-1}$ split into their $(r, z, n)$ blocks, `"joint"` (what `True` means) normalises the
+    summed input of each gate, the candidate's after the reset gate:
 
     $$
     \begin{aligned}
-    a^x &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih}, \qquad
-    a^h = \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
-    r &= \sigma(a^x_r + a^h_r), \quad z = \sigma(a^x_z + a^h_z), \quad n = \tanh(a^x_n + r \odot a^h_n) \\
-    h_t &= (1 - z) \odot n + z \odot h_{t-1}
+    r &= \sigma(\gamma_r \odot LN(x_r + u_r) + b_{ir} + b_{hr}), \quad
+    z = \sigma(\gamma_z \odot LN(x_z + u_z) + b_{iz} + b_{hz}) \\
+    n &= \tanh(\gamma_n \odot LN(x_n + r \odot u_n) + b_{in} + r \odot b_{hn})
     \end{aligned}
     $$
 
-    Gains of shape `(3, hidden_size)` are `layer_norm_ih_l{k}.weight` and `layer_norm_hh_l{k}.weight`
-    (`_reverse` for the backward direction), initialised to 1; the existing biases play the role of the
-    LayerNorm shifts. A torch `state_dict` loads with `strict=False` reporting only these as missing.
+    `"recurrent"` and `"separate"` normalise the projections apart, with
+    $a^x = x + b_{ih}$ (`"recurrent"`) or $a^x = \gamma_{ih} \odot LN(x) + b_{ih}$ (`"separate"`), and
+    $a^h = \gamma_{hh} \odot LN(u) + b_{hh}$:
+
+    $$
+    r = \sigma(a^x_r + a^h_r), \quad z = \sigma(a^x_z + a^h_z), \quad n = \tanh(a^x_n + r \odot a^h_n)
+    $$
+
+    and then $h_t = (1 - z) \odot n + z \odot h_{t-1}$ for all three. Why `"joint"` is the default and when to
+    prefer another: see `rnn_stability.nn.LSTM` and the guide. Gains of shape `(3, hidden_size)`, initialised
+    to 1, are `layer_norm_gates_l{k}.weight` ($\gamma$), `layer_norm_hh_l{k}.weight` ($\gamma_{hh}$) and,
+    for `"separate"` only, `layer_norm_ih_l{k}.weight` ($\gamma_{ih}$) (`_reverse` for the backward
+    direction); the existing biases play the role of the LayerNorm shifts. A torch `state_dict` loads with
+    `strict=False` reporting only these as missing.
 
     Gradients of the layer-norm path: for input whose sequences all have the same length, each layer runs a
-    hand-written backward (`rnn_stability.nn.fused`), which is first-order only (`once_differentiable`:
-    no double backward), as with torch's cuDNN RNN kernels; packed sequences of unequal lengths and `torch.compile` differentiate
-    the step loop with autograd instead.
+    hand-written backward (`rnn_stability.nn.fused`, `rnn_stability.nn.fused_joint`), which is first-order
+    only (`once_differentiable`: no double backward), as with torch's cuDNN RNN kernels; packed sequences of
+    unequal lengths and `torch.compile` differentiate the step loop with autograd instead.
 
     `residual=True` — every layer whose input width equals its output width (`hidden_size`, times 2 when
     bidirectional) adds its input to its output before inter-layer dropout: all layers but the first, and the
@@ -57,13 +71,16 @@ class GRU(StackedRNNMixin, nn.GRU):
         bidirectional: run a second, reversed direction per layer and concatenate the outputs.
         device: device of the parameters.
         dtype: dtype of the parameters.
-        layer_norm: normalise the gate pre-activations as above.
+        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise the gate pre-activations as above;
+            `True` is `"joint"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
         **kwargs: passed to torch, which rejects `proj_size` (LSTM only) with a `ValueError`.
 
     Raises:
-        TypeError: if `layer_norm` or `residual` is not a bool, or for torch's own type checks.
-        ValueError: for torch's own checks (sizes, `dropout`, `proj_size` given to a GRU).
+        TypeError: if `layer_norm` is neither a bool nor a string, `residual` not a bool, or for torch's own
+            type checks.
+        ValueError: for another string as `layer_norm`, and torch's own checks (sizes, `dropout`,
+            `proj_size` given to a GRU).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -77,6 +94,7 @@ class GRU(StackedRNNMixin, nn.GRU):
 
     num_gates = 3
     _layer_norm_function = GRULayerNormFunction
+    _joint_layer_norm_function = GRUJointLayerNormFunction
     _layer_norm_sequence = staticmethod(gru_layer_norm_sequence)
 
     # torch's `GRU.__init__(*args, **kwargs)` with its documented arguments spelled out, so that readers and
@@ -93,7 +111,7 @@ class GRU(StackedRNNMixin, nn.GRU):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        layer_norm: bool = False,
+        layer_norm: bool | LayerNormVariant = False,
         residual: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -142,6 +160,8 @@ class GRU(StackedRNNMixin, nn.GRU):
     def _layer_norm_inputs(
         self, x: Tensor, weights: list[Tensor], suffix: str
     ) -> tuple[Tensor, tuple[Tensor | float | None, ...]]:
-        bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
-        gates, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
-        return gates, (weights[1], gain_hh, bias_hn, self.layer_norm_eps)
+        bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
+        joint = self.layer_norm_variant == "joint"
+        eps = self.layer_norm_eps
+        gates, shift, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, eps, joint)
+        return gates, (weights[1], gain, shift, bias_hn, eps, joint)

@@ -1,14 +1,117 @@
-"""Layer normalisation applied separately to each gate block of a fused gate projection."""
+"""Layer normalisation of gate pre-activations, per gate block, and the choice of what is normalised.
+
+The `layer_norm` argument of our modules takes `"recurrent"`, `"joint"`, `"separate"`, `True` (the
+recommended one, `DEFAULT_LAYER_NORM`) or `False`; the modules' docstrings and the guide give each formula.
+`GateLayerNorm` holds the gains of one normalised projection (or sum of projections), `gate_layer_norm`
+computes it.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["GateLayerNorm", "gate_layer_norm"]
+__all__ = [
+    "DEFAULT_LAYER_NORM",
+    "GATE_NORMS",
+    "LAYER_NORM_VARIANTS",
+    "GateLayerNorm",
+    "LayerNormVariant",
+    "check_layer_norm",
+    "checkpoint_variant_hint",
+    "gate_layer_norm",
+    "layer_norm_variant",
+]
+
+LayerNormVariant = Literal["recurrent", "joint", "separate"]
+#: What `layer_norm` may name besides `True` and `False`.
+LAYER_NORM_VARIANTS: tuple[LayerNormVariant, ...] = ("recurrent", "joint", "separate")
+#: What `layer_norm=True` selects (the evidence: benchmarks/results/layer_norm_variants.md).
+DEFAULT_LAYER_NORM: LayerNormVariant = "joint"
+
+
+#: The gate normalisations of each variant, by module-attribute name (`_l{k}` suffixes in `LSTM` / `GRU`):
+#: `layer_norm_hh` normalises `W_hh h`, `layer_norm_ih` normalises `W_ih x`, `layer_norm_gates` their sum.
+GATE_NORMS: dict[LayerNormVariant, tuple[str, ...]] = {
+    "recurrent": ("layer_norm_hh",),
+    "joint": ("layer_norm_gates",),
+    "separate": ("layer_norm_ih", "layer_norm_hh"),
+}
+
+
+def check_layer_norm(value: object) -> bool | LayerNormVariant:
+    """Return `value` if it is a valid `layer_norm` argument: a bool or one of `LAYER_NORM_VARIANTS`.
+
+    Raises:
+        TypeError: if `value` is neither a bool nor a string.
+        ValueError: for a string that is not one of `LAYER_NORM_VARIANTS`.
+
+    Examples:
+        >>> check_layer_norm("joint")
+        'joint'
+    """
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`layer_norm` must be a bool (True or False) or one of {', '.join(LAYER_NORM_VARIANTS)}, "
+            f"got {value!r}"
+        )
+    for choice in LAYER_NORM_VARIANTS:
+        if value == choice:
+            return choice
+    raise ValueError(
+        f"`layer_norm` must be True, False or one of {', '.join(map(repr, LAYER_NORM_VARIANTS))}, got {value!r}"
+    )
+
+
+def layer_norm_variant(value: bool | LayerNormVariant) -> LayerNormVariant | None:
+    """What a checked `layer_norm` argument normalises: `None` for `False`, `DEFAULT_LAYER_NORM` for `True`.
+
+    Examples:
+        >>> layer_norm_variant(True), layer_norm_variant("separate"), layer_norm_variant(False)
+        ('joint', 'separate', None)
+    """
+    if value is False:
+        return None
+    return DEFAULT_LAYER_NORM if value is True else value
+
+
+# The gate gains name what they normalise (`GATE_NORMS`), so a checkpoint's names tell which variant saved it.
+_SAVED_BY: tuple[tuple[str, LayerNormVariant], ...] = (
+    ("layer_norm_ih", "separate"),
+    ("layer_norm_gates", "joint"),
+    ("layer_norm_hh", "recurrent"),
+)
+
+
+def checkpoint_variant_hint(variant: LayerNormVariant | None, keys: Iterable[str], prefix: str) -> str | None:
+    """What to do when a checkpoint's gate gains belong to another `layer_norm` variant than the module's.
+
+    `keys` are the checkpoint's names, the module's own under `prefix`. Returns `None` when the gains fit
+    `variant` or the checkpoint has none.
+
+    Examples:
+        >>> hint = checkpoint_variant_hint("joint", ["rnn.layer_norm_ih_l0.weight"], "rnn.")
+        >>> hint.endswith("build the module with layer_norm='separate' to load them")
+        True
+    """
+    local = [key[len(prefix) :] for key in keys if key.startswith(prefix)]
+    for name, saved in _SAVED_BY:
+        if any(key.startswith(name) for key in local):
+            if saved == variant:
+                return None
+            before = " (layer_norm=True before it meant 'joint')" if saved == "separate" else ""
+            return (
+                f"the checkpoint's gate layer-norm gains were saved with layer_norm={saved!r}{before}; build "
+                f"the module with layer_norm={saved!r} to load them"
+            )
+    return None
 
 
 def _check_eps(eps: float) -> None:
@@ -58,9 +161,11 @@ def gate_layer_norm(x: Tensor, gain: Tensor, eps: float = 1e-5, shift: Tensor | 
 class GateLayerNorm(nn.Module):
     """Learnable per-gate-block layer normalisation (gain only) for a fused `(G * H)` gate projection.
 
-    The shift of each block is left to the recurrent layer's own `bias_ih` / `bias_hh`, which sit right after
-    the normalisation: an extra LayerNorm bias would be redundant with them (and `bias=False` layers stay
-    bias-free). The gain starts at 1, so a fresh module is a plain normalisation.
+    Our modules hold one per normalised quantity, named after it (`GATE_NORMS`): `layer_norm_hh` for
+    `W_hh h`, `layer_norm_ih` for `W_ih x` (the `"separate"` variant only), `layer_norm_gates` for their sum
+    (`"joint"`). The shift of each block is left to the recurrent layer's own `bias_ih` / `bias_hh`, which
+    sit right after the normalisation: an extra LayerNorm bias would be redundant with them (and `bias=False`
+    layers stay bias-free). The gain starts at 1, so a fresh module is a plain normalisation.
 
     Args:
         num_gates: number of gate blocks `G` (4 for an LSTM, 3 for a GRU).

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnn_stability.nn.fused import LSTMLayerNormFunction
+from rnn_stability.nn.layer_norm import LayerNormVariant
 from rnn_stability.nn.native import LSTMLayerNormNative, native_lstm_supported
 from rnn_stability.nn.recurrence import lstm_gate_shift, lstm_input_gates, lstm_layer_norm_sequence
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
@@ -24,26 +25,43 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     are torch's. With both options off, `forward` *is* `torch.nn.LSTM.forward` (torch's native kernel), so
     outputs are bit-identical and a torch checkpoint loads unchanged.
 
-    `layer_norm=True` — layer-normalised LSTM of Ba, Kiros & Hinton (2016), "Layer Normalization",
-    arXiv:1607.06450 (the formulation used by haste). Per layer and direction, with `LN` normalising each
-    `H`-wide gate block on its own (zero mean, unit variance, `eps=1e-5`):
+    `layer_norm` — layer-normalised LSTM after Ba, Kiros & Hinton (2016), "Layer Normalization",
+    arXiv:1607.06450. Per layer and direction, with `LN` normalising each `H`-wide gate block on its own
+    (zero mean, unit variance, `eps=1e-5`), the gates are, by variant:
 
     $$
     \begin{aligned}
-    (i, f, g, o) &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
-    c_t &= \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g) \\
-    h_t &= \sigma(o) \odot \tanh(\gamma_c \odot LN(c_t) + \beta_c) \quad (h_t = W_{hr} h_t
-    \text{ if } proj\_size > 0)
+    \text{joint:} \quad (i, f, g, o) &= \gamma \odot LN(W_{ih} x_t + W_{hh} h_{t-1}) + b_{ih} + b_{hh} \\
+    \text{recurrent:} \quad (i, f, g, o) &= W_{ih} x_t + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
+    \text{separate:} \quad (i, f, g, o) &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih}
+        + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh}
     \end{aligned}
     $$
 
-    The cell state `c_t` is carried un-normalised; only its read-out is normalised. The gains
-    $\gamma_{ih}, \gamma_{hh}$ of shape `(4, hidden_size)` live in `layer_norm_ih_l{k}.weight` and
-    `layer_norm_hh_l{k}.weight`, $\gamma_c, \beta_c$ in `layer_norm_cell_l{k}.weight` / `.bias`
-    (`_reverse` suffix for the backward direction; no $\beta_c$ when `bias=False`). They start at
-    1 and 0, and a plain torch `state_dict` loads with `strict=False` reporting only them as missing. The
-    input projection and its normalisation are computed for all time steps at once; only the recurrent part
-    runs step by step.
+    and then, for all three,
+
+    $$
+    c_t = \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g), \qquad
+    h_t = \sigma(o) \odot \tanh(\gamma_c \odot LN(c_t) + \beta_c) \quad (h_t = W_{hr} h_t
+    \text{ if } proj\_size > 0)
+    $$
+
+    `"joint"` normalises the summed input of each gate as Ba et al. do for a recurrent layer (their eq. 4)
+    and TensorFlow's `LayerNormBasicLSTMCell` does for the LSTM: the input keeps its scale relative to the
+    recurrent term. `"separate"` (haste's `LayerNormLSTM`; what `True` meant before) normalises `W_ih x_t`
+    on its own, which keeps only its direction: with one or a few input features the module is nearly blind
+    to the input's magnitude. `"recurrent"` leaves the input projection as torch has it. The cell state `c_t`
+    is carried un-normalised; only its read-out is normalised. `layer_norm=True` means `"joint"`, chosen on
+    the comparison in `benchmarks/results/layer_norm_variants.md`; the guide says when to prefer another.
+
+    Parameters (`_reverse` suffix for the backward direction), gains starting at 1 and shifts at 0:
+    $\gamma$ is `layer_norm_gates_l{k}.weight`, $\gamma_{ih}$ and $\gamma_{hh}$ are
+    `layer_norm_ih_l{k}.weight` and `layer_norm_hh_l{k}.weight` (shape `(4, hidden_size)` each), and
+    $\gamma_c, \beta_c$ are `layer_norm_cell_l{k}.weight` / `.bias` (no $\beta_c$ when `bias=False`). Only
+    `"separate"` has `layer_norm_ih_*`: its checkpoints load into `layer_norm="separate"`, and loading them
+    into another variant warns which one to pick. A plain torch `state_dict` loads with `strict=False`
+    reporting only the layer-norm parameters as missing. The input projection (and for `"separate"` its
+    normalisation) is computed for all time steps at once; only the recurrent part runs step by step.
 
     How the layer-norm path runs: for input whose sequences all have the same length, each layer and direction
     runs a C++ time loop on CPU in float32/float64 (`rnn_stability.nn.native`, built just in time; set
@@ -68,12 +86,15 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         proj_size: if > 0, project `h` to this size (LSTM with projections).
         device: device of the parameters.
         dtype: dtype of the parameters.
-        layer_norm: normalise gate pre-activations and the cell read-out as above.
+        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise gate pre-activations and the cell
+            read-out as above; `True` is `"joint"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
 
     Raises:
-        TypeError: if `layer_norm` or `residual` is not a bool, or for torch's own type checks.
-        ValueError: for torch's own checks (sizes, `dropout`, `proj_size`).
+        TypeError: if `layer_norm` is neither a bool nor a string, `residual` not a bool, or for torch's own
+            type checks.
+        ValueError: for another string as `layer_norm`, and torch's own checks (sizes, `dropout`,
+            `proj_size`).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -85,10 +106,13 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         [1]
         >>> isinstance(lstm, torch.nn.LSTM)
         True
+        >>> lstm.layer_norm_variant, LSTM(1, 4, layer_norm="recurrent").layer_norm_hh_l0.weight.shape
+        ('joint', torch.Size([4, 4]))
     """
 
     num_gates = 4
     _layer_norm_function = LSTMLayerNormFunction
+    _joint_layer_norm_function = LSTMLayerNormFunction
     _layer_norm_sequence = staticmethod(lstm_layer_norm_sequence)
 
     # torch's `LSTM.__init__(*args, **kwargs)` forwards to `RNNBase` with exactly these arguments; spelled
@@ -106,7 +130,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        layer_norm: bool = False,
+        layer_norm: bool | LayerNormVariant = False,
         residual: bool = False,
     ) -> None:
         super().__init__(
@@ -164,34 +188,53 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         reverse: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The C++ loop of `rnn_stability.nn.native` where it applies, else the PyTorch loops."""
-        bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
+        bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
-        params = [*weights, gain_ih, gain_hh, *cell_norm.parameters()]
+        params = [*weights, gain, *cell_norm.parameters(), *([] if gain_ih is None else [gain_ih])]
         if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
-        shift = lstm_gate_shift(bias_ih, bias_hh, gain_ih)
-        projection = F.linear(x, weights[0]).view(len(step_sizes), step_sizes[0], 4, self.hidden_size)
+        variant = self.layer_norm_variant
+        assert variant is not None
+        shift = lstm_gate_shift(bias_ih, bias_hh, gain)
+        if variant == "recurrent" and shift is not None:
+            # Nothing normalises the input projection: its bias is added by the matmul, for all steps at once.
+            projection, shift = F.linear(x, weights[0], shift.view(-1)), None
+        else:
+            projection = F.linear(x, weights[0])
         weight_hr = weights[-1] if self.proj_size > 0 else None
         out, h, c = LSTMLayerNormNative.apply(
-            projection,
+            projection.view(len(step_sizes), step_sizes[0], 4, self.hidden_size),
             gain_ih,
             shift,
             *hx,
             weights[1],
-            gain_hh,
+            gain,
             cell_norm.weight,
             cell_norm.bias,
             weight_hr,
             self.layer_norm_eps,
             reverse,
+            variant,
         )
         return out.view(x.size(0), out.size(-1)), (h, c)
 
     def _layer_norm_inputs(
         self, x: Tensor, weights: list[Tensor], suffix: str
     ) -> tuple[Tensor, tuple[Tensor | float | None, ...]]:
-        bias_ih, bias_hh, gain_ih, gain_hh = self._gate_parameters(weights, suffix)
-        gates = lstm_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, self.layer_norm_eps)
+        bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
+        joint = self.layer_norm_variant == "joint"
+        shift = lstm_gate_shift(bias_ih, bias_hh, gain)
+        gates = lstm_input_gates(x, weights[0], gain_ih, shift, self.layer_norm_eps, joint)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
         weight_hr = weights[-1] if self.proj_size > 0 else None
-        return gates, (weights[1], gain_hh, cell_norm.weight, cell_norm.bias, weight_hr, self.layer_norm_eps)
+        eps = self.layer_norm_eps
+        return gates, (
+            weights[1],
+            gain,
+            shift if joint else None,
+            cell_norm.weight,
+            cell_norm.bias,
+            weight_hr,
+            eps,
+            joint,
+        )

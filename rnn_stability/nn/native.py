@@ -104,19 +104,20 @@ def native_lstm_supported(*tensors: torch.Tensor) -> bool:
 
 
 class LSTMLayerNormNative(torch.autograd.Function):
-    """One layer-normalised LSTM direction in C++, from the raw input projection; returns `(out, h_n, c_n)`.
+    """One layer-normalised LSTM direction in C++, from the input projection; returns `(out, h_n, c_n)`.
 
-    Takes `xp = W_ih x` of shape `(T, B, 4, H)` (all sequences of one length), its layer-norm gain
-    `gain_ih` and `shift = b_ih + b_hh` (`(4, H)` or `None`), the state `(h0, c0)`, the recurrent
-    parameters (as `rnn_stability.nn.fused.LSTMLayerNormFunction`), `eps` and `reverse`. The
-    formulas are those of `rnn_stability.nn.recurrence`; first-order differentiable only.
+    Takes `xp = W_ih x` of shape `(T, B, 4, H)` (all sequences of one length), the gain `gain_ih` of its
+    own layer norm (`"separate"` only, else `None`), `shift = b_ih + b_hh` (`(4, H)` or `None`; for
+    `"recurrent"` it may be added to `xp` instead), the state `(h0, c0)`, the recurrent parameters with
+    `gain_hh` the gain of `LN(W_hh h)` (of `LN(xp + W_hh h)` for `"joint"`), `eps`, `reverse` and the
+    variant. The formulas are those of `rnn_stability.nn.recurrence`; first-order differentiable only.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         xp: torch.Tensor,
-        gain_ih: torch.Tensor,
+        gain_ih: torch.Tensor | None,
         shift: torch.Tensor | None,
         h0: torch.Tensor,
         c0: torch.Tensor,
@@ -127,6 +128,7 @@ class LSTMLayerNormNative(torch.autograd.Function):
         weight_hr: torch.Tensor | None,
         eps: float,
         reverse: bool,
+        variant: str,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         save = any(ctx.needs_input_grad)
         ops = native_ops()
@@ -145,12 +147,13 @@ class LSTMLayerNormNative(torch.autograd.Function):
             eps,
             reverse,
             save,
+            variant,
         )
         if save:
             # In the order lstm_ln_backward takes them after the output gradients.
             inputs = (xp, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr)
             ctx.save_for_backward(*inputs, out, pre_proj, *per_step)
-        ctx.eps, ctx.reverse = eps, reverse
+        ctx.eps, ctx.reverse, ctx.variant = eps, reverse, variant
         ctx.ops = ops  # the backward runs the kernel that ran forward, whatever the environment says by then
         ctx.has_cell_bias = cell_bias is not None
         return out, h_n, c_n
@@ -161,16 +164,23 @@ class LSTMLayerNormNative(torch.autograd.Function):
         ctx: Any, grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
-        shift, weight_hr = saved[2], saved[8]
+        gain_ih, shift, weight_hr = saved[1], saved[2], saved[8]
         grads: list[torch.Tensor | None] = list(
             ctx.ops.lstm_ln_backward(
-                grad_out, grad_hn, grad_cn, *saved[:11], saved[11:], ctx.eps, ctx.reverse
+                grad_out, grad_hn, grad_cn, *saved[:11], saved[11:], ctx.eps, ctx.reverse, ctx.variant
             )
         )
         # In the order of forward's arguments; the optional ones that were None get None.
-        for index, present in ((2, shift is not None), (8, ctx.has_cell_bias), (9, weight_hr is not None)):
+        optional = (
+            (1, gain_ih is not None),
+            (2, shift is not None),
+            (8, ctx.has_cell_bias),
+            (9, weight_hr is not None),
+        )
+        for index, present in optional:
             grads[index] = grads[index] if present else None
         return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=False)) + (
+            None,
             None,
             None,
         )

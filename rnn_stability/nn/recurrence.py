@@ -1,7 +1,8 @@
 """Time loops of the layer-normalised LSTM and GRU (one layer, one direction).
 
-The input projection and its layer norm do not depend on the recurrent state, so callers compute them for all
-time steps at once and pass the per-step slices `xs`; only the recurrent projection stays in the loop. The
+The input projection (with its own layer norm for `"separate"`) does not depend on the recurrent state, so
+callers compute it for all time steps at once and pass the per-step slices `xs`; only the recurrent projection
+(and, for `"joint"`, the normalisation of the sum) stays in the loop. The
 loops accept shrinking batches (`PackedSequence` order: batch sizes non-increasing over time), so packed and
 padded input share one code path. They are differentiated by autograd; for a constant batch size the modules
 use the faster hand-written backward of `rnn_stability.nn.fused` instead. (A TorchScript version of these
@@ -29,41 +30,59 @@ __all__ = [
     "lstm_layer_norm_step",
 ]
 
-# Arguments of the steps after the input gates and the state: (weight_hh, gain_hh, cell_weight, cell_bias,
-# weight_hr, eps) for the LSTM, (weight_hh, gain_hh, bias_hn, eps) for the GRU.
-LSTMStepParams = tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, float]
-GRUStepParams = tuple[Tensor, Tensor, Tensor | None, float]
+# Arguments of the steps after the input gates and the state: (weight_hh, gain, joint_shift, cell_weight,
+# cell_bias, weight_hr, eps, joint) for the LSTM, (weight_hh, gain, joint_shift, bias_hn, eps, joint) for the GRU.
+# `gain` multiplies LN(W_hh h), or LN(W_ih x + W_hh h) when `joint`; `joint_shift` is the bias added after that
+# joint normalisation (the other variants add it to the input gates, once for all steps).
+LSTMStepParams = tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, float, bool]
+GRUStepParams = tuple[Tensor, Tensor, Tensor | None, Tensor | None, float, bool]
 
 
-def lstm_gate_shift(bias_ih: Tensor | None, bias_hh: Tensor | None, gain_ih: Tensor) -> Tensor | None:
-    """`b_ih + b_hh` shaped like the gain `(4, H)`: both LSTM biases sit outside the normalisations."""
-    return (bias_ih + bias_hh).view_as(gain_ih) if bias_ih is not None and bias_hh is not None else None
+def lstm_gate_shift(bias_ih: Tensor | None, bias_hh: Tensor | None, gain: Tensor) -> Tensor | None:
+    """`b_ih + b_hh` shaped like a gate gain `(4, H)`: both LSTM biases sit outside the normalisations."""
+    return (bias_ih + bias_hh).view_as(gain) if bias_ih is not None and bias_hh is not None else None
 
 
 def lstm_input_gates(
-    x: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, eps: float
+    x: Tensor, weight_ih: Tensor, gain_ih: Tensor | None, shift: Tensor | None, eps: float, joint: bool
 ) -> Tensor:
-    """The state-independent part of the LSTM gates, `gain_ih * LN(W_ih x) + b_ih + b_hh`, shape `(..., 4, H)`.
+    """The part of the LSTM gates computed for all time steps at once, shape `(..., 4, H)`.
 
-    Both biases sit outside the normalisation, so they are added here, once for all time steps.
+    `gain_ih * LN(W_ih x) + shift` (`"separate"`: `gain_ih` given), `W_ih x + shift` (`"recurrent"`), or
+    `W_ih x` alone (`joint`: the step normalises it together with `W_hh h` and adds `shift` after).
     """
-    return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, lstm_gate_shift(bias_ih, bias_hh, gain_ih))
+    if gain_ih is not None:
+        return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift)
+    if shift is None or joint:
+        return F.linear(x, weight_ih).unflatten(-1, (4, -1))
+    return F.linear(x, weight_ih, shift.view(-1)).unflatten(-1, (4, -1))
 
 
 def gru_input_gates(
-    x: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor | None]:
-    """The state-independent part of the GRU gates and the bias `b_hn` that stays inside the reset product.
+    x: Tensor,
+    weight_ih: Tensor,
+    gain_ih: Tensor | None,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    eps: float,
+    joint: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The part of the GRU gates computed for all time steps at once, the joint shift and `b_hn`.
 
-    Returns `(gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0), b_hn)`; the first has shape `(..., 3, H)`.
+    With `shift = (b_ir + b_hr, b_iz + b_hz, b_in)` (the biases outside the reset product): returns
+    `(gain_ih * LN(W_ih x) + shift, None, b_hn)` (`"separate"`), `(W_ih x + shift, None, b_hn)`
+    (`"recurrent"`) or `(W_ih x, shift, b_hn)` (`joint`); the first has shape `(..., 3, H)`.
     """
-    projection = F.linear(x, weight_ih)
-    if bias_ih is None or bias_hh is None:
-        return gate_layer_norm(projection, gain_ih, eps), None
-    bias_ih = bias_ih.view_as(gain_ih)
-    bias_hh = bias_hh.view_as(gain_ih)
-    outside = torch.cat([bias_ih[:2] + bias_hh[:2], bias_ih[2:]], 0)
-    return gate_layer_norm(projection, gain_ih, eps, outside), bias_hh[2]
+    shift: Tensor | None = None
+    bias_hn: Tensor | None = None
+    if bias_ih is not None and bias_hh is not None:
+        b_ih, b_hh = bias_ih.view(3, -1), bias_hh.view(3, -1)
+        shift, bias_hn = torch.cat([b_ih[:2] + b_hh[:2], b_ih[2:]], 0), b_hh[2]
+    if gain_ih is not None:
+        return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift), None, bias_hn
+    if shift is None or joint:
+        return F.linear(x, weight_ih).unflatten(-1, (3, -1)), shift, bias_hn
+    return F.linear(x, weight_ih, shift.view(-1)).unflatten(-1, (3, -1)), None, bias_hn
 
 
 def lstm_layer_norm_step(
@@ -71,21 +90,28 @@ def lstm_layer_norm_step(
     h: Tensor,
     c: Tensor,
     weight_hh: Tensor,
-    gain_hh: Tensor,
+    gain: Tensor,
+    joint_shift: Tensor | None,
     cell_weight: Tensor,
     cell_bias: Tensor | None,
     weight_hr: Tensor | None,
     eps: float,
+    joint: bool,
 ) -> tuple[Tensor, Tensor]:
-    """One step of the layer-normalised LSTM (Ba, Kiros & Hinton 2016, "Layer Normalization").
+    """One step of the layer-normalised LSTM (after Ba, Kiros & Hinton 2016, "Layer Normalization").
 
-    `x_gates` is `gain_ih * LN(W_ih x) + b_ih + b_hh` of shape `(B, 4, H)`; then
-    `(i, f, g, o) = x_gates + gain_hh * LN(W_hh h)`, `c' = σ(f) c + σ(i) tanh(g)`,
-    `h' = σ(o) tanh(LN_c(c'))` (`h' = W_hr h'` with a projection). Returns `(h', c')`.
+    `x_gates` comes from `lstm_input_gates`, shape `(B, 4, H)`. The gates are
+    `(i, f, g, o) = x_gates + gain * LN(W_hh h)`, or `gain * LN(x_gates + W_hh h) + joint_shift` when `joint`;
+    then `c' = σ(f) c + σ(i) tanh(g)`, `h' = σ(o) tanh(LN_c(c'))` (`h' = W_hr h'` with a projection).
+    Returns `(h', c')`.
     """
-    hidden_size = gain_hh.size(1)
+    hidden_size = gain.size(1)
     hh = torch.mm(h, weight_hh.t()).view(h.size(0), 4, hidden_size)
-    gates = torch.addcmul(x_gates, F.layer_norm(hh, [hidden_size], None, None, eps), gain_hh)
+    if joint:
+        normed = F.layer_norm(hh + x_gates, [hidden_size], None, None, eps)
+        gates = normed * gain if joint_shift is None else torch.addcmul(joint_shift, normed, gain)
+    else:
+        gates = torch.addcmul(x_gates, F.layer_norm(hh, [hidden_size], None, None, eps), gain)
     i, f, g, o = gates.unbind(1)
     c_new = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
     h_new = torch.sigmoid(o) * torch.tanh(F.layer_norm(c_new, [hidden_size], cell_weight, cell_bias, eps))
@@ -98,24 +124,41 @@ def gru_layer_norm_step(
     x_gates: Tensor,
     h: Tensor,
     weight_hh: Tensor,
-    gain_hh: Tensor,
+    gain: Tensor,
+    joint_shift: Tensor | None,
     bias_hn: Tensor | None,
     eps: float,
+    joint: bool,
 ) -> Tensor:
     """One step of the layer-normalised GRU.
 
-    `x_gates` is `gain_ih * LN(W_ih x) + b_ih + (b_hr, b_hz, 0)` of shape `(B, 3, H)`; with
-    `a = gain_hh * LN(W_hh h)`: `r = σ(x_r + a_r)`, `z = σ(x_z + a_z)`, `n = tanh(x_n + r (a_n + b_hn))`,
-    `h' = (1 - z) n + z h`. Returns `h'`.
+    `x_gates` comes from `gru_input_gates`, shape `(B, 3, H)`; `u = W_hh h` (gate blocks `u_r, u_z, u_n`).
+    Not `joint`: with `a = gain * LN(u)`, `r = σ(x_r + a_r)`, `z = σ(x_z + a_z)`,
+    `n = tanh(x_n + r (a_n + b_hn))`. `joint`: `r = σ(gain_r LN(x_r + u_r) + s_r)`, likewise `z`, and
+    `n = tanh(gain_n LN(x_n + r u_n) + s_n + r b_hn)` with `s = joint_shift`. Then `h' = (1 - z) n + z h`.
+    Returns `h'`.
     """
-    hidden_size = gain_hh.size(1)
+    hidden_size = gain.size(1)
     hh = torch.mm(h, weight_hh.t()).view(h.size(0), 3, hidden_size)
-    hh = F.layer_norm(hh, [hidden_size], None, None, eps) * gain_hh
-    r, z = torch.sigmoid(x_gates[:, :2] + hh[:, :2]).unbind(1)
-    hn = hh[:, 2]
-    if bias_hn is not None:
-        hn = hn + bias_hn
-    n = torch.tanh(torch.addcmul(x_gates[:, 2], r, hn))
+    if joint:
+        a_rz = F.layer_norm(x_gates[:, :2] + hh[:, :2], [hidden_size], None, None, eps) * gain[:2]
+        if joint_shift is not None:
+            a_rz = a_rz + joint_shift[:2]
+        r, z = torch.sigmoid(a_rz).unbind(1)
+        u_n = torch.addcmul(x_gates[:, 2], r, hh[:, 2])
+        n_pre = F.layer_norm(u_n, [hidden_size], None, None, eps) * gain[2]
+        if joint_shift is not None:
+            n_pre = n_pre + joint_shift[2]
+        if bias_hn is not None:
+            n_pre = torch.addcmul(n_pre, r, bias_hn)
+        n = torch.tanh(n_pre)
+    else:
+        hh = F.layer_norm(hh, [hidden_size], None, None, eps) * gain
+        r, z = torch.sigmoid(x_gates[:, :2] + hh[:, :2]).unbind(1)
+        hn = hh[:, 2]
+        if bias_hn is not None:
+            hn = hn + bias_hn
+        n = torch.tanh(torch.addcmul(x_gates[:, 2], r, hn))
     return torch.addcmul(n, z, h - n)
 
 

@@ -28,7 +28,7 @@ def torch_module_for_scripting(module: nn.Module, options: tuple[str, ...]) -> n
     """
     enabled = [name for name in options if getattr(module, name)]
     if enabled:
-        flags = ", ".join(f"{name}=True" for name in enabled)
+        flags = ", ".join(f"{name}={getattr(module, name)!r}" for name in enabled)
         raise RuntimeError(
             f"torch.jit.script cannot compile {type(module).__name__}({flags}): TorchScript does not "
             "support its layer-norm/residual time loops (custom autograd Functions and a C++ kernel). "

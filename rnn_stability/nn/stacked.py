@@ -2,15 +2,16 @@
 
 With both options off the modules call torch's native kernel (`super().forward`) unchanged. Otherwise the
 stack is run one layer at a time, so that residual connections can be added between layers: with
-`layer_norm=False` each layer still runs torch's native one-layer kernel; with `layer_norm=True` each
-layer and direction computes its input projection and its layer norm for all steps at once, then runs the
-recurrent part step by step: `rnn_stability.nn.fused` (hand-written backward) when all sequences have one
+`layer_norm=False` each layer still runs torch's native one-layer kernel; with layer norm on each layer and
+direction computes its input projection (and, for `"separate"`, its layer norm) for all steps at once, then
+runs the recurrent part step by step: `rnn_stability.nn.fused` (hand-written backward) when all sequences have one
 length (the LSTM runs the C++ loop of `rnn_stability.nn.native` instead where it can), the autograd loops of
 `rnn_stability.nn.recurrence` otherwise.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -19,7 +20,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-from rnn_stability.nn.layer_norm import GateLayerNorm
+from rnn_stability.nn.layer_norm import (
+    GATE_NORMS,
+    GateLayerNorm,
+    LayerNormVariant,
+    check_layer_norm,
+    checkpoint_variant_hint,
+    layer_norm_variant,
+)
 from rnn_stability.nn.scripting import torch_module_for_scripting
 
 __all__ = ["StackedRNNMixin", "check_flag", "split_steps", "use_fused"]
@@ -35,39 +43,52 @@ def check_flag(name: str, value: Any) -> bool:
 class StackedRNNMixin(nn.RNNBase):
     """Adds `layer_norm` / `residual` options to a torch RNN class; listed before it in the bases.
 
-    Subclasses set `num_gates`, `_layer_norm_function` and `_layer_norm_sequence` and implement
-    `_state_tuple`, `_state_output`, `_native_layer` and `_layer_norm_inputs`.
+    Subclasses set `num_gates`, `_layer_norm_function`, `_joint_layer_norm_function` and
+    `_layer_norm_sequence` and implement `_state_tuple`, `_state_output`, `_native_layer` and
+    `_layer_norm_inputs`.
     """
 
     num_gates: int
-    # Time loops of the layer-norm path: hand-written backward (fixed batch size) and autograd fallback.
+    # Time loops of the layer-norm path: hand-written backward (fixed batch size; the second one for
+    # `layer_norm="joint"`) and autograd fallback.
     _layer_norm_function: ClassVar[type[torch.autograd.Function]]
+    _joint_layer_norm_function: ClassVar[type[torch.autograd.Function]]
     _layer_norm_sequence: ClassVar[Callable[..., tuple[Tensor, ...]]]
-    layer_norm: bool
+    layer_norm: bool | LayerNormVariant
     residual: bool
     layer_norm_eps: float = 1e-5
 
-    def __init__(self, *args: Any, layer_norm: bool = False, residual: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        layer_norm: bool | LayerNormVariant = False,
+        residual: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.layer_norm = check_flag("layer_norm", layer_norm)
+        self.layer_norm = check_layer_norm(layer_norm)
         self.residual = check_flag("residual", residual)
-        if layer_norm:
+        variant = self.layer_norm_variant
+        if variant is not None:
             weight = self._flat_weights[0]
             assert isinstance(weight, Tensor)
             factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
             for suffix in self._direction_suffixes():
-                setattr(
-                    self, f"layer_norm_ih{suffix}", GateLayerNorm(self.num_gates, self.hidden_size, **factory)
-                )
-                setattr(
-                    self, f"layer_norm_hh{suffix}", GateLayerNorm(self.num_gates, self.hidden_size, **factory)
-                )
+                for name in GATE_NORMS[variant]:
+                    setattr(
+                        self, f"{name}{suffix}", GateLayerNorm(self.num_gates, self.hidden_size, **factory)
+                    )
                 if self.mode == "LSTM":
                     setattr(
                         self,
                         f"layer_norm_cell{suffix}",
                         nn.LayerNorm(self.hidden_size, bias=self.bias, **factory),
                     )
+
+    @property
+    def layer_norm_variant(self) -> LayerNormVariant | None:
+        """What `layer_norm` normalises: `"recurrent"`, `"joint"`, `"separate"`, or `None` when it is off."""
+        return layer_norm_variant(self.layer_norm)
 
     def _direction_suffixes(self) -> list[str]:
         """`_l{k}` / `_l{k}_reverse` suffixes in torch's parameter order (layer-major)."""
@@ -97,7 +118,7 @@ class StackedRNNMixin(nn.RNNBase):
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.layer_norm:
-            s += ", layer_norm=True"
+            s += f", layer_norm={self.layer_norm!r}"
         if self.residual:
             s += ", residual=True"
         return s
@@ -111,6 +132,29 @@ class StackedRNNMixin(nn.RNNBase):
         # Modules pickled from torch.nn.LSTM / GRU (or an older version) have no options.
         self.__dict__.setdefault("layer_norm", False)
         self.__dict__.setdefault("residual", False)
+        # Pickled when `layer_norm=True` meant the separate normalisation, the only one with `layer_norm_ih_*`.
+        if self.layer_norm is True and any(name.startswith("layer_norm_ih") for name in self._modules):
+            self.layer_norm = "separate"
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # Gate gains of another variant: say which `layer_norm` loads them. A warning, as torch does not tell this
+        # method whether the load is strict (a strict one then fails on the unexpected or missing keys).
+        hint = checkpoint_variant_hint(self.layer_norm_variant, state_dict.keys(), prefix)
+        if hint is not None:
+            where = f"{type(self).__name__} {prefix[:-1]!r}" if prefix else type(self).__name__
+            warnings.warn(f"loading {where}: {hint}", UserWarning, stacklevel=4)
 
     # ---- mode-specific hooks --------------------------------------------------------------------------------
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
@@ -132,12 +176,19 @@ class StackedRNNMixin(nn.RNNBase):
 
     def _gate_parameters(
         self, weights: list[Tensor], suffix: str
-    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
-        """`(bias_ih, bias_hh, gain_ih, gain_hh)` of one layer and direction."""
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor]:
+        """`(bias_ih, bias_hh, gain_ih, gain)` of one layer and direction.
+
+        `gain` multiplies the normalised `W_hh h` (`"recurrent"`, `"separate"`) or the normalised sum
+        `W_ih x + W_hh h` (`"joint"`); `gain_ih`, that of the normalised `W_ih x`, is `None` but with `"separate"`.
+        """
         bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
-        gain_ih = getattr(self, f"layer_norm_ih{suffix}").weight
-        gain_hh = getattr(self, f"layer_norm_hh{suffix}").weight
-        return bias_ih, bias_hh, gain_ih, gain_hh
+        joint = self.layer_norm_variant == "joint"
+        gain = getattr(self, f"layer_norm_{'gates' if joint else 'hh'}{suffix}").weight
+        norm_ih = (
+            getattr(self, f"layer_norm_ih{suffix}", None) if self.layer_norm_variant == "separate" else None
+        )
+        return bias_ih, bias_hh, None if norm_ih is None else norm_ih.weight, gain
 
     def _layer_norm_direction(
         self,
@@ -151,8 +202,12 @@ class StackedRNNMixin(nn.RNNBase):
         """One layer-normalised direction: `_layer_norm_function` for a constant batch size, else the loop."""
         gates, args = self._layer_norm_inputs(x, weights, suffix)
         if use_fused(step_sizes):
-            out, *final = self._layer_norm_function.apply(
-                gates.view(len(step_sizes), step_sizes[0], self.num_gates, self.hidden_size),
+            joint = self.layer_norm_variant == "joint"
+            function = self._joint_layer_norm_function if joint else self._layer_norm_function
+            # Under autocast an un-normalised input projection comes out in the lower precision; the loop's
+            # preallocated buffers and `out=` products take the state's dtype, as with the normalised one.
+            out, *final = function.apply(
+                gates.to(hx[0].dtype).view(len(step_sizes), step_sizes[0], self.num_gates, self.hidden_size),
                 *hx,
                 *args,
                 reverse,

@@ -2,7 +2,9 @@
 
 It shares no code with ``rnn_stability.nn``: every gate block is normalised on its own by a hand-written formula,
 each sequence of a batch is run separately over its own length, and layers are stacked by hand. Tests compare
-the modules against it.
+the modules against it. ``layer_norm`` is what is normalised: ``None`` (off), ``"recurrent"`` (``W_hh h`` per gate
+block), ``"joint"`` (``W_ih x + W_hh h`` per gate block; for the GRU's candidate ``W_in x + r * W_hn h``) or
+``"separate"`` (``W_ih x`` and ``W_hh h`` on their own); the LSTM's cell read-out is normalised in all three.
 """
 
 from __future__ import annotations
@@ -40,20 +42,24 @@ def reference_cell_step(
     x: Tensor,
     state: tuple[Tensor, ...],
     params: dict[str, Tensor | None],
-    layer_norm: bool,
+    layer_norm: str | None,
 ) -> tuple[Tensor, ...]:
-    """One step for one sample (1-D tensors). ``params`` keys: w_ih, w_hh, b_ih, b_hh, w_hr, g_ih, g_hh, g_c, b_c."""
+    """One step for one sample (1-D tensors).
+
+    ``params`` keys: w_ih, w_hh, b_ih, b_hh, w_hr, g_ih, g_hh, g_gates (the joint gain), g_c, b_c.
+    """
     w_ih, w_hh = params["w_ih"], params["w_hh"]
     assert w_ih is not None and w_hh is not None
-    gates_x = w_ih @ x
     num_gates = 4 if mode == "LSTM" else 3
     hidden = w_hh.shape[0] // num_gates
-    gx = _blocks(gates_x, params["g_ih"] if layer_norm else None, num_gates)
-    gh = _blocks(w_hh @ state[0], params["g_hh"] if layer_norm else None, num_gates)
     b_ih, b_hh = params["b_ih"], params["b_hh"]
     zero = torch.zeros(hidden, dtype=x.dtype)
     bx = list(b_ih.chunk(num_gates)) if b_ih is not None else [zero] * num_gates
     bh = list(b_hh.chunk(num_gates)) if b_hh is not None else [zero] * num_gates
+    if layer_norm == "joint":
+        return _joint_step(mode, x, state, params, bx, bh)
+    gx = _blocks(w_ih @ x, params["g_ih"] if layer_norm == "separate" else None, num_gates)
+    gh = _blocks(w_hh @ state[0], params["g_hh"] if layer_norm else None, num_gates)
     ax = [gx[k] + bx[k] for k in range(num_gates)]
     ah = [gh[k] + bh[k] for k in range(num_gates)]
     if mode == "GRU":
@@ -61,12 +67,36 @@ def reference_cell_step(
         z = torch.sigmoid(ax[1] + ah[1])
         n = torch.tanh(ax[2] + r * ah[2])
         return ((1 - z) * n + z * state[0],)
-    i, f, g, o = (
-        torch.sigmoid(ax[0] + ah[0]),
-        torch.sigmoid(ax[1] + ah[1]),
-        torch.tanh(ax[2] + ah[2]),
-        torch.sigmoid(ax[3] + ah[3]),
-    )
+    pre = [ax[k] + ah[k] for k in range(4)]
+    return _lstm_update(pre, state, params, layer_norm is not None)
+
+
+def _joint_step(
+    mode: str,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    params: dict[str, Tensor | None],
+    bx: list[Tensor],
+    bh: list[Tensor],
+) -> tuple[Tensor, ...]:
+    """The joint variant: each gate block of the summed projections is normalised (GRU: after the reset)."""
+    w_ih, w_hh, gain = params["w_ih"], params["w_hh"], params["g_gates"]
+    assert w_ih is not None and w_hh is not None and gain is not None
+    num_gates = 4 if mode == "LSTM" else 3
+    xs, hs = list((w_ih @ x).chunk(num_gates)), list((w_hh @ state[0]).chunk(num_gates))
+    if mode == "GRU":
+        r = torch.sigmoid(_norm(xs[0] + hs[0], gain[0]) + bx[0] + bh[0])
+        z = torch.sigmoid(_norm(xs[1] + hs[1], gain[1]) + bx[1] + bh[1])
+        n = torch.tanh(_norm(xs[2] + r * hs[2], gain[2]) + bx[2] + r * bh[2])
+        return ((1 - z) * n + z * state[0],)
+    pre = [_norm(xs[k] + hs[k], gain[k]) + bx[k] + bh[k] for k in range(4)]
+    return _lstm_update(pre, state, params, True)
+
+
+def _lstm_update(
+    pre: list[Tensor], state: tuple[Tensor, ...], params: dict[str, Tensor | None], layer_norm: bool
+) -> tuple[Tensor, Tensor]:
+    i, f, g, o = torch.sigmoid(pre[0]), torch.sigmoid(pre[1]), torch.tanh(pre[2]), torch.sigmoid(pre[3])
     c = f * state[1] + i * g
     read = _norm(c, params["g_c"], params["b_c"]) if layer_norm else c
     h = o * torch.tanh(read)
@@ -87,6 +117,7 @@ def _params(module: nn.Module, suffix: str) -> dict[str, Tensor | None]:
         "w_hr": get(f"weight_hr{suffix}"),
         "g_ih": _sub(module, f"layer_norm_ih{suffix}", "weight"),
         "g_hh": _sub(module, f"layer_norm_hh{suffix}", "weight"),
+        "g_gates": _sub(module, f"layer_norm_gates{suffix}", "weight"),
         "g_c": _sub(module, f"layer_norm_cell{suffix}", "weight"),
         "b_c": _sub(module, f"layer_norm_cell{suffix}", "bias"),
     }
@@ -105,7 +136,7 @@ def reference_forward(
     Returns the per-sequence outputs ``(T_i, D * out)`` and the final states ``(L * D, B, ·)``.
     """
     mode = "LSTM" if isinstance(module, nn.LSTM) else "GRU"
-    layer_norm = bool(getattr(module, "layer_norm", False))
+    layer_norm = getattr(module, "layer_norm_variant", None)
     residual = bool(getattr(module, "residual", False))
     dirs = 2 if module.bidirectional else 1
     out_size = module.proj_size or module.hidden_size

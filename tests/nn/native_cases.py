@@ -109,6 +109,7 @@ def build(
     residual: bool = False,
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
+    layer_norm: bool | str = True,
 ) -> LSTM:
     module = LSTM(
         input_size,
@@ -118,7 +119,7 @@ def build(
         batch_first=batch_first,
         bidirectional=bidirectional,
         proj_size=proj_size,
-        layer_norm=True,
+        layer_norm=layer_norm,  # type: ignore[arg-type]
         residual=residual,
         dtype=dtype,
     )
@@ -170,8 +171,10 @@ def native_args(
     cell_bias: bool = True,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
+    variant: str = "separate",
 ) -> dict[str, Tensor | None]:
-    """Arguments of :meth:`LSTMLayerNormNative.apply` before ``eps`` and ``reverse`` (``weight_hr`` if ``proj``)."""
+    """Arguments of :meth:`LSTMLayerNormNative.apply` before ``eps``, ``reverse`` and the variant (``weight_hr`` if
+    ``proj``; ``gain_ih`` with the ``"separate"`` variant only)."""
     gen = torch.Generator().manual_seed(seed)
     out = proj or hidden
 
@@ -180,7 +183,7 @@ def native_args(
 
     return {
         "xp": rand(steps, batch, 4, hidden, scale=1.5, offset=0.3),
-        "gain_ih": rand(4, hidden, scale=0.4, offset=1.0),
+        "gain_ih": rand(4, hidden, scale=0.4, offset=1.0) if variant == "separate" else None,
         "shift": rand(4, hidden, scale=0.5) if shift else None,
         "h0": rand(batch, out, scale=0.5),
         "c0": rand(batch, hidden, scale=0.8),
@@ -192,8 +195,10 @@ def native_args(
     }
 
 
-def apply_native(args: dict[str, Tensor | None], reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return LSTMLayerNormNative.apply(*(args[name] for name in NATIVE_ARGS), EPS, reverse)
+def apply_native(
+    args: dict[str, Tensor | None], reverse: bool, variant: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    return LSTMLayerNormNative.apply(*(args[name] for name in NATIVE_ARGS), EPS, reverse, variant)
 
 
 def non_contiguous(t: Tensor) -> Tensor:
@@ -204,8 +209,9 @@ def non_contiguous(t: Tensor) -> Tensor:
 
 
 def _values_and_grads(
-    args: dict[str, Tensor | None], layout: Callable[[str, Tensor], Tensor], reverse: bool
+    args: dict[str, Tensor | None], layout: Callable[[str, Tensor], Tensor], reverse: bool, variant: str
 ) -> list[Tensor]:
     leaves = {n: t.detach().requires_grad_() for n, t in args.items() if t is not None}
-    result = apply_native({n: layout(n, leaves[n]) if n in leaves else None for n in NATIVE_ARGS}, reverse)
+    laid_out = {n: layout(n, leaves[n]) if n in leaves else None for n in NATIVE_ARGS}
+    result = apply_native(laid_out, reverse, variant)
     return list(result) + list(torch.autograd.grad(weighted_loss(list(result)), list(leaves.values())))

@@ -59,11 +59,11 @@ def test_root_module_is_converted_and_reconverted() -> None:
     ours = convert_rnn(root, layer_norm=True)
     assert type(ours) is GRU and ours.layer_norm
     with torch.no_grad():
-        ours.layer_norm_hh_l0.weight.fill_(2.0)
+        ours.layer_norm_gates_l0.weight.fill_(2.0)
     again = convert_rnn(ours, layer_norm=True, residual=True)
-    assert again.residual and torch.equal(again.layer_norm_hh_l0.weight, ours.layer_norm_hh_l0.weight)
+    assert again.residual and torch.equal(again.layer_norm_gates_l0.weight, ours.layer_norm_gates_l0.weight)
     back = convert_rnn(ours)
-    assert not back.layer_norm and not hasattr(back, "layer_norm_hh_l0")
+    assert not back.layer_norm and not hasattr(back, "layer_norm_gates_l0")
 
 
 def test_conversion_is_in_place_and_keeps_parameter_identity() -> None:
@@ -77,3 +77,20 @@ def test_conversion_is_in_place_and_keeps_parameter_identity() -> None:
     ids = {id(p) for p in before}
     assert [p for p in model.parameters() if id(p) in ids] == before
     assert len(list(model.parameters())) > len(before)
+
+
+def test_reconverting_between_layer_norm_variants_keeps_the_gains_they_share() -> None:
+    lstm = convert_rnn(nn.LSTM(3, 4), layer_norm="separate")
+    assert isinstance(lstm, LSTM) and lstm.layer_norm_variant == "separate"
+    with torch.no_grad():
+        lstm.layer_norm_hh_l0.weight.fill_(2.0)
+    convert_rnn(lstm, layer_norm="recurrent")
+    assert lstm.layer_norm_variant == "recurrent" and not hasattr(lstm, "layer_norm_ih_l0")
+    assert torch.equal(lstm.layer_norm_hh_l0.weight, torch.full((4, 4), 2.0))
+    convert_rnn(lstm, layer_norm=True)
+    names = {name for name, _ in lstm.named_parameters() if name.startswith("layer_norm")}
+    assert names == {"layer_norm_gates_l0.weight", "layer_norm_cell_l0.weight", "layer_norm_cell_l0.bias"}
+    fresh = LSTM(3, 4, layer_norm="joint")
+    fresh.load_state_dict(lstm.state_dict())
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(lstm(x)[0], fresh(x)[0])

@@ -55,7 +55,7 @@ def test_shared_module_stays_shared_and_is_listed_once() -> None:
     assert model.decoder is model.encoder and isinstance(model.encoder, GRU) and model.encoder.layer_norm
     assert isinstance(model.cell, GRUCell)
     names = [n for n, _ in model.named_parameters()]
-    assert "encoder.layer_norm_hh_l0.weight" in names and not any(n.startswith("decoder") for n in names)
+    assert "encoder.layer_norm_gates_l0.weight" in names and not any(n.startswith("decoder") for n in names)
 
 
 def test_requires_grad_mode_and_frozen_modules() -> None:
@@ -140,11 +140,11 @@ def test_subclass_keeps_its_methods_and_runs_our_machinery() -> None:
     assert torch.equal(lstm(x, lengths=lengths)[0], expected)
     convert_rnn(lstm, layer_norm=True)
     with torch.no_grad():
-        lstm.layer_norm_hh_l0.weight.mul_(0.5)
+        lstm.layer_norm_gates_l0.weight.mul_(0.5)
     out = lstm(x, lengths=lengths)[0]
     assert not torch.allclose(out, expected)
     out.sum().backward()
-    assert lstm.layer_norm_hh_l0.weight.grad is not None
+    assert lstm.layer_norm_gates_l0.weight.grad is not None
     # Built at run time, the combined class still pickles and deep-copies (DDP spawn, neuralforecast).
     for twin in (copy.deepcopy(lstm), pickle.loads(pickle.dumps(lstm))):
         assert type(twin) is type(lstm) and torch.equal(twin(x, lengths=lengths)[0], out)
@@ -180,17 +180,20 @@ def test_warns_when_the_model_holds_no_rnn() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"include": 3}, "`include` must be"),
-        ({"exclude": ["a", 1]}, "`exclude` must be"),
-        ({"layer_norm": "yes"}, "layer_norm"),
-        ({"num_layers": 2}, "num_layers"),
-        ({"layer_nrom": True}, "layer_nrom"),
+        ({"include": 3}, TypeError, "`include` must be"),
+        ({"exclude": ["a", 1]}, TypeError, "`exclude` must be"),
+        ({"layer_norm": 1}, TypeError, "layer_norm"),
+        ({"layer_norm": "yes"}, ValueError, "'recurrent', 'joint', 'separate'"),
+        ({"num_layers": 2}, TypeError, "num_layers"),
+        ({"layer_nrom": True}, TypeError, "layer_nrom"),
     ],
 )
-def test_bad_arguments_are_rejected_before_any_change(kwargs: dict[str, object], match: str) -> None:
+def test_bad_arguments_are_rejected_before_any_change(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
     model = nn.Sequential(nn.LSTM(2, 2))
-    with pytest.raises(TypeError, match=match):
+    with pytest.raises(error, match=match):
         convert_rnn(model, **kwargs)  # type: ignore[arg-type]
     assert type(model[0]) is nn.LSTM

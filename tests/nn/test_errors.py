@@ -104,6 +104,8 @@ def test_constructor_errors_match_torch(ours: type, theirs: type, args: tuple, k
 def test_options_must_be_bool(factory: Callable[..., nn.Module]) -> None:
     with pytest.raises(TypeError, match="`layer_norm` must be a bool"):
         factory(layer_norm=1)
+    with pytest.raises(ValueError, match="`layer_norm` must be True, False or one of 'recurrent', 'joint'"):
+        factory(layer_norm="both")
     if not isinstance(factory(), nn.RNNCellBase):
         with pytest.raises(TypeError, match="`residual` must be a bool"):
             factory(residual="yes")

@@ -1,6 +1,8 @@
-"""Layer-norm and residual paths: parameters, initialisation, gradcheck, cells, dtypes, dropout."""
+"""Layer-norm and residual paths: parameters, initialisation, gradcheck, cells, dtypes, dropout, checkpoints."""
 
 from __future__ import annotations
+
+import pickle
 
 import pytest
 import torch
@@ -9,34 +11,106 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_sequence
 
 from rnn_stability.nn import GRU, LSTM, GateLayerNorm, GRUCell, LSTMCell, gate_layer_norm
+from rnn_stability.nn.layer_norm import DEFAULT_LAYER_NORM, GATE_NORMS, LAYER_NORM_VARIANTS
 from tests.nn.naive_reference import reference_cell_step
 
+variants = pytest.mark.parametrize("variant", LAYER_NORM_VARIANTS)
+# The gate normalisations of each variant, as parameter-name stems (`layer_norm_<kind>_l0.weight`).
+GATE_KINDS = {"recurrent": ["hh"], "joint": ["gates"], "separate": ["ih", "hh"]}
 
-def test_layer_norm_parameter_names_and_identity_init() -> None:
-    lstm = LSTM(3, 4, 2, bidirectional=True, layer_norm=True)
+
+@variants
+def test_layer_norm_parameter_names_and_identity_init(variant: str) -> None:
+    lstm = LSTM(3, 4, 2, bidirectional=True, layer_norm=variant)  # type: ignore[arg-type]
     extra = {k: v for k, v in lstm.state_dict().items() if k.startswith("layer_norm")}
+    params = [(kind, "weight") for kind in GATE_KINDS[variant]] + [("cell", "weight"), ("cell", "bias")]
     assert set(extra) == {
-        f"layer_norm_{kind}_l{k}{s}.{p}"
-        for k in (0, 1)
-        for s in ("", "_reverse")
-        for kind, p in [("ih", "weight"), ("hh", "weight"), ("cell", "weight"), ("cell", "bias")]
+        f"layer_norm_{kind}_l{k}{s}.{p}" for k in (0, 1) for s in ("", "_reverse") for kind, p in params
     }
-    assert extra["layer_norm_ih_l0.weight"].shape == (4, 4)
+    assert extra[f"layer_norm_{GATE_KINDS[variant][0]}_l0.weight"].shape == (4, 4)
     for name, value in extra.items():
         assert torch.equal(
             value, torch.zeros_like(value) if name.endswith("bias") else torch.ones_like(value)
         )
-    gru = GRU(3, 4, layer_norm=True, bias=False)
-    assert sorted(k for k in gru.state_dict() if k.startswith("layer_norm")) == [
-        "layer_norm_hh_l0.weight",
-        "layer_norm_ih_l0.weight",
-    ]
+    gru = GRU(3, 4, layer_norm=variant, bias=False)  # type: ignore[arg-type]
+    assert sorted(k for k in gru.state_dict() if k.startswith("layer_norm")) == sorted(
+        f"layer_norm_{kind}_l0.weight" for kind in GATE_KINDS[variant]
+    )
+    cell = LSTMCell(3, 4, layer_norm=variant)  # type: ignore[arg-type]
+    assert sorted(k for k in cell.state_dict() if k.startswith("layer_norm")) == sorted(
+        [f"layer_norm_{kind}.weight" for kind in GATE_KINDS[variant]]
+        + ["layer_norm_cell.bias", "layer_norm_cell.weight"]
+    )
+    assert [f"layer_norm_{kind}" for kind in GATE_KINDS[variant]] == list(GATE_NORMS[variant])  # type: ignore[index]
 
 
+def test_true_means_the_default_variant_and_false_means_off() -> None:
+    for cls in (LSTM, GRU, LSTMCell, GRUCell):
+        module = cls(3, 4, layer_norm=True)
+        assert module.layer_norm is True and module.layer_norm_variant == DEFAULT_LAYER_NORM
+        default = cls(3, 4, layer_norm=DEFAULT_LAYER_NORM)
+        assert set(module.state_dict()) == set(default.state_dict())
+        assert cls(3, 4).layer_norm_variant is None and "layer_norm" not in repr(cls(3, 4))
+    assert "layer_norm=True" in repr(LSTM(3, 4, layer_norm=True))
+    assert "layer_norm='separate'" in repr(GRUCell(3, 4, layer_norm="separate"))
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU, LSTMCell, GRUCell])
+def test_checkpoint_of_the_separate_variant_loads_into_separate(cls: type) -> None:
+    """Checkpoints saved when `layer_norm=True` meant `"separate"` load with `layer_norm="separate"`; loading
+    them into another variant fails, saying which one to pick."""
+    torch.manual_seed(0)
+    saved = cls(3, 4, layer_norm="separate")
+    state = saved.state_dict()
+    assert any(k.startswith("layer_norm_ih") for k in state)
+    restored = cls(3, 4, layer_norm="separate")
+    restored.load_state_dict(state)
+    x = torch.randn(2, 3) if issubclass(cls, nn.RNNCellBase) else torch.randn(5, 2, 3)
+    for a, b in zip(_flat(saved(x)), _flat(restored(x)), strict=True):
+        assert torch.equal(a, b)
+    hint = "build the module with layer_norm='separate' to load them"
+    for other in (True, "recurrent", False):
+        with pytest.warns(UserWarning, match=hint), pytest.raises(RuntimeError, match="layer_norm_ih"):
+            cls(3, 4, layer_norm=other).load_state_dict(state)
+    # strict=False: the mismatches are reported as torch reports them, and the warning says what to do.
+    with pytest.warns(UserWarning, match=f"loading {cls.__name__}: the checkpoint's .* {hint}"):
+        result = cls(3, 4, layer_norm=True).load_state_dict(state, strict=False)
+    assert any("layer_norm_ih" in k for k in result.unexpected_keys)
+    wrapped = nn.Sequential(cls(3, 4, layer_norm="joint"))
+    recurrent = {f"0.{k}": v for k, v in cls(3, 4, layer_norm="recurrent").state_dict().items()}
+    with pytest.warns(UserWarning, match=f"loading {cls.__name__} '0': .*saved with layer_norm='recurrent'"):
+        wrapped.load_state_dict(recurrent, strict=False)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU, LSTMCell, GRUCell])
+def test_module_pickled_when_true_meant_separate_unpickles_as_separate(cls: type) -> None:
+    module = cls(3, 4, layer_norm="separate")
+    module.layer_norm = True  # what such a pickle holds: the flag, and the separate variant's parameters
+    clone = pickle.loads(pickle.dumps(module))
+    assert clone.layer_norm == "separate" and clone.layer_norm_variant == "separate"
+    x = torch.randn(2, 3) if issubclass(cls, nn.RNNCellBase) else torch.randn(5, 2, 3)
+    module.layer_norm = "separate"
+    for a, b in zip(_flat(module(x)), _flat(clone(x)), strict=True):
+        assert torch.equal(a, b)
+
+
+def _weight(module: nn.Module, child: str) -> Tensor | None:
+    norm = getattr(module, child, None)
+    return None if norm is None else norm.weight
+
+
+def _flat(result: object) -> list[Tensor]:
+    if isinstance(result, Tensor):
+        return [result]
+    assert isinstance(result, tuple)
+    return [t for item in result for t in _flat(item)]
+
+
+@variants
 @pytest.mark.parametrize(("ours", "theirs"), [(LSTM, nn.LSTM), (GRU, nn.GRU)])
-def test_torch_state_dict_loads_with_only_layer_norm_missing(ours: type, theirs: type) -> None:
+def test_torch_state_dict_loads_with_only_layer_norm_missing(ours: type, theirs: type, variant: str) -> None:
     source = theirs(3, 4, 2, bidirectional=True)
-    module = ours(3, 4, 2, bidirectional=True, layer_norm=True)
+    module = ours(3, 4, 2, bidirectional=True, layer_norm=variant)
     result = module.load_state_dict(source.state_dict(), strict=False)
     assert result.unexpected_keys == []
     assert result.missing_keys and all(k.startswith("layer_norm_") for k in result.missing_keys)
@@ -46,9 +120,9 @@ def test_torch_state_dict_loads_with_only_layer_norm_missing(ours: type, theirs:
 def test_reset_parameters_restores_identity_layer_norm() -> None:
     lstm = LSTM(3, 4, layer_norm=True)
     with torch.no_grad():
-        lstm.layer_norm_hh_l0.weight.fill_(3.0)
+        lstm.layer_norm_gates_l0.weight.fill_(3.0)
     lstm.reset_parameters()
-    assert torch.equal(lstm.layer_norm_hh_l0.weight, torch.ones(4, 4))
+    assert torch.equal(lstm.layer_norm_gates_l0.weight, torch.ones(4, 4))
     cell = LSTMCell(3, 4, layer_norm=True)
     cell.reset_parameters()
     assert torch.equal(cell.layer_norm_cell.bias, torch.zeros(4))
@@ -84,10 +158,26 @@ def _gradcheck_module(module: nn.Module, inputs: tuple, packed_lengths: list[int
         LSTM(3, 3, 2, bidirectional=True, proj_size=2, layer_norm=True, residual=True, dtype=torch.float64),
         LSTM(3, 3, 2, bias=False, layer_norm=True, residual=True, dtype=torch.float64),
         GRU(3, 3, 2, bidirectional=True, layer_norm=True, residual=True, dtype=torch.float64),
+        GRU(3, 3, 2, bias=False, layer_norm=True, dtype=torch.float64),
+        LSTM(3, 3, 2, bidirectional=True, proj_size=2, layer_norm="recurrent", dtype=torch.float64),
+        GRU(3, 3, 2, bidirectional=True, layer_norm="recurrent", residual=True, dtype=torch.float64),
+        LSTM(3, 3, 2, bidirectional=True, layer_norm="separate", residual=True, dtype=torch.float64),
+        GRU(3, 3, 2, bidirectional=True, layer_norm="separate", dtype=torch.float64),
         LSTM(3, 3, 2, residual=True, dtype=torch.float64),
         GRU(3, 3, 2, bidirectional=True, residual=True, dtype=torch.float64),
     ],
-    ids=["lstm-ln-res-bi-proj", "lstm-ln-res-nobias", "gru-ln-res-bi", "lstm-res", "gru-res-bi"],
+    ids=[
+        "lstm-ln-res-bi-proj",
+        "lstm-ln-res-nobias",
+        "gru-ln-res-bi",
+        "gru-ln-nobias",
+        "lstm-recurrent-bi-proj",
+        "gru-recurrent-res-bi",
+        "lstm-separate-res-bi",
+        "gru-separate-bi",
+        "lstm-res",
+        "gru-res-bi",
+    ],
 )
 def test_gradcheck_layer_norm_and_residual(module: nn.Module, packed: bool) -> None:
     torch.manual_seed(0)
@@ -98,10 +188,12 @@ def test_gradcheck_layer_norm_and_residual(module: nn.Module, packed: bool) -> N
     _gradcheck_module(module, (x,), [3, 2] if packed else None)
 
 
+@variants
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("cls", [LSTMCell, GRUCell])
-def test_cells_layer_norm_match_reference_and_gradcheck(cls: type) -> None:
+def test_cells_layer_norm_match_reference_and_gradcheck(cls: type, bias: bool, variant: str) -> None:
     torch.manual_seed(0)
-    cell = cls(3, 4, layer_norm=True, dtype=torch.float64)
+    cell = cls(3, 4, bias=bias, layer_norm=variant, dtype=torch.float64)
     with torch.no_grad():
         for p in cell.parameters():
             p.uniform_(-0.8, 0.8)
@@ -118,14 +210,15 @@ def test_cells_layer_norm_match_reference_and_gradcheck(cls: type) -> None:
         "b_ih": cell.bias_ih,
         "b_hh": cell.bias_hh,
         "w_hr": None,
-        "g_ih": cell.layer_norm_ih.weight,
-        "g_hh": cell.layer_norm_hh.weight,
-        "g_c": cell.layer_norm_cell.weight if lstm else None,
+        "g_ih": _weight(cell, "layer_norm_ih"),
+        "g_hh": _weight(cell, "layer_norm_hh"),
+        "g_gates": _weight(cell, "layer_norm_gates"),
+        "g_c": _weight(cell, "layer_norm_cell"),
         "b_c": cell.layer_norm_cell.bias if lstm else None,
     }
     mode = "LSTM" if lstm else "GRU"
     for b in range(2):
-        expected = reference_cell_step(mode, x[b], tuple(s[b] for s in state), params, True)
+        expected = reference_cell_step(mode, x[b], tuple(s[b] for s in state), params, variant)
         for got, want in zip(out, expected, strict=True):
             torch.testing.assert_close(got[b], want, atol=1e-6, rtol=0)
     unbatched = cell(x[0], tuple(s[0] for s in state) if lstm else state[0][0])

@@ -1,4 +1,5 @@
-"""Our LSTM / GRU against torch's (options off: bit-identical) and the naive reference (all options)."""
+"""Our LSTM / GRU against torch's (options off: bit-identical) and the naive reference (all options; `True` is
+the default layer-norm variant, the others are named)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ configs = st.fixed_dictionaries(
 )
 
 
-def build(cfg: dict, **options: bool) -> nn.RNNBase:
+def build(cfg: dict, **options: bool | str) -> nn.RNNBase:
     cls = LSTM if cfg["lstm"] else GRU
     kwargs = dict(
         num_layers=cfg["num_layers"],
@@ -100,10 +101,20 @@ def test_options_off_bit_identical_to_torch(cfg: dict, seed: int) -> None:
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("layer_norm", "residual"), [(False, True), (True, False), (True, True)])
+@pytest.mark.parametrize(
+    ("layer_norm", "residual"),
+    [
+        (False, True),
+        (True, False),
+        (True, True),
+        ("recurrent", True),
+        ("separate", False),
+        ("separate", True),
+    ],
+)
 @settings(max_examples=12, deadline=None)
 @given(cfg=configs, seed=st.integers(0, 3))
-def test_options_match_naive_reference(layer_norm: bool, residual: bool, cfg: dict, seed: int) -> None:
+def test_options_match_naive_reference(layer_norm: bool | str, residual: bool, cfg: dict, seed: int) -> None:
     module = build(cfg, layer_norm=layer_norm, residual=residual)
     outs, state, module_grads = run(module, cfg, seed)
     case = _case(module, cfg, seed)

@@ -1,9 +1,12 @@
 // Fused CPU time loop of the layer-normalised LSTM (one layer, one direction), forward and backward.
 //
-// Ba, Kiros & Hinton (2016), "Layer Normalization", arXiv:1607.06450. Given the raw input projection
-// xp = W_ih x for all steps (shape (T, B, 4, H), gate order i, f, g, o), with LN normalising each H-wide gate
-// block to zero mean and unit (biased) variance:
-//   gates_t = gain_ih * LN(xp_t) + shift + gain_hh * LN(W_hh h_{t-1})      (shift = b_ih + b_hh)
+// Ba, Kiros & Hinton (2016), "Layer Normalization", arXiv:1607.06450. Given the input projection xp = W_ih x
+// for all steps (shape (T, B, 4, H), gate order i, f, g, o), with LN normalising each H-wide gate block to zero
+// mean and unit (biased) variance, the gates of the three normalisations (rnn_stability/nn/layer_norm.py) are
+//   recurrent: gates_t = xp_t + shift + gain_hh * LN(W_hh h_{t-1})
+//   joint:     gates_t = gain_hh * LN(xp_t + W_hh h_{t-1}) + shift                      (gain_hh: the joint gain)
+//   separate:  gates_t = gain_ih * LN(xp_t) + shift + gain_hh * LN(W_hh h_{t-1})
+// (shift = b_ih + b_hh, or none), and then for all three
 //   c_t     = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
 //   h_t     = sigmoid(o) * tanh(cell_weight * LN(c_t) + cell_bias)        (h_t = W_hr h_t with a projection)
 // These are the formulas of rnn_stability/nn/recurrence.py (lstm_input_gates, lstm_layer_norm_step). The
@@ -58,20 +61,31 @@ inline void layer_norm_input_grad(T* dy, const T* xhat, int64_t n, T rstd) {
   for (int64_t j = 0; j < n; ++j) dy[j] = rstd * (dy[j] - m1 - xhat[j] * m2);
 }
 
-// Parameters shared by all rows and steps (shift and cell_bias may be null).
+// Which pre-activations are normalised (the `layer_norm` choices of rnn_stability/nn/layer_norm.py).
+enum class Norm { kRecurrent, kJoint, kSeparate };
+
+Norm parse_norm(c10::string_view name) {
+  if (name == "recurrent") return Norm::kRecurrent;
+  if (name == "joint") return Norm::kJoint;
+  TORCH_CHECK(name == "separate", "lstm_ln: normalization must be recurrent, joint or separate, got ", name);
+  return Norm::kSeparate;
+}
+
+// Parameters shared by all rows and steps (gain_ih is null unless separate; shift and cell_bias may be null).
 template <typename T>
 struct Params {
   const T *gain_ih, *shift, *gain_hh, *cell_weight, *cell_bias;
   int64_t H;
   T eps;
+  Norm norm;
 };
 
 // Per-step values of one batch row kept for the backward.
 template <typename T>
 struct Row {
-  T* x_mean;     // (4) mean of each block of xp
+  T* x_mean;     // (4) mean of each block of xp (separate only)
   T* x_rstd;     // (4)
-  T* normed;     // (4H) LN(W_hh h), before its gain
+  T* normed;     // (4H) LN(W_hh h) (LN(xp + W_hh h) when joint), before its gain
   T* rstd;       // (4)
   T* act;        // (4H) sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
   T* cell;       // (H) c_t
@@ -85,19 +99,36 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
   using Vec = at::vec::Vectorized<T>;
   const int64_t H = p.H;
   for (int64_t k = 0; k < 4; ++k) {
-    const T *xk = xp + k * H, *hk = hh + k * H, *gi = p.gain_ih + k * H, *gh = p.gain_hh + k * H;
-    T xm, xr, hm, hr;
-    moments(xk, H, p.eps, xm, xr);
-    moments(hk, H, p.eps, hm, hr);
-    r.x_mean[k] = xm;
-    r.x_rstd[k] = xr;
-    r.rstd[k] = hr;
+    const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H;
     T *nk = r.normed + k * H, *ak = r.act + k * H;
     const T* sk = p.shift != nullptr ? p.shift + k * H : nullptr;
+    T hm, hr;
+    if (p.norm == Norm::kJoint) {
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      nk[j] = (hk[j] - hm) * hr;
-      ak[j] = (xk[j] - xm) * xr * gi[j] + nk[j] * gh[j] + (sk != nullptr ? sk[j] : T(0));
+      for (int64_t j = 0; j < H; ++j) nk[j] = xk[j] + hk[j];
+      moments(nk, H, p.eps, hm, hr);
+      r.rstd[k] = hr;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        nk[j] = (nk[j] - hm) * hr;
+        ak[j] = nk[j] * gh[j] + (sk != nullptr ? sk[j] : T(0));
+      }
+    } else {
+      moments(hk, H, p.eps, hm, hr);
+      r.rstd[k] = hr;
+      T xm = 0, xr = 1;
+      const T* gi = p.gain_ih != nullptr ? p.gain_ih + k * H : nullptr;
+      if (gi != nullptr) {
+        moments(xk, H, p.eps, xm, xr);
+        r.x_mean[k] = xm;
+        r.x_rstd[k] = xr;
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        nk[j] = (hk[j] - hm) * hr;
+        const T x = gi != nullptr ? (xk[j] - xm) * xr * gi[j] : xk[j];
+        ak[j] = x + nk[j] * gh[j] + (sk != nullptr ? sk[j] : T(0));
+      }
     }
     if (k == 2) {
       at::vec::map([](Vec v) { return v.tanh(); }, ak, ak, H);
@@ -131,7 +162,8 @@ struct Acc {
 
 // Gradients of one row at one step. dm: dL/d(o * tc). dc: on entry the gradient carried from the later step
 // (times its forget gate f_next, or times 1 when f_next is null), on exit dL/dc_t. Writes dL/dxp to dxp and
-// dL/d(W_hh h_{t-1}) to dhh; scratch holds 5H values.
+// dL/d(W_hh h_{t-1}) to dhh (when joint both are dL/d(xp + W_hh h_{t-1}), and dxp may be dhh); scratch holds
+// 5H values.
 template <typename T>
 void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev, const T* f_next, const Row<T>& r,
                   T* dc, T* dxp, T* dhh, const Acc<T>& acc, T* scratch) {
@@ -158,20 +190,30 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
   }
   for (int64_t k = 0; k < 4; ++k) {
     const int64_t o4 = k * H;
-    const T xm = r.x_mean[k], xr = r.x_rstd[k];
-    T* xhat = d_cell;  // reused: (H) normalised input block
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
       const T d = dg[o4 + j];
-      xhat[j] = (xp[o4 + j] - xm) * xr;
-      acc.gain_ih[o4 + j] += d * xhat[j];
       acc.shift[o4 + j] += d;
       acc.gain_hh[o4 + j] += d * r.normed[o4 + j];
-      dxp[o4 + j] = d * p.gain_ih[o4 + j];
       dhh[o4 + j] = d * p.gain_hh[o4 + j];
     }
-    layer_norm_input_grad(dxp + o4, xhat, H, xr);
     layer_norm_input_grad(dhh + o4, r.normed + o4, H, r.rstd[k]);
+    if (p.norm == Norm::kRecurrent) {
+      std::copy(dg + o4, dg + o4 + H, dxp + o4);
+    } else if (p.norm == Norm::kJoint) {
+      if (dxp != dhh) std::copy(dhh + o4, dhh + o4 + H, dxp + o4);
+    } else {
+      const T xm = r.x_mean[k], xr = r.x_rstd[k];
+      T* xhat = d_cell;  // reused: (H) normalised input block
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T d = dg[o4 + j];
+        xhat[j] = (xp[o4 + j] - xm) * xr;
+        acc.gain_ih[o4 + j] += d * xhat[j];
+        dxp[o4 + j] = d * p.gain_ih[o4 + j];
+      }
+      layer_norm_input_grad(dxp + o4, xhat, H, xr);
+    }
   }
 }
 
@@ -219,19 +261,28 @@ struct LayerNormParams {
 };
 
 template <typename T>
-Params<T> params(const LayerNormParams& t, int64_t H, double eps) {
+Params<T> params(const LayerNormParams& t, int64_t H, double eps, Norm norm) {
   auto ptr = [](const Tensor& x) { return x.defined() ? x.data_ptr<T>() : nullptr; };
-  return Params<T>{ptr(t.gain_ih),     ptr(t.shift),     ptr(t.gain_hh), ptr(t.cell_weight),
-                   ptr(t.cell_bias),   H,                static_cast<T>(eps)};
+  return Params<T>{ptr(t.gain_ih),   ptr(t.shift), ptr(t.gain_hh), ptr(t.cell_weight),
+                   ptr(t.cell_bias), H,            static_cast<T>(eps), norm};
+}
+
+// gain_ih must be given exactly for the separate normalisation.
+Norm checked_norm(c10::string_view name, const std::optional<Tensor>& gain_ih) {
+  const Norm norm = parse_norm(name);
+  TORCH_CHECK((norm == Norm::kSeparate) == (gain_ih.has_value() && gain_ih->defined()),
+              "lstm_ln: gain_ih is given with the separate normalization and only with it");
+  return norm;
 }
 
 // Returns [out, h_n, c_n, pre_proj (empty without projection), then the per-step buffers of Buffers::list()].
-std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const Tensor& gain_ih, const std::optional<Tensor>& shift,
-                                    const Tensor& h0_in, const Tensor& c0_in, const Tensor& weight_hh,
-                                    const Tensor& gain_hh, const Tensor& cell_weight,
+std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const std::optional<Tensor>& gain_ih,
+                                    const std::optional<Tensor>& shift, const Tensor& h0_in, const Tensor& c0_in,
+                                    const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& cell_weight,
                                     const std::optional<Tensor>& cell_bias, const std::optional<Tensor>& weight_hr,
-                                    double eps, bool reverse, bool save) {
+                                    double eps, bool reverse, bool save, c10::string_view normalization) {
   TORCH_CHECK(xp_in.dim() == 4 && xp_in.size(2) == 4, "lstm_ln_forward: xp must be (T, B, 4, H)");
+  const Norm norm = checked_norm(normalization, gain_ih);
   const Tensor xp = xp_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
   const int64_t T_ = xp.size(0), B = xp.size(1), H = xp.size(3);
@@ -242,10 +293,10 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const Tensor& gain_ih, 
   Tensor hh = at::empty({B, 4 * H}, opts);
   const Tensor w_hh_t = weight_hh.t();
   Tensor h = h0, c = c0;
-  const LayerNormParams lnp{gain_ih.contiguous(), contiguous_or_undefined(shift), gain_hh.contiguous(),
+  const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_undefined(shift), gain_hh.contiguous(),
                             cell_weight.contiguous(), contiguous_or_undefined(cell_bias)};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
-    const auto p = params<scalar_t>(lnp, H, eps);
+    const auto p = params<scalar_t>(lnp, H, eps, norm);
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0, cell_slot = save ? t : s % 2;
       at::mm_out(hh, h, w_hh_t);
@@ -273,28 +324,30 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const Tensor& gain_ih, 
 // Returns the gradients of lstm_ln_forward's tensor arguments, in their order: xp, gain_ih, shift, h0, c0,
 // weight_hh, gain_hh, cell_weight, cell_bias, weight_hr (empty without projection). `saved` is what lstm_ln_forward returned after pre_proj (forward run with save=true).
 std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& grad_hn, const Tensor& grad_cn,
-                                     const Tensor& xp_in, const Tensor& gain_ih, const std::optional<Tensor>& shift,
-                                     const Tensor& h0, const Tensor& c0_in, const Tensor& weight_hh,
-                                     const Tensor& gain_hh, const Tensor& cell_weight,
+                                     const Tensor& xp_in, const std::optional<Tensor>& gain_ih,
+                                     const std::optional<Tensor>& shift, const Tensor& h0, const Tensor& c0_in,
+                                     const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& cell_weight,
                                      const std::optional<Tensor>& weight_hr, const Tensor& out, const Tensor& pre_proj,
-                                     at::TensorList saved, double eps, bool reverse) {
+                                     at::TensorList saved, double eps, bool reverse, c10::string_view normalization) {
+  const Norm norm = checked_norm(normalization, gain_ih);
   const Tensor grad_out = grad_out_in.contiguous(), xp = xp_in.contiguous(), c0 = c0_in.contiguous();
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
   const Buffers buf(saved.vec());
   const int64_t T_ = xp.size(0), B = xp.size(1), H = xp.size(3);
   const auto opts = xp.options();
   Tensor grad_xp = workspace({T_, B, 4, H}, opts);
-  Tensor grad_hh = workspace({T_, B, 4 * H}, opts);
+  // Joint: the gradients of xp and of W_hh h_{t-1} are those of their sum, one buffer.
+  Tensor grad_hh = norm == Norm::kJoint ? grad_xp.view({T_, B, 4 * H}) : workspace({T_, B, 4 * H}, opts);
   Tensor grad_h = workspace({w_hr.defined() ? T_ : 1, B, out.size(-1)}, opts);
   Tensor dm = at::empty({B, H}, opts);
   Tensor dc = grad_cn.contiguous().clone();
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
   Tensor scratch = at::empty({B, 5 * H}, opts);
   int64_t later = -1;  // the step processed just before this one (the next one in time order)
-  const LayerNormParams lnp{gain_ih.contiguous(), contiguous_or_undefined(shift), gain_hh.contiguous(),
+  const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_undefined(shift), gain_hh.contiguous(),
                             cell_weight.contiguous(), Tensor()};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_backward", [&] {
-    const auto p = params<scalar_t>(lnp, H, eps);
+    const auto p = params<scalar_t>(lnp, H, eps, norm);
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
     scalar_t *dc_p = dc.data_ptr<scalar_t>(), *grad_xp_p = grad_xp.data_ptr<scalar_t>();
     scalar_t *grad_hh_p = grad_hh.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
@@ -339,21 +392,23 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
   Tensor grad_w_hr = w_hr.defined() ? at::mm(grad_h.view({T_ * B, grad_h.size(-1)}).t(), pre_proj.reshape({T_ * B, H}))
                                     : at::empty({0}, opts);
   Tensor acc4_sum = acc4.sum(1).view({3, 4, H}), acc1_sum = acc1.sum(1);
-  return {grad_xp,   acc4_sum[0], acc4_sum[1], grad_h0,     grad_c0,
-          grad_w_hh, acc4_sum[2], acc1_sum[0], acc1_sum[1], grad_w_hr};
+  Tensor grad_gain_ih = norm == Norm::kSeparate ? acc4_sum[0] : at::empty({0}, opts);
+  return {grad_xp,   grad_gain_ih, acc4_sum[1], grad_h0,     grad_c0,
+          grad_w_hh, acc4_sum[2],  acc1_sum[0], acc1_sum[1], grad_w_hr};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(rnn_stability, m) {
   m.def(
-      "lstm_ln_forward(Tensor xp, Tensor gain_ih, Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, "
+      "lstm_ln_forward(Tensor xp, Tensor? gain_ih, Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, "
       "Tensor gain_hh, Tensor cell_weight, Tensor? cell_bias, Tensor? weight_hr, float eps, bool reverse, "
-      "bool save) -> Tensor[]");
+      "bool save, str normalization) -> Tensor[]");
   m.def(
-      "lstm_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor xp, Tensor gain_ih, "
+      "lstm_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor xp, Tensor? gain_ih, "
       "Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, Tensor gain_hh, Tensor cell_weight, "
-      "Tensor? weight_hr, Tensor out, Tensor pre_proj, Tensor[] saved, float eps, bool reverse) -> Tensor[]");
+      "Tensor? weight_hr, Tensor out, Tensor pre_proj, Tensor[] saved, float eps, bool reverse, "
+      "str normalization) -> Tensor[]");
   m.def("empty_cache() -> ()", &empty_cache);
   m.def("workspace_bytes() -> int", &workspace_bytes);
 }

@@ -1,0 +1,111 @@
+"""`layer_norm=True` keeps the input's scale: low-dimensional input and a univariate forecasting task.
+
+Normalising `W_ih x_t` on its own (the `"separate"` variant) leaves only the direction of `x_t`: with one
+feature, its sign. These tests hold the default variant to torch's modules where that matters most.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from rnn_stability.nn import GRU, LSTM, GRUCell, LSTMCell
+
+SEEDS = range(3)
+
+
+def _sequence_output(module: nn.Module, x: Tensor) -> Tensor:
+    """Outputs of every step of `x` (`(T, B, F)`): the module's own, or the cell stepped from a zero state."""
+    if isinstance(module, nn.RNNBase):
+        return module(x)[0]
+    state = None
+    outputs = []
+    for x_t in x.unbind(0):
+        state = module(x_t, state)
+        outputs.append(state[0] if isinstance(state, tuple) else state)
+    return torch.stack(outputs)
+
+
+def _scale_effect(cls: type[nn.Module], input_size: int, **options: object) -> float:
+    """Mean over seeds of `max |out(x) - out(3x)|` (fresh module, hidden 16, 12 steps, batch 8)."""
+    effects = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        module = cls(input_size, 16, **options)
+        x = torch.randn(12, 8, input_size)
+        with torch.no_grad():
+            effects.append(float((_sequence_output(module, x) - _sequence_output(module, 3 * x)).abs().max()))
+    return sum(effects) / len(effects)
+
+
+@pytest.mark.parametrize("input_size", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [(LSTM, nn.LSTM), (GRU, nn.GRU), (LSTMCell, nn.LSTMCell), (GRUCell, nn.GRUCell)]
+)
+def test_output_depends_on_input_scale_as_much_as_torch(ours: type, theirs: type, input_size: int) -> None:
+    """Scaling the input by 3 changes the output about as much as it changes torch's (same order of magnitude)."""
+    expected = _scale_effect(theirs, input_size)
+    got = _scale_effect(ours, input_size, layer_norm=True)
+    assert expected / 10 < got < expected * 10, (got, expected)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_separate_variant_is_blind_to_input_scale(cls: type) -> None:
+    """Why it is not the default: `LN(c W x) = LN(W x)` for every `c > 0` (up to `eps`)."""
+    assert _scale_effect(cls, 3, layer_norm="separate") < _scale_effect(cls, 3) / 20
+
+
+# ---- univariate forecasting ----------------------------------------------------------------------------------
+
+
+def _sunspot_windows(window: int = 22, season: int = 11) -> dict[str, Tensor]:
+    """Yearly sunspot numbers min-max scaled to [0, 1] on the training years, as darts' `Scaler` does; windows
+    of `window` years, the next year, and the seasonal-naive forecast (one solar cycle, `season` years, ago)."""
+    sunspots = pytest.importorskip("statsmodels.datasets.sunspots")
+    series = torch.tensor(sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(), dtype=torch.float32)
+    split = int(0.8 * len(series))
+    scaled = (series - series[:split].min()) / (series[:split].max() - series[:split].min())
+    inputs, targets = scaled.unfold(0, window, 1)[:-1].unsqueeze(-1), scaled[window:].unsqueeze(-1)
+    naive = scaled[window - season : len(series) - season].unsqueeze(-1)
+    train = split - window
+    return {
+        "train_x": inputs[:train],
+        "train_y": targets[:train],
+        "test_x": inputs[train:],
+        "test_y": targets[train:],
+        "naive": naive[train:],
+    }
+
+
+def _forecast_mae(
+    cls: type[nn.RNNBase], data: dict[str, Tensor], seed: int, steps: int = 150, **options: object
+) -> float:
+    """Test MAE of a hidden-16 model (last hidden state, linear head) after `steps` full-batch Adam steps."""
+    torch.manual_seed(seed)
+    rnn = cls(1, 16, batch_first=True, **options)
+    head = nn.Linear(16, 1)
+
+    def predict(x: Tensor) -> Tensor:
+        return head(rnn(x)[0][:, -1])
+
+    optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-2)
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(predict(data["train_x"]), data["train_y"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float((predict(data["test_x"]) - data["test_y"]).abs().mean())
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [(LSTM, nn.LSTM), (GRU, nn.GRU)])
+def test_univariate_forecast_no_worse_than_torch_and_seasonal_naive(ours: type, theirs: type) -> None:
+    """Sunspots as darts forecasts them: the mean test MAE over seeds is within the spread between seeds of
+    torch's (+15 %) and below the seasonal-naive forecast's (0.18). The old default, `"separate"`, gave the LSTM
+    +24 % (see `benchmarks/results/layer_norm_variants.md`)."""
+    data = _sunspot_windows()
+    naive = float((data["naive"] - data["test_y"]).abs().mean())
+    baseline = sum(_forecast_mae(theirs, data, seed) for seed in SEEDS) / len(SEEDS)
+    got = sum(_forecast_mae(ours, data, seed, layer_norm=True) for seed in SEEDS) / len(SEEDS)
+    assert got <= 1.15 * baseline and got < naive, (got, baseline, naive)
