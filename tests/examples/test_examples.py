@@ -134,3 +134,38 @@ def test_configs_bound_the_epochs(config):
     """Lightning's bar reads `Epoch 0/-2` when `max_epochs` is left at -1 (the `max_steps`-only case)."""
     trainer = yaml.safe_load(config.read_text())["trainer"]
     assert isinstance(trainer.get("max_epochs"), int) and trainer["max_epochs"] >= 1
+
+
+def test_spike_recovery(load_example, quiet_cli_args, capsys):
+    module = load_example("spike_recovery")
+    cli = module.main(
+        [
+            "fit",
+            f"--config={EXAMPLES / 'spike_recovery' / 'config.yaml'}",
+            "--trainer.max_steps=8",
+            "--trainer.val_check_interval=8",
+            "--trainer.limit_val_batches=1",
+            "--data.seq_len=5",
+            "--data.num_val_samples=8",
+            "--data.batch_size=8",
+            "--data.bad_batch_every=4",  # targets x1000 at batch 2 (in the warm-up: trained on), NaN at batch 6
+            "--model.hidden_size=8",
+            *quiet_cli_args,
+        ]
+    )
+    recovery, clipping = cli.trainer.callbacks[0], cli.trainer.callbacks[1]
+    assert cli.trainer.global_step == 8
+    assert (recovery.num_spikes, recovery.num_skipped_steps, recovery.num_rollbacks) == (1, 1, 0)
+    assert clipping.num_skipped_steps == 0  # the NaN step was dropped first, not counted twice
+    out = capsys.readouterr().out
+    assert "LossSpikeRecovery(skip): spikes flagged 1, steps skipped 1, rollbacks 0" in out
+    assert "final val_mse:" in out
+
+
+def test_spike_recovery_bad_batches(load_example):
+    import torch
+
+    clean = [(torch.zeros(2, 3, 2), torch.ones(2, 1)) for _ in range(8)]
+    batches = list(load_example("spike_recovery").BadBatches(clean, every=4))
+    assert [float(y.max()) for _, y in batches] == [1, 1, 1000, 1, 1, 1, 1, 1]
+    assert [bool(x.isnan().any()) for x, _ in batches] == [False] * 6 + [True, False]
