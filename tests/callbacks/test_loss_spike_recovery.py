@@ -79,7 +79,9 @@ def test_snapshot_is_on_cpu_and_taken_every_n_good_steps():
 
 
 def test_rollback_restores_the_detector_statistics_of_the_snapshot():
-    recovery = LossSpikeRecovery(action="rollback", warmup_steps=3, snapshot_every_n_steps=4, cooldown_steps=0)
+    recovery = LossSpikeRecovery(
+        action="rollback", warmup_steps=3, snapshot_every_n_steps=4, cooldown_steps=0
+    )
     statistics = []
 
     class Watch(L.Callback):
@@ -92,6 +94,7 @@ def test_rollback_restores_the_detector_statistics_of_the_snapshot():
     # the snapshot of the 8th batch comes back with the loss statistics of then, not those of steps 9 and 10
     assert statistics[9] == statistics[7] != statistics[8]
     assert recovery.num_rollbacks == 1
+
 
 def test_cooldown_scales_the_scheduled_lr_then_the_schedule_resumes():
     recovery = LossSpikeRecovery(
