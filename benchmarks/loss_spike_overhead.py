@@ -20,7 +20,7 @@ timers do not weigh on the ratios) and the cost of one snapshot. Results go to
 
 Run::
 
-    nice .venv/bin/python benchmarks/loss_spike_overhead.py --repeats 15
+    nice .venv/bin/python benchmarks/loss_spike_overhead.py --repeats 30
 """
 
 from __future__ import annotations
