@@ -170,3 +170,9 @@ def test_spike_in_one_micro_batch_drops_the_whole_window():
 def test_arguments_are_validated(kwargs, error, match):
     with pytest.raises(error, match=match):
         LossSpikeRecovery(**kwargs)
+
+
+def test_default_action_is_skip():
+    # the stability suite's stress condition (a bad batch every 50 steps) made the old "rollback" default give
+    # up at max_rollbacks; skipping is the default that survives recurring bad batches
+    assert LossSpikeRecovery().action == "skip"
