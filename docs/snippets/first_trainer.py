@@ -44,7 +44,7 @@ x, y = adding_problem(2000, SEQ_LEN, generator=torch.Generator().manual_seed(0))
 data = DataLoader(TensorDataset(x, y), batch_size=50, shuffle=True)
 
 trainer = L.Trainer(
-    max_epochs=5,  # 40 batches an epoch: 200 steps
+    max_epochs=15,  # 40 batches an epoch: 600 steps
     log_every_n_steps=20,
     logger=L.pytorch.loggers.CSVLogger("lightning_logs"),
     enable_checkpointing=False,

@@ -71,7 +71,8 @@ Norm parse_norm(c10::string_view name) {
   return Norm::kSeparate;
 }
 
-// Parameters shared by all rows and steps (gain_ih is null unless separate; shift and cell_bias may be null).
+// Parameters shared by all rows and steps (gain_ih is null unless separate; a missing shift or cell_bias is
+// given as zeros, so that the inner loops have no branch).
 template <typename T>
 struct Params {
   const T *gain_ih, *shift, *gain_hh, *cell_weight, *cell_bias;
@@ -99,9 +100,8 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
   using Vec = at::vec::Vectorized<T>;
   const int64_t H = p.H;
   for (int64_t k = 0; k < 4; ++k) {
-    const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H;
+    const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H, *sk = p.shift + k * H;
     T *nk = r.normed + k * H, *ak = r.act + k * H;
-    const T* sk = p.shift != nullptr ? p.shift + k * H : nullptr;
     T hm, hr;
     if (p.norm == Norm::kJoint) {
 #pragma omp simd
@@ -111,23 +111,28 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         nk[j] = (nk[j] - hm) * hr;
-        ak[j] = nk[j] * gh[j] + (sk != nullptr ? sk[j] : T(0));
+        ak[j] = nk[j] * gh[j] + sk[j];
       }
-    } else {
+    } else if (p.norm == Norm::kRecurrent) {
       moments(hk, H, p.eps, hm, hr);
       r.rstd[k] = hr;
-      T xm = 0, xr = 1;
-      const T* gi = p.gain_ih != nullptr ? p.gain_ih + k * H : nullptr;
-      if (gi != nullptr) {
-        moments(xk, H, p.eps, xm, xr);
-        r.x_mean[k] = xm;
-        r.x_rstd[k] = xr;
-      }
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         nk[j] = (hk[j] - hm) * hr;
-        const T x = gi != nullptr ? (xk[j] - xm) * xr * gi[j] : xk[j];
-        ak[j] = x + nk[j] * gh[j] + (sk != nullptr ? sk[j] : T(0));
+        ak[j] = xk[j] + nk[j] * gh[j] + sk[j];
+      }
+    } else {
+      const T* gi = p.gain_ih + k * H;
+      T xm, xr;
+      moments(xk, H, p.eps, xm, xr);
+      moments(hk, H, p.eps, hm, hr);
+      r.x_mean[k] = xm;
+      r.x_rstd[k] = xr;
+      r.rstd[k] = hr;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        nk[j] = (hk[j] - hm) * hr;
+        ak[j] = (xk[j] - xm) * xr * gi[j] + nk[j] * gh[j] + sk[j];
       }
     }
     if (k == 2) {
@@ -142,11 +147,11 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
   T mean, rstd;
   moments(r.cell, H, p.eps, mean, rstd);
   *r.cell_rstd = rstd;
-  const T* cb = p.cell_bias;
+  const T *cw = p.cell_weight, *cb = p.cell_bias;
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     r.cell_xhat[j] = (r.cell[j] - mean) * rstd;
-    r.tc[j] = r.cell_xhat[j] * p.cell_weight[j] + (cb != nullptr ? cb[j] : T(0));
+    r.tc[j] = r.cell_xhat[j] * cw[j] + cb[j];
   }
   at::vec::map([](Vec v) { return v.tanh(); }, r.tc, r.tc, H);
 #pragma omp simd
@@ -190,30 +195,32 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
   }
   for (int64_t k = 0; k < 4; ++k) {
     const int64_t o4 = k * H;
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      const T d = dg[o4 + j];
-      acc.shift[o4 + j] += d;
-      acc.gain_hh[o4 + j] += d * r.normed[o4 + j];
-      dhh[o4 + j] = d * p.gain_hh[o4 + j];
-    }
-    layer_norm_input_grad(dhh + o4, r.normed + o4, H, r.rstd[k]);
-    if (p.norm == Norm::kRecurrent) {
-      std::copy(dg + o4, dg + o4 + H, dxp + o4);
-    } else if (p.norm == Norm::kJoint) {
-      if (dxp != dhh) std::copy(dhh + o4, dhh + o4 + H, dxp + o4);
-    } else {
-      const T xm = r.x_mean[k], xr = r.x_rstd[k];
-      T* xhat = d_cell;  // reused: (H) normalised input block
+    const T *d = dg + o4, *normed = r.normed + o4, *gh = p.gain_hh + o4;
+    T *acc_shift = acc.shift + o4, *acc_gh = acc.gain_hh + o4, *dh = dhh + o4, *dx = dxp + o4;
+    if (p.norm == Norm::kSeparate) {
+      const T xm = r.x_mean[k], xr = r.x_rstd[k], *xk = xp + o4, *gi = p.gain_ih + o4;
+      T *xhat = d_cell, *acc_gi = acc.gain_ih + o4;  // d_cell reused: (H) normalised input block
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const T d = dg[o4 + j];
-        xhat[j] = (xp[o4 + j] - xm) * xr;
-        acc.gain_ih[o4 + j] += d * xhat[j];
-        dxp[o4 + j] = d * p.gain_ih[o4 + j];
+        xhat[j] = (xk[j] - xm) * xr;
+        acc_gi[j] += d[j] * xhat[j];
+        acc_shift[j] += d[j];
+        acc_gh[j] += d[j] * normed[j];
+        dx[j] = d[j] * gi[j];
+        dh[j] = d[j] * gh[j];
       }
-      layer_norm_input_grad(dxp + o4, xhat, H, xr);
+      layer_norm_input_grad(dx, xhat, H, xr);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        acc_shift[j] += d[j];
+        acc_gh[j] += d[j] * normed[j];
+        dh[j] = d[j] * gh[j];
+      }
+      // Recurrent: the gate gradient is that of xp. Joint: xp's is that of the sum, dhh (dxp is dhh).
+      if (p.norm == Norm::kRecurrent) std::copy(d, d + H, dx);
     }
+    layer_norm_input_grad(dh, normed, H, r.rstd[k]);
   }
 }
 
@@ -255,6 +262,10 @@ Tensor contiguous_or_undefined(const std::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : Tensor();
 }
 
+Tensor contiguous_or_zeros(const std::optional<Tensor>& t, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::zeros(sizes, opts);
+}
+
 // Contiguous copies (where needed) of the layer-norm parameters, owned for as long as Params points into them.
 struct LayerNormParams {
   Tensor gain_ih, shift, gain_hh, cell_weight, cell_bias;
@@ -293,8 +304,8 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const std::optional<Ten
   Tensor hh = at::empty({B, 4 * H}, opts);
   const Tensor w_hh_t = weight_hh.t();
   Tensor h = h0, c = c0;
-  const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_undefined(shift), gain_hh.contiguous(),
-                            cell_weight.contiguous(), contiguous_or_undefined(cell_bias)};
+  const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
+                            gain_hh.contiguous(), cell_weight.contiguous(), contiguous_or_zeros(cell_bias, {H}, opts)};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
     for (int64_t s = 0; s < T_; ++s) {
@@ -344,8 +355,8 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& gr
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
   Tensor scratch = at::empty({B, 5 * H}, opts);
   int64_t later = -1;  // the step processed just before this one (the next one in time order)
-  const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_undefined(shift), gain_hh.contiguous(),
-                            cell_weight.contiguous(), Tensor()};
+  const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
+                            gain_hh.contiguous(), cell_weight.contiguous(), Tensor()};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_backward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
