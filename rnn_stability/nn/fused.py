@@ -8,8 +8,9 @@ a `(B, G * H)` block of a few hundred kB), the cost besides the matmuls is per-c
 traffic, so both loops make few calls per step, write into preallocated buffers and keep per-step scratch
 tensors in cache. Formulas are those of
 `rnn_stability.nn.recurrence.lstm_layer_norm_step` / `rnn_stability.nn.recurrence.gru_layer_norm_step`
-(Ba, Kiros & Hinton (2016), "Layer Normalization"). Like torch's cuDNN RNN kernels they are differentiable
-once (no double backward). On CPU in float32/float64 the LSTM runs the C++ loop of `rnn_stability.nn.native`
+(Ba, Kiros & Hinton (2016), "Layer Normalization"), for every `layer_norm` variant but the joint GRU, whose
+candidate block is normalised after the reset gate (`rnn_stability.nn.fused_joint`). Like torch's cuDNN RNN
+kernels they are differentiable once (no double backward). On CPU in float32/float64 the LSTM runs the C++ loop of `rnn_stability.nn.native`
 instead; this one serves the other devices and dtypes and the case where the C++ loop cannot be built.
 """
 
