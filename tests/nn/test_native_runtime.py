@@ -72,6 +72,43 @@ def test_outputs_kept_by_the_caller_are_not_overwritten() -> None:
     assert torch.equal(x.grad, grad)
 
 
+def _grad_step(module: LSTM, x: torch.Tensor) -> list[torch.Tensor]:
+    module.zero_grad()
+    out, _ = module(x)
+    out.sum().backward()
+    return _grads(module)
+
+
+@pytest.mark.parametrize("grad_first", [False, True], ids=["no_grad_first", "grad_first"])
+@pytest.mark.parametrize("no_grad", [torch.inference_mode, torch.no_grad], ids=["inference_mode", "no_grad"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_buffers_from_inference_mode_are_not_saved_for_backward(
+    no_grad: type, train: bool, grad_first: bool
+) -> None:
+    """A forward under inference_mode makes inference tensors; the pool must not hand them to a forward that
+    autograd records (which failed with "Inference tensors cannot be saved for backward"), nor must an
+    inference forward leave the pool unusable. Both orders, the no-grad forward in train and in eval mode."""
+    torch.manual_seed(0)
+    module = LSTM(3, 8, layer_norm=True)
+    x = torch.randn(2, 5, 3)
+    native.empty_cache()
+    expected = _grad_step(module, x)
+    module.eval()
+    with torch.no_grad():
+        reference, _ = module(x)
+    native.empty_cache()
+    for step in range(3):
+        if grad_first or step > 0:
+            for a, b in zip(expected, _grad_step(module, x), strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        module.train(train)
+        with no_grad():
+            out, _ = module(x)
+        module.train()
+        torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    native.empty_cache()
+
+
 def test_rows_split_over_threads_match_the_pytorch_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Enough batch rows (70) and width (64) that the kernel splits each step's rows over two threads."""
     torch.manual_seed(0)

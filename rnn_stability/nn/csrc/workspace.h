@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cstdint>
 #include <mutex>
@@ -15,6 +16,9 @@ using at::Tensor;
 // pages from the OS, and faulting them in cost more than the arithmetic of the whole loop; the pool hands out
 // views of blocks that nothing else references any more (storage use count 1), like a caching allocator.
 // Blocks not in use beyond kMaxFreeBytes are released; empty_cache() releases all of them.
+// A block made under torch.inference_mode() is an inference tensor, and so is every view of it: autograd
+// refuses to save one for backward. Such a block is therefore only handed out again under inference mode; a
+// normal block serves both (Lightning validates under inference mode, which would otherwise grow a second pool).
 class Workspace {
  public:
   static Workspace& get() {
@@ -24,10 +28,12 @@ class Workspace {
 
   Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
     const int64_t n = c10::multiply_integers(sizes);
+    const bool inference = c10::InferenceMode::is_enabled();
     std::lock_guard<std::mutex> guard(mutex_);
     Tensor* best = nullptr;
     for (Tensor& block : blocks_) {
-      if (free(block) && block.scalar_type() == opts.dtype().toScalarType() && block.numel() >= n &&
+      if (free(block) && (inference || !block.is_inference()) && block.device() == opts.device() &&
+          block.scalar_type() == opts.dtype().toScalarType() && block.numel() >= n &&
           block.numel() <= 2 * n + 4096 && (best == nullptr || block.numel() < best->numel())) {
         best = &block;
       }
