@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from rnn_stability.callbacks.portable_state import portable_state
 from rnn_stability.nn.convert import check_conversion_arguments, convert_rnn_modules
+from rnn_stability.nn.layer_norm import LayerNormVariant, check_layer_norm
 
 __all__ = ["StableRNN"]
 
@@ -36,7 +37,9 @@ class StableRNN(Callback):
     `rnn_stability.integrations`.
 
     Args:
-        layer_norm: turn on layer normalisation (Ba, Kiros & Hinton (2016), "Layer Normalization").
+        layer_norm: turn on layer normalisation (Ba, Kiros & Hinton (2016), "Layer Normalization"): `True`
+            (the default variant, `"joint"`) or a variant name, `"joint"`, `"recurrent"` or `"separate"`, as
+            the modules' `layer_norm` takes.
         residual: turn on residual connections between width-preserving layers (layers only).
         include: module names or fnmatch patterns (as in `named_modules`) to convert; `None`: all.
         exclude: module names or patterns to leave alone.
@@ -64,12 +67,13 @@ class StableRNN(Callback):
 
     def __init__(
         self,
-        layer_norm: bool = False,
+        layer_norm: bool | LayerNormVariant = False,
         residual: bool = False,
         include: str | list[str] | None = None,
         exclude: str | list[str] | None = None,
         **options: Any,
     ) -> None:
+        layer_norm = check_layer_norm(layer_norm)
         self.options: dict[str, Any] = {"layer_norm": layer_norm, "residual": residual, **options}
         included, excluded = check_conversion_arguments(include, exclude, self.options)
         self.include = None if included is None else list(included)

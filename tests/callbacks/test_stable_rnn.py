@@ -92,6 +92,11 @@ def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
         StableRNN(**kwargs)
 
 
+def test_unknown_layer_norm_variant() -> None:
+    with pytest.raises(ValueError, match="layer_norm"):
+        StableRNN(layer_norm="sideways")  # type: ignore[arg-type]
+
+
 def test_pickle_and_lightning_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lightning.pytorch.cli import LightningCLI
 
@@ -108,6 +113,12 @@ def test_pickle_and_lightning_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     )
     (callback,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, StableRNN)]
     assert callback.options == {"layer_norm": True, "residual": True} and callback.exclude == ["head"]
+    # The variant names pass the CLI's type check too (the annotation once read `bool` and rejected them).
+    for variant in ("separate", "joint", "recurrent"):
+        variant_args = [*args[:2], f"--trainer.callbacks.layer_norm={variant}"]
+        cli = LightningCLI(TinyRNNRegressor, run=False, args=variant_args, save_config_callback=None)
+        (callback,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, StableRNN)]
+        assert callback.options == {"layer_norm": variant, "residual": False}
 
 
 def test_pytorch_lightning_package_fit_and_fsdp_refusal(tmp_path: Path) -> None:
