@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -11,10 +10,9 @@ from torch import Tensor, nn
 from rnn_stability.nn.layer_norm import (
     GATE_NORMS,
     GateLayerNorm,
+    LayerNormOption,
     LayerNormVariant,
     check_layer_norm,
-    checkpoint_variant_hint,
-    layer_norm_variant,
 )
 from rnn_stability.nn.recurrence import (
     gru_input_gates,
@@ -28,7 +26,7 @@ from rnn_stability.nn.scripting import torch_module_for_scripting
 __all__ = ["GRUCell", "LSTMCell"]
 
 
-class _LayerNormCellMixin(nn.RNNCellBase):
+class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
     """Layer-norm parameters and input checks shared by both cells; listed before the torch cell class.
 
     Builds the gate normalisations of the variant (`layer_norm_hh`, `layer_norm_gates` or `layer_norm_ih` and
@@ -59,11 +57,6 @@ class _LayerNormCellMixin(nn.RNNCellBase):
             if isinstance(self, nn.LSTMCell):
                 self.layer_norm_cell = nn.LayerNorm(hidden_size, bias=bias, **factory)
 
-    @property
-    def layer_norm_variant(self) -> LayerNormVariant | None:
-        """What `layer_norm` normalises: `"recurrent"`, `"joint"`, `"separate"`, or `None` when it is off."""
-        return layer_norm_variant(self.layer_norm)
-
     def _gains(self) -> tuple[Tensor | None, Tensor]:
         """`(gain_ih, gain)`: as `rnn_stability.nn.stacked.StackedRNNMixin._gate_parameters`."""
         norm: GateLayerNorm = getattr(
@@ -89,26 +82,6 @@ class _LayerNormCellMixin(nn.RNNCellBase):
         # Pickled when `layer_norm=True` meant the separate normalisation, the only one with `layer_norm_ih`.
         if self.layer_norm is True and "layer_norm_ih" in self._modules:
             self.layer_norm = "separate"
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        # Gate gains of another variant: say which `layer_norm` loads them. A warning, as torch does not tell this
-        # method whether the load is strict (a strict one then fails on the unexpected or missing keys).
-        hint = checkpoint_variant_hint(self.layer_norm_variant, state_dict.keys(), prefix)
-        if hint is not None:
-            where = f"{type(self).__name__} {prefix[:-1]!r}" if prefix else type(self).__name__
-            warnings.warn(f"loading {where}: {hint}", UserWarning, stacklevel=4)
 
     def __prepare_scriptable__(self) -> nn.Module:
         """For `torch.jit.script`: torch's cell with the same state (see `rnn_stability.nn.scripting`)."""

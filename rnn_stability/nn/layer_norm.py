@@ -9,8 +9,9 @@ computes it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ __all__ = [
     "GATE_NORMS",
     "LAYER_NORM_VARIANTS",
     "GateLayerNorm",
+    "LayerNormOption",
     "LayerNormVariant",
     "check_layer_norm",
     "checkpoint_variant_hint",
@@ -112,6 +114,39 @@ def checkpoint_variant_hint(variant: LayerNormVariant | None, keys: Iterable[str
                 f"the module with layer_norm={saved!r} to load them"
             )
     return None
+
+
+class LayerNormOption(nn.Module):
+    """What the modules with a `layer_norm` option share (`rnn_stability.nn.cells._LayerNormCellMixin` and
+    `rnn_stability.nn.stacked.StackedRNNMixin`): the variant it selects, and the warning when a checkpoint's
+    gate gains belong to another variant. Comes before torch's class among the bases."""
+
+    layer_norm: bool | LayerNormVariant
+
+    @property
+    def layer_norm_variant(self) -> LayerNormVariant | None:
+        """What `layer_norm` normalises: `"recurrent"`, `"joint"`, `"separate"`, or `None` when it is off."""
+        return layer_norm_variant(self.layer_norm)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # Gate gains of another variant: say which `layer_norm` loads them. A warning, as torch does not tell this
+        # method whether the load is strict (a strict one then fails on the unexpected or missing keys).
+        hint = checkpoint_variant_hint(self.layer_norm_variant, state_dict.keys(), prefix)
+        if hint is not None:
+            where = f"{type(self).__name__} {prefix[:-1]!r}" if prefix else type(self).__name__
+            warnings.warn(f"loading {where}: {hint}", UserWarning, stacklevel=4)
 
 
 def _check_eps(eps: float) -> None:

@@ -11,7 +11,6 @@ length (the LSTM runs the C++ loop of `rnn_stability.nn.native` instead where it
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -23,10 +22,9 @@ from torch.nn.utils.rnn import PackedSequence
 from rnn_stability.nn.layer_norm import (
     GATE_NORMS,
     GateLayerNorm,
+    LayerNormOption,
     LayerNormVariant,
     check_layer_norm,
-    checkpoint_variant_hint,
-    layer_norm_variant,
 )
 from rnn_stability.nn.scripting import torch_module_for_scripting
 
@@ -40,7 +38,7 @@ def check_flag(name: str, value: Any) -> bool:
     return value
 
 
-class StackedRNNMixin(nn.RNNBase):
+class StackedRNNMixin(LayerNormOption, nn.RNNBase):
     """Adds `layer_norm` / `residual` options to a torch RNN class; listed before it in the bases.
 
     Subclasses set `num_gates`, `_layer_norm_function`, `_joint_layer_norm_function` and
@@ -84,11 +82,6 @@ class StackedRNNMixin(nn.RNNBase):
                         f"layer_norm_cell{suffix}",
                         nn.LayerNorm(self.hidden_size, bias=self.bias, **factory),
                     )
-
-    @property
-    def layer_norm_variant(self) -> LayerNormVariant | None:
-        """What `layer_norm` normalises: `"recurrent"`, `"joint"`, `"separate"`, or `None` when it is off."""
-        return layer_norm_variant(self.layer_norm)
 
     def _direction_suffixes(self) -> list[str]:
         """`_l{k}` / `_l{k}_reverse` suffixes in torch's parameter order (layer-major)."""
@@ -135,26 +128,6 @@ class StackedRNNMixin(nn.RNNBase):
         # Pickled when `layer_norm=True` meant the separate normalisation, the only one with `layer_norm_ih_*`.
         if self.layer_norm is True and any(name.startswith("layer_norm_ih") for name in self._modules):
             self.layer_norm = "separate"
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        # Gate gains of another variant: say which `layer_norm` loads them. A warning, as torch does not tell this
-        # method whether the load is strict (a strict one then fails on the unexpected or missing keys).
-        hint = checkpoint_variant_hint(self.layer_norm_variant, state_dict.keys(), prefix)
-        if hint is not None:
-            where = f"{type(self).__name__} {prefix[:-1]!r}" if prefix else type(self).__name__
-            warnings.warn(f"loading {where}: {hint}", UserWarning, stacklevel=4)
 
     # ---- mode-specific hooks --------------------------------------------------------------------------------
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
