@@ -28,6 +28,54 @@ __all__ = ["GRULayerNormFunction", "LSTMLayerNormFunction"]
 _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
 
 
+#: `native_layer_norm_backward`'s output mask: only the input gradient.
+_INPUT_GRAD_ONLY = [True, False, False]
+
+
+def _gain_folded_ln_backward(
+    grad: Tensor,
+    gain: Tensor,
+    rstd: Tensor,
+    normed: Tensor,
+    zeros: Tensor,
+    ones: Tensor,
+    gain_rstd: Tensor,
+    scaled: Tensor,
+) -> Tensor:
+    """Input gradient of `gain * layer_norm(x)` (last dimension) from the saved normalised values `normed`.
+
+    The layer norm's backward runs on `normed` (mean `zeros`, rstd `ones`) with `gain * rstd` folded into
+    `grad`; `gain_rstd` and `scaled` are buffers for those products.
+    """
+    torch.mul(gain, rstd, out=gain_rstd)
+    return _LN_BACKWARD(
+        torch.mul(grad, gain_rstd, out=scaled),
+        normed,
+        normed.shape[-1:],
+        zeros,
+        ones,
+        None,
+        None,
+        _INPUT_GRAD_ONLY,
+    )[0]
+
+
+def _gru_grad_h(
+    out: Tensor,
+    grad_hn: Tensor,
+    grad_out: Tensor,
+    dhh: Tensor | None,
+    dh_prev: Tensor,
+    z_next: Tensor,
+    weight_hh: Tensor,
+) -> Tensor:
+    """`dL/dh_t` of a GRU step into `out`: `grad_out` plus, from the step after it, `dh z` through the update
+    gate and `dhh W_hh` through the recurrent matmul (`grad_hn` instead for the step processed first)."""
+    if dhh is None:
+        return torch.add(grad_hn, grad_out, out=out)
+    return torch.addcmul(grad_out, dh_prev, z_next, out=out).addmm_(dhh, weight_hh)
+
+
 def _steps(num_steps: int, reverse: bool) -> range:
     return range(num_steps - 1, -1, -1) if reverse else range(num_steps)
 
@@ -173,7 +221,6 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         dg_cell_s, dg_o_s = grad_gates[:, :, :3].unbind(0), grad_gates[:, :, 3].unbind(0)
         coef_cell_s, coef_o_s = coef[:, :, :3].unbind(0), coef[:, :, 3].unbind(0)
         coef_read_s, forget_s, cells_s = coef_read.unbind(0), forget.unbind(0), cells.unbind(0)
-        mask = [True, False, False]
         shape = [hidden]
         dhh: Tensor | None = None
         dc = new(batch, hidden)
@@ -186,7 +233,9 @@ class LSTMLayerNormFunction(torch.autograd.Function):
                 dh_t = torch.addmm(grad_out_s[t], dhh, weight_hh, out=grad_h_s[t])
             dm = dh_t if weight_hr is None else torch.mm(dh_t, weight_hr)
             d_read = torch.mul(dm, coef_read_s[t], out=grad_read_s[t])
-            d_cell = _LN_BACKWARD(d_read, cells_s[t], shape, mean_c[t], rstd_c[t], cell_weight, None, mask)[0]
+            d_cell = _LN_BACKWARD(
+                d_read, cells_s[t], shape, mean_c[t], rstd_c[t], cell_weight, None, _INPUT_GRAD_ONLY
+            )[0]
             if f_next is None:
                 torch.add(d_cell, grad_cn, out=dc)
             else:
@@ -197,11 +246,9 @@ class LSTMLayerNormFunction(torch.autograd.Function):
             dg = grad_gates_s[t]
             normed_t = normed[t]
             gain_acc.addcmul_(dg, normed_t)
-            # LN backward from the saved normalised values (mean 0, rstd 1) with rstd folded into the gradient.
-            torch.mul(gain_hh, rstd[t], out=gain_rstd)
-            dhh = _LN_BACKWARD(
-                torch.mul(dg, gain_rstd, out=scaled), normed_t, shape, zeros, ones, None, None, mask
-            )[0].view(batch, 4 * hidden)
+            dhh = _gain_folded_ln_backward(
+                dg, gain_hh, rstd[t], normed_t, zeros, ones, gain_rstd, scaled
+            ).view(batch, 4 * hidden)
             grad_hh_s[t].copy_(dhh)
         assert dhh is not None and f_next is not None
         grad_h0 = torch.mm(dhh, weight_hh)
@@ -338,16 +385,10 @@ class GRULayerNormFunction(torch.autograd.Function):
         grad_out_s, grad_gates_s, grad_hh_s = grad_out.unbind(0), grad_gates.unbind(0), grad_hh.unbind(0)
         grad_gates_rz_s = grad_gates[:, :, :2].unbind(0)
         coef_s, coef_nr_s, z_s = coef.unbind(0), coef_nr.unbind(0), rz[:, :, 1].unbind(0)
-        mask = [True, False, False]
-        shape = [hidden]
         dhh: Tensor | None = None
         dh_prev = z_next = grad_hn
         for k, t in enumerate(_steps(steps, not reverse)):
-            dh = dh_bufs[k % 2]
-            if dhh is None:
-                torch.add(grad_hn, grad_out_s[t], out=dh)
-            else:
-                torch.addcmul(grad_out_s[t], dh_prev, z_next, out=dh).addmm_(dhh, weight_hh)
+            dh = _gru_grad_h(dh_bufs[k % 2], grad_hn, grad_out_s[t], dhh, dh_prev, z_next, weight_hh)
             torch.mul(dh_gates[k % 2], coef_s[t], out=grad_gates_s[t])
             grad_a_rz.copy_(grad_gates_rz_s[t])
             torch.mul(dh, coef_nr_s[t], out=grad_a_n)
@@ -355,11 +396,9 @@ class GRULayerNormFunction(torch.autograd.Function):
             gain_acc.addcmul_(grad_a, normed_t)
             if bias_acc is not None:
                 bias_acc.add_(grad_a_n)
-            # LN backward from the saved normalised values (mean 0, rstd 1) with rstd folded into the gradient.
-            torch.mul(gain_hh, rstd[t], out=gain_rstd)
-            dhh = _LN_BACKWARD(
-                torch.mul(grad_a, gain_rstd, out=scaled), normed_t, shape, zeros, ones, None, None, mask
-            )[0].view(batch, 3 * hidden)
+            dhh = _gain_folded_ln_backward(
+                grad_a, gain_hh, rstd[t], normed_t, zeros, ones, gain_rstd, scaled
+            ).view(batch, 3 * hidden)
             grad_hh_s[t].copy_(dhh)
             dh_prev, z_next = dh, z_s[t]
         assert dhh is not None

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnn_stability.nn.fused import _LN_BACKWARD, _recurrent_weight_grad, _steps
+from rnn_stability.nn.fused import _gain_folded_ln_backward, _gru_grad_h, _recurrent_weight_grad, _steps
 
 __all__ = ["GRUJointLayerNormFunction"]
 
@@ -122,16 +122,10 @@ class GRUJointLayerNormFunction(torch.autograd.Function):
         grad_out_s, grad_x_s, grad_hh_s, grad_a_s = (g.unbind(0) for g in (grad_out, grad_x, grad_hh, grad_a))
         rz_s, cand_s, u_n_s = rz.unbind(0), cand.unbind(0), u_n.unbind(0)
         one = rz.new_ones(())
-        mask = [True, False, False]
-        shape = [hidden]
         dhh: Tensor | None = None
         dh_prev = z_next = grad_hn
         for k, t in enumerate(_steps(steps, not reverse)):
-            dh = dh_bufs[k % 2]
-            if dhh is None:
-                torch.add(grad_hn, grad_out_s[t], out=dh)
-            else:
-                torch.addcmul(grad_out_s[t], dh_prev, z_next, out=dh).addmm_(dhh, weight_hh)
+            dh = _gru_grad_h(dh_bufs[k % 2], grad_hn, grad_out_s[t], dhh, dh_prev, z_next, weight_hh)
             earlier = t + 1 if reverse else t - 1
             h_prev = h0 if earlier < 0 or earlier >= steps else out[earlier]
             r, z = rz_s[t].unbind(1)
@@ -141,17 +135,9 @@ class GRUJointLayerNormFunction(torch.autograd.Function):
             torch.mul(torch.mul(dh, 1 - z, out=dn), torch.addcmul(one, n, n, value=-1), out=da_n)
             if bias_acc is not None:
                 bias_acc.addcmul_(da_n, r)
-            torch.mul(gain_n, rstd_n[t], out=gain_rstd_n)
-            du = _LN_BACKWARD(
-                torch.mul(da_n, gain_rstd_n, out=scaled_n),
-                normed_n[t],
-                shape,
-                zeros_n,
-                ones_n,
-                None,
-                None,
-                mask,
-            )[0]
+            du = _gain_folded_ln_backward(
+                da_n, gain_n, rstd_n[t], normed_n[t], zeros_n, ones_n, gain_rstd_n, scaled_n
+            )
             grad_x_s[t][:, 2].copy_(du)
             # dL/dr = du u_n (+ dL/dn_pre b_hn), dL/dz = dh (h_prev - n); through the sigmoids.
             torch.mul(du, u_n_s[t], out=dr)
@@ -160,17 +146,9 @@ class GRUJointLayerNormFunction(torch.autograd.Function):
             torch.mul(dr, torch.addcmul(r, r, r, value=-1), out=d_rz[:, 0])
             torch.mul(torch.mul(dh, h_prev - n), torch.addcmul(z, z, z, value=-1), out=d_rz[:, 1])
             grad_a_s[t][:, :2].copy_(d_rz)
-            torch.mul(gain_rz, rstd_rz[t], out=gain_rstd_rz)
-            d_sums = _LN_BACKWARD(
-                torch.mul(d_rz, gain_rstd_rz, out=scaled_rz),
-                normed_rz[t],
-                shape,
-                zeros_rz,
-                ones_rz,
-                None,
-                None,
-                mask,
-            )[0]
+            d_sums = _gain_folded_ln_backward(
+                d_rz, gain_rz, rstd_rz[t], normed_rz[t], zeros_rz, ones_rz, gain_rstd_rz, scaled_rz
+            )
             grad_x_s[t][:, :2].copy_(d_sums)
             dhh_t = grad_hh_s[t].view(batch, 3, hidden)
             dhh_t[:, :2].copy_(d_sums)
