@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanAbsoluteError, MeanAbsolutePercentageError
 
 from rnn_stability.demo.models import Implementation, build_rnn
+from rnn_stability.nn.layer_norm import LayerNormVariant
 
 __all__ = ["load_sunspots", "SunspotsDataModule", "SunspotForecaster", "main"]
 
@@ -98,7 +99,7 @@ class SunspotForecaster(L.LightningModule):
         hidden_size: int = 32,
         num_layers: int = 1,
         implementation: Implementation = "rnn_stability",
-        layer_norm: bool = True,
+        layer_norm: bool | LayerNormVariant = "joint",
         lr: float = 1e-2,
     ) -> None:
         super().__init__()

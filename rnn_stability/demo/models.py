@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from rnn_stability.nn.layer_norm import LayerNormVariant
+
 __all__ = ["build_rnn", "SequenceRegressor"]
 
 Implementation = Literal["torch", "rnn_stability"]
@@ -20,7 +22,7 @@ def build_rnn(
     *,
     num_layers: int = 1,
     implementation: str = "torch",
-    layer_norm: bool = False,
+    layer_norm: bool | LayerNormVariant = False,
 ) -> nn.RNNBase:
     """A batch-first LSTM or GRU from `torch.nn` or from `rnn_stability.nn`.
 
@@ -31,7 +33,8 @@ def build_rnn(
         num_layers: stacked layers.
         implementation: `"torch"` (`torch.nn.LSTM`/`GRU`) or `"rnn_stability"` (the drop-ins of
             `rnn_stability.nn`, which accept `layer_norm`).
-        layer_norm: layer-normalised recurrence (Ba, Kiros & Hinton 2016); needs
+        layer_norm: layer-normalised recurrence (Ba, Kiros & Hinton 2016): `True` or a variant name
+            (`"separate"`, `"joint"`, `"recurrent"`; see `rnn_stability.nn.LSTM`); needs
             `implementation="rnn_stability"`.
 
     Raises:

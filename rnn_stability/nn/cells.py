@@ -79,9 +79,6 @@ class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layer_norm", False)
-        # Pickled when `layer_norm=True` meant the separate normalisation, the only one with `layer_norm_ih`.
-        if self.layer_norm is True and "layer_norm_ih" in self._modules:
-            self.layer_norm = "separate"
 
     def __prepare_scriptable__(self) -> nn.Module:
         """For `torch.jit.script`: torch's cell with the same state (see `rnn_stability.nn.scripting`)."""
@@ -114,7 +111,7 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
 
     With `layer_norm=False` the forward is torch's (native fused cell). Otherwise it is one step of the
     layer-normalised LSTM of `rnn_stability.nn.LSTM` (after Ba, Kiros & Hinton (2016), "Layer
-    Normalization"), with the same variants: for `"joint"` (what `True` means)
+    Normalization"), with the same variants: for `"joint"`
 
     $$
     (i, f, g, o) = \gamma \odot LN(W_{ih} x + W_{hh} h) + b_{ih} + b_{hh}, \quad
@@ -133,7 +130,7 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
         device: parameter device.
         dtype: parameter dtype.
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
-            `"joint"`, `False` (default) is torch's step.
+            `"separate"`, `False` (default) is torch's step.
 
     Raises:
         TypeError: if `layer_norm` is neither a bool nor a string.
@@ -195,7 +192,7 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
     r"""`torch.nn.GRUCell` plus a keyword-only `layer_norm` option.
 
     With layer norm on, the step is the layer-normalised GRU of `rnn_stability.nn.GRU` (after Ba, Kiros &
-    Hinton (2016), "Layer Normalization"), with the same variants. For `"joint"` (what `True` means), with
+    Hinton (2016), "Layer Normalization"), with the same variants. For `"joint"`, with
     $x = W_{ih} x_t$ and $u = W_{hh} h$ in $(r, z, n)$ blocks and $s = (b_{ir} + b_{hr}, b_{iz} + b_{hz},
     b_{in})$: $r = \sigma(\gamma_r \odot LN(x_r + u_r) + s_r)$, $z = \sigma(\gamma_z \odot LN(x_z + u_z) +
     s_z)$, $n = \tanh(\gamma_n \odot LN(x_n + r \odot u_n) + s_n + r \odot b_{hn})$, $h' = (1 - z) n + z h$.
@@ -209,7 +206,7 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
         device: parameter device.
         dtype: parameter dtype.
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
-            `"joint"`, `False` (default) is torch's step.
+            `"separate"`, `False` (default) is torch's step.
 
     Raises:
         TypeError: if `layer_norm` is neither a bool nor a string.

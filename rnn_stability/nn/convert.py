@@ -269,7 +269,7 @@ def convert_rnn(
         >>> model = nn.Sequential(nn.LSTM(3, 4))
         >>> model = convert_rnn(model, layer_norm=True)
         >>> type(model[0]).__module__, model[0].layer_norm, model[0].layer_norm_variant
-        ('rnn_stability.nn.lstm', True, 'joint')
+        ('rnn_stability.nn.lstm', True, 'separate')
     """
     convert_rnn_modules(module, include=include, exclude=exclude, **options)
     return module

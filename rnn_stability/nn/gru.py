@@ -26,7 +26,7 @@ class GRU(StackedRNNMixin, nn.GRU):
     `layer_norm` — the GRU analogue of the layer-normalised LSTM (`rnn_stability.nn.LSTM`; Ba, Kiros &
     Hinton (2016), "Layer Normalization", arXiv:1607.06450), `LN` normalising each `H`-wide gate block on its
     own, torch's placement of $b_{hn}$ inside the reset product kept. With $x = W_{ih} x_t$ and
-    $u = W_{hh} h_{t-1}$ split into their $(r, z, n)$ blocks, `"joint"` (what `True` means) normalises the
+    $u = W_{hh} h_{t-1}$ split into their $(r, z, n)$ blocks, `"joint"` normalises the
     summed input of each gate, the candidate's after the reset gate:
 
     $$
@@ -45,7 +45,7 @@ class GRU(StackedRNNMixin, nn.GRU):
     r = \sigma(a^x_r + a^h_r), \quad z = \sigma(a^x_z + a^h_z), \quad n = \tanh(a^x_n + r \odot a^h_n)
     $$
 
-    and then $h_t = (1 - z) \odot n + z \odot h_{t-1}$ for all three. Why `"joint"` is the default and when to
+    and then $h_t = (1 - z) \odot n + z \odot h_{t-1}$ for all three. Why `"separate"` (what `True` means) is the default and when to
     prefer another: see `rnn_stability.nn.LSTM` and the guide. Gains of shape `(3, hidden_size)`, initialised
     to 1, are `layer_norm_gates_l{k}.weight` ($\gamma$), `layer_norm_hh_l{k}.weight` ($\gamma_{hh}$) and,
     for `"separate"` only, `layer_norm_ih_l{k}.weight` ($\gamma_{ih}$) (`_reverse` for the backward
@@ -72,7 +72,7 @@ class GRU(StackedRNNMixin, nn.GRU):
         device: device of the parameters.
         dtype: dtype of the parameters.
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise the gate pre-activations as above;
-            `True` is `"joint"`, `False` (default) turns it off.
+            `True` is `"separate"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
         **kwargs: passed to torch, which rejects `proj_size` (LSTM only) with a `ValueError`.
 

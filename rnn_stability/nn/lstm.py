@@ -48,11 +48,12 @@ class LSTM(StackedRNNMixin, nn.LSTM):
 
     `"joint"` normalises the summed input of each gate as Ba et al. do for a recurrent layer (their eq. 4)
     and TensorFlow's `LayerNormBasicLSTMCell` does for the LSTM: the input keeps its scale relative to the
-    recurrent term. `"separate"` (haste's `LayerNormLSTM`; what `True` meant before) normalises `W_ih x_t`
+    recurrent term. `"separate"` (haste's `LayerNormLSTM`; what `True` means) normalises `W_ih x_t`
     on its own, which keeps only its direction: with one or a few input features the module is nearly blind
     to the input's magnitude. `"recurrent"` leaves the input projection as torch has it. The cell state `c_t`
-    is carried un-normalised; only its read-out is normalised. `layer_norm=True` means `"joint"`, chosen on
-    the comparison in `benchmarks/results/layer_norm_variants.md`; the guide says when to prefer another.
+    is carried un-normalised; only its read-out is normalised. `layer_norm=True` means `"separate"`, which
+    trained best on the stability suite (`benchmarks/results/stability`); pass `"joint"` for univariate or
+    few-feature regression inputs such as forecasting (`benchmarks/results/layer_norm_variants.md`).
 
     Parameters (`_reverse` suffix for the backward direction), gains starting at 1 and shifts at 0:
     $\gamma$ is `layer_norm_gates_l{k}.weight`, $\gamma_{ih}$ and $\gamma_{hh}$ are
@@ -87,7 +88,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         device: device of the parameters.
         dtype: dtype of the parameters.
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise gate pre-activations and the cell
-            read-out as above; `True` is `"joint"`, `False` (default) turns it off.
+            read-out as above; `True` is `"separate"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
 
     Raises:
@@ -107,7 +108,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         >>> isinstance(lstm, torch.nn.LSTM)
         True
         >>> lstm.layer_norm_variant, LSTM(1, 4, layer_norm="recurrent").layer_norm_hh_l0.weight.shape
-        ('joint', torch.Size([4, 4]))
+        ('separate', torch.Size([4, 4]))
     """
 
     num_gates = 4

@@ -125,9 +125,6 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         # Modules pickled from torch.nn.LSTM / GRU (or an older version) have no options.
         self.__dict__.setdefault("layer_norm", False)
         self.__dict__.setdefault("residual", False)
-        # Pickled when `layer_norm=True` meant the separate normalisation, the only one with `layer_norm_ih_*`.
-        if self.layer_norm is True and any(name.startswith("layer_norm_ih") for name in self._modules):
-            self.layer_norm = "separate"
 
     # ---- mode-specific hooks --------------------------------------------------------------------------------
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:

@@ -40,7 +40,7 @@ def test_fit_converts_before_the_optimizer_is_built(tmp_path: Path) -> None:
     trainer.fit(model, adding_loader())
     assert callback.converted == ["rnn"] and isinstance(model.rnn, LSTM) and model.rnn.layer_norm
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
-    gain = model.rnn.layer_norm_gates_l0.weight
+    gain = model.rnn.layer_norm_hh_l0.weight
     assert id(gain) in optimized and not torch.equal(gain, torch.ones_like(gain))  # it trained
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
 
@@ -63,17 +63,17 @@ def test_resume_fit_twice_and_evaluate_keep_the_trained_layer_norm(tmp_path: Pat
         tmp_path, callbacks=[StableRNN(layer_norm=True), checkpoint], enable_checkpointing=True, max_steps=4
     )
     trainer.fit(model, adding_loader())
-    trained = model.rnn.layer_norm_gates_l0.weight.detach().clone()
+    trained = model.rnn.layer_norm_hh_l0.weight.detach().clone()
     # validate / test / a second fit call `setup` again: the trained layer norm is kept.
     trainer.validate(model, adding_loader(), verbose=False)
-    assert torch.equal(model.rnn.layer_norm_gates_l0.weight, trained)
+    assert torch.equal(model.rnn.layer_norm_hh_l0.weight, trained)
     quiet_trainer(tmp_path, callbacks=[StableRNN(layer_norm=True)], max_steps=2).fit(model, adding_loader())
-    assert not torch.equal(model.rnn.layer_norm_gates_l0.weight, trained)
+    assert not torch.equal(model.rnn.layer_norm_hh_l0.weight, trained)
     # Resuming a fresh, unconverted model: setup converts it before the checkpoint's weights load.
     resumed = TinyRNNRegressor()
     trainer = quiet_trainer(tmp_path, callbacks=[StableRNN(layer_norm=True)], max_steps=4)
     trainer.fit(resumed, adding_loader(), ckpt_path=checkpoint.last_model_path)
-    assert trainer.global_step == 4 and torch.equal(resumed.rnn.layer_norm_gates_l0.weight, trained)
+    assert trainer.global_step == 4 and torch.equal(resumed.rnn.layer_norm_hh_l0.weight, trained)
 
 
 def test_include_exclude_and_warning(tmp_path: Path) -> None:

@@ -56,11 +56,11 @@ def test_layer_norm_conversion_keeps_weights_dtype_and_mode(dtype: torch.dtype) 
 def test_root_module_is_converted_and_reconverted() -> None:
     torch.manual_seed(0)
     root = nn.GRU(3, 3)
-    ours = convert_rnn(root, layer_norm=True)
+    ours = convert_rnn(root, layer_norm="joint")
     assert type(ours) is GRU and ours.layer_norm
     with torch.no_grad():
         ours.layer_norm_gates_l0.weight.fill_(2.0)
-    again = convert_rnn(ours, layer_norm=True, residual=True)
+    again = convert_rnn(ours, layer_norm="joint", residual=True)
     assert again.residual and torch.equal(again.layer_norm_gates_l0.weight, ours.layer_norm_gates_l0.weight)
     back = convert_rnn(ours)
     assert not back.layer_norm and not hasattr(back, "layer_norm_gates_l0")
@@ -87,7 +87,7 @@ def test_reconverting_between_layer_norm_variants_keeps_the_gains_they_share() -
     convert_rnn(lstm, layer_norm="recurrent")
     assert lstm.layer_norm_variant == "recurrent" and not hasattr(lstm, "layer_norm_ih_l0")
     assert torch.equal(lstm.layer_norm_hh_l0.weight, torch.full((4, 4), 2.0))
-    convert_rnn(lstm, layer_norm=True)
+    convert_rnn(lstm, layer_norm="joint")
     names = {name for name, _ in lstm.named_parameters() if name.startswith("layer_norm")}
     assert names == {"layer_norm_gates_l0.weight", "layer_norm_cell_l0.weight", "layer_norm_cell_l0.bias"}
     fresh = LSTM(3, 4, layer_norm="joint")

@@ -55,7 +55,7 @@ def test_shared_module_stays_shared_and_is_listed_once() -> None:
     assert model.decoder is model.encoder and isinstance(model.encoder, GRU) and model.encoder.layer_norm
     assert isinstance(model.cell, GRUCell)
     names = [n for n, _ in model.named_parameters()]
-    assert "encoder.layer_norm_gates_l0.weight" in names and not any(n.startswith("decoder") for n in names)
+    assert "encoder.layer_norm_hh_l0.weight" in names and not any(n.startswith("decoder") for n in names)
 
 
 def test_requires_grad_mode_and_frozen_modules() -> None:
@@ -140,11 +140,11 @@ def test_subclass_keeps_its_methods_and_runs_our_machinery() -> None:
     assert torch.equal(lstm(x, lengths=lengths)[0], expected)
     convert_rnn(lstm, layer_norm=True)
     with torch.no_grad():
-        lstm.layer_norm_gates_l0.weight.mul_(0.5)
+        lstm.layer_norm_hh_l0.weight.mul_(0.5)
     out = lstm(x, lengths=lengths)[0]
     assert not torch.allclose(out, expected)
     out.sum().backward()
-    assert lstm.layer_norm_gates_l0.weight.grad is not None
+    assert lstm.layer_norm_hh_l0.weight.grad is not None
     # Built at run time, the combined class still pickles and deep-copies (DDP spawn, neuralforecast).
     for twin in (copy.deepcopy(lstm), pickle.loads(pickle.dumps(lstm))):
         assert type(twin) is type(lstm) and torch.equal(twin(x, lengths=lengths)[0], out)

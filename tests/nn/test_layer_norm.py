@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -69,29 +67,17 @@ def test_checkpoint_of_the_separate_variant_loads_into_separate(cls: type) -> No
     for a, b in zip(_flat(saved(x)), _flat(restored(x)), strict=True):
         assert torch.equal(a, b)
     hint = "build the module with layer_norm='separate' to load them"
-    for other in (True, "recurrent", False):
+    for other in ("joint", "recurrent", False):
         with pytest.warns(UserWarning, match=hint), pytest.raises(RuntimeError, match="layer_norm_ih"):
             cls(3, 4, layer_norm=other).load_state_dict(state)
     # strict=False: the mismatches are reported as torch reports them, and the warning says what to do.
     with pytest.warns(UserWarning, match=f"loading {cls.__name__}: the checkpoint's .* {hint}"):
-        result = cls(3, 4, layer_norm=True).load_state_dict(state, strict=False)
+        result = cls(3, 4, layer_norm="joint").load_state_dict(state, strict=False)
     assert any("layer_norm_ih" in k for k in result.unexpected_keys)
     wrapped = nn.Sequential(cls(3, 4, layer_norm="joint"))
     recurrent = {f"0.{k}": v for k, v in cls(3, 4, layer_norm="recurrent").state_dict().items()}
     with pytest.warns(UserWarning, match=f"loading {cls.__name__} '0': .*saved with layer_norm='recurrent'"):
         wrapped.load_state_dict(recurrent, strict=False)
-
-
-@pytest.mark.parametrize("cls", [LSTM, GRU, LSTMCell, GRUCell])
-def test_module_pickled_when_true_meant_separate_unpickles_as_separate(cls: type) -> None:
-    module = cls(3, 4, layer_norm="separate")
-    module.layer_norm = True  # what such a pickle holds: the flag, and the separate variant's parameters
-    clone = pickle.loads(pickle.dumps(module))
-    assert clone.layer_norm == "separate" and clone.layer_norm_variant == "separate"
-    x = torch.randn(2, 3) if issubclass(cls, nn.RNNCellBase) else torch.randn(5, 2, 3)
-    module.layer_norm = "separate"
-    for a, b in zip(_flat(module(x)), _flat(clone(x)), strict=True):
-        assert torch.equal(a, b)
 
 
 def _weight(module: nn.Module, child: str) -> Tensor | None:
@@ -120,9 +106,9 @@ def test_torch_state_dict_loads_with_only_layer_norm_missing(ours: type, theirs:
 def test_reset_parameters_restores_identity_layer_norm() -> None:
     lstm = LSTM(3, 4, layer_norm=True)
     with torch.no_grad():
-        lstm.layer_norm_gates_l0.weight.fill_(3.0)
+        lstm.layer_norm_hh_l0.weight.fill_(3.0)
     lstm.reset_parameters()
-    assert torch.equal(lstm.layer_norm_gates_l0.weight, torch.ones(4, 4))
+    assert torch.equal(lstm.layer_norm_hh_l0.weight, torch.ones(4, 4))
     cell = LSTMCell(3, 4, layer_norm=True)
     cell.reset_parameters()
     assert torch.equal(cell.layer_norm_cell.bias, torch.zeros(4))
