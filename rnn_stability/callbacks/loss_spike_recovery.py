@@ -218,7 +218,9 @@ class LossSpikeRecovery(Callback):
         self._hooks = []
 
     def _scale_lr(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        if self._cooldown_left <= 0:
+        # torch runs the step hooks twice when an optimizer subclass's `step` calls its (also patched) base
+        # class's `step`: scale once, in the outer call, so the factor is never applied twice
+        if self._cooldown_left <= 0 or id(optimizer) in self._scaled_lrs:
             return
         self._scaled_lrs[id(optimizer)] = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:

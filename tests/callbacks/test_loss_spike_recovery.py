@@ -176,3 +176,11 @@ def test_default_action_is_skip():
     # the stability suite's stress condition (a bad batch every 50 steps) made the old "rollback" default give
     # up at max_rollbacks; skipping is the default that survives recurring bad batches
     assert LossSpikeRecovery().action == "skip"
+
+
+def test_cooldown_scales_once_when_torch_runs_the_step_hooks_twice():
+    # An optimizer subclass whose `step` calls its base class's makes torch run the step hooks twice once the
+    # base class's `step` has been patched too (by building a plain instance of it, as other code may do first).
+    # The cooldown factor must still apply once (it compounded to 0.1 x 0.1 on the scheduled lr).
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    test_cooldown_scales_the_scheduled_lr_then_the_schedule_resumes()
