@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import time
 import warnings
@@ -86,12 +87,24 @@ def measure(repeats: int, warmup: int = 2, kinds: tuple[str, ...] = KINDS) -> li
     return [(kind, name, statistics.median(t)) for (kind, name), t in times.items()]
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), or the platform's processor string: ratios differ between CPUs, since
+    torch's fused kernel (oneDNN) gains more from some instruction sets than our loops do."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def table(results: list[tuple[str, str, float]]) -> str:
     """Markdown table of the medians, ratios to torch and targets."""
     base = {kind: t for kind, name, t in results if name == "torch.nn"}
     by_key = {(kind, name): t for kind, name, t in results}
     lines = [
-        f"CPU, {torch.get_num_threads()} thread(s), forward + backward, T={SEQ_LEN}, B={BATCH}, "
+        f"CPU ({_cpu_model()}), {torch.get_num_threads()} thread(s), forward + backward, T={SEQ_LEN}, B={BATCH}, "
         f"input={INPUT_SIZE}, hidden={HIDDEN_SIZE}, {NUM_LAYERS} layers, torch {torch.__version__}; "
         "median of interleaved repeats.",
         "",
