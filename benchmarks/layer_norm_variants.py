@@ -1,6 +1,7 @@
-"""Which normalisation `layer_norm=True` selects: torch's modules against the three `layer_norm` variants.
+"""Torch's modules against the three `layer_norm` variants, for LSTM and GRU.
 
-The evidence behind `rnn_stability.nn.layer_norm.DEFAULT_LAYER_NORM`, in three parts, for LSTM and GRU:
+Part of the evidence behind `rnn_stability.nn.layer_norm.DEFAULT_LAYER_NORM` (the rest is the stability suite,
+`benchmarks/stability`, which decided it), in four parts:
 
 1. Input scale: `max |out(x) - out(3 x)|` of freshly initialised modules (standard normal input, hidden 32,
    20 steps, mean over seeds) for `input_size` 1 to 64. Normalising `W_ih x` on its own ("separate") makes
