@@ -6,11 +6,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
-from rnn_stability.nn.native import LSTMLayerNormNative, native_lstm_supported
+from rnn_stability.nn.native import LSTMLayerNormLayerNative, native_lstm_supported
 from rnn_stability.nn.recurrence import lstm_gate_shift, lstm_input_gates, lstm_layer_norm_sequence
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
 
@@ -196,17 +195,14 @@ class LSTM(StackedRNNMixin, nn.LSTM):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
         variant = self.layer_norm_variant
         assert variant is not None
-        shift = lstm_gate_shift(bias_ih, bias_hh, gain)
-        if variant == "recurrent" and shift is not None:
-            # Nothing normalises the input projection: its bias is added by the matmul, for all steps at once.
-            projection, shift = F.linear(x, weights[0], shift.view(-1)), None
-        else:
-            projection = F.linear(x, weights[0])
         weight_hr = weights[-1] if self.proj_size > 0 else None
-        out, h, c = LSTMLayerNormNative.apply(
-            projection.view(len(step_sizes), step_sizes[0], 4, self.hidden_size),
+        # The C++ op computes the input projection itself (one product for all steps) and its gradients a chunk
+        # of steps at a time: no (T, B, 4H) gradient is held for all steps.
+        out, h, c = LSTMLayerNormLayerNative.apply(
+            x.view(len(step_sizes), step_sizes[0], x.size(-1)),
+            weights[0],
             gain_ih,
-            shift,
+            lstm_gate_shift(bias_ih, bias_hh, gain),
             *hx,
             weights[1],
             gain,

@@ -29,6 +29,7 @@ from torch.autograd.function import once_differentiable
 from rnn_stability.nn.native_build import ensure_built
 
 __all__ = [
+    "LSTMLayerNormLayerNative",
     "LSTMLayerNormNative",
     "empty_cache",
     "native_enabled",
@@ -103,6 +104,51 @@ def native_lstm_supported(*tensors: torch.Tensor) -> bool:
     )
 
 
+def _forward(
+    ctx: Any, inputs: tuple[torch.Tensor | None, ...], eps: float, reverse: bool, variant: str
+) -> Any:
+    """Run `lstm_ln_forward` on `inputs` (its tensor arguments, `x` to `weight_hr`) and save what the backward
+    reads; nothing when no input needs a gradient (inference), so the loop keeps no per-step buffers."""
+    save = any(ctx.needs_input_grad)
+    ops = native_ops()
+    assert ops is not None
+    out, h_n, c_n, xp_saved, pre_proj, *per_step = ops.lstm_ln_forward(*inputs, eps, reverse, save, variant)
+    if save:
+        x, weight_ih, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr = inputs
+        # In the order lstm_ln_backward takes them after the output gradients.
+        ctx.save_for_backward(
+            x,
+            weight_ih,
+            xp_saved,
+            gain_ih,
+            shift,
+            h0,
+            c0,
+            weight_hh,
+            gain_hh,
+            cell_weight,
+            cell_bias,
+            weight_hr,
+            out,
+            pre_proj,
+            *per_step,
+        )
+    ctx.eps, ctx.reverse, ctx.variant = eps, reverse, variant
+    ctx.ops = ops  # the backward runs the kernel that ran forward, whatever the environment says by then
+    return out, h_n, c_n
+
+
+def _backward(ctx: Any, grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor | None]:
+    """Gradients of `_forward`'s tensor inputs (`None` for those not given or not needing one)."""
+    saved = ctx.saved_tensors
+    result: list[torch.Tensor | None] = list(
+        ctx.ops.lstm_ln_backward(*grads, *saved[:14], saved[14:], ctx.eps, ctx.reverse, ctx.variant)
+    )
+    # saved[0:2] are x and weight_ih, saved[3:12] gain_ih ... weight_hr: the inputs in their order.
+    given = [True, saved[1] is not None, *(t is not None for t in saved[3:12])]
+    return [g if present else None for g, present in zip(result, given, strict=True)]
+
+
 class LSTMLayerNormNative(torch.autograd.Function):
     """One layer-normalised LSTM direction in C++, from the input projection; returns `(out, h_n, c_n)`.
 
@@ -111,6 +157,7 @@ class LSTMLayerNormNative(torch.autograd.Function):
     `"recurrent"` it may be added to `xp` instead), the state `(h0, c0)`, the recurrent parameters with
     `gain_hh` the gain of `LN(W_hh h)` (of `LN(xp + W_hh h)` for `"joint"`), `eps`, `reverse` and the
     variant. The formulas are those of `rnn_stability.nn.recurrence`; first-order differentiable only.
+    `LSTMLayerNormLayerNative` takes the layer input and `W_ih` instead, and holds less memory.
     """
 
     @staticmethod
@@ -130,57 +177,58 @@ class LSTMLayerNormNative(torch.autograd.Function):
         reverse: bool,
         variant: str,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        save = any(ctx.needs_input_grad)
-        ops = native_ops()
-        assert ops is not None
-        out, h_n, c_n, pre_proj, *per_step = ops.lstm_ln_forward(
-            xp,
-            gain_ih,
-            shift,
-            h0,
-            c0,
-            weight_hh,
-            gain_hh,
-            cell_weight,
-            cell_bias,
-            weight_hr,
-            eps,
-            reverse,
-            save,
-            variant,
-        )
-        if save:
-            # In the order lstm_ln_backward takes them after the output gradients.
-            inputs = (xp, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, weight_hr)
-            ctx.save_for_backward(*inputs, out, pre_proj, *per_step)
-        ctx.eps, ctx.reverse, ctx.variant = eps, reverse, variant
-        ctx.ops = ops  # the backward runs the kernel that ran forward, whatever the environment says by then
-        ctx.has_cell_bias = cell_bias is not None
-        return out, h_n, c_n
+        inputs = (xp, None, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr)
+        return _forward(ctx, inputs, eps, reverse, variant)  # type: ignore[no-any-return]
 
     @staticmethod
     @once_differentiable
     def backward(
         ctx: Any, grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        saved = ctx.saved_tensors
-        gain_ih, shift, weight_hr = saved[1], saved[2], saved[8]
-        grads: list[torch.Tensor | None] = list(
-            ctx.ops.lstm_ln_backward(
-                grad_out, grad_hn, grad_cn, *saved[:11], saved[11:], ctx.eps, ctx.reverse, ctx.variant
-            )
-        )
-        # In the order of forward's arguments; the optional ones that were None get None.
-        optional = (
-            (1, gain_ih is not None),
-            (2, shift is not None),
-            (8, ctx.has_cell_bias),
-            (9, weight_hr is not None),
-        )
-        for index, present in optional:
-            grads[index] = grads[index] if present else None
-        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=False)) + (
+        grads = _backward(ctx, (grad_out, grad_hn, grad_cn))
+        need = ctx.needs_input_grad
+        return tuple(g if n else None for g, n in zip([grads[0], *grads[2:]], need, strict=False)) + (
             None,
             None,
             None,
         )
+
+
+class LSTMLayerNormLayerNative(torch.autograd.Function):
+    """One layer-normalised LSTM direction in C++ from the layer input: `LSTMLayerNormNative` with the input
+    projection inside. Takes `x` of shape `(T, B, in)` and `weight_ih` `(4H, in)` in place of `xp`.
+
+    The C++ op computes `xp = x W_ih^T` itself (through oneDNN where it is faster) and turns the gate gradients
+    into `dx` and `dW_ih` a chunk of steps at a time, so the gradient of `xp` is never held for all steps; it
+    keeps `xp` for the backward only with the `"separate"` variant, the only one whose backward reads it.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        weight_ih: torch.Tensor,
+        gain_ih: torch.Tensor | None,
+        shift: torch.Tensor | None,
+        h0: torch.Tensor,
+        c0: torch.Tensor,
+        weight_hh: torch.Tensor,
+        gain_hh: torch.Tensor,
+        cell_weight: torch.Tensor,
+        cell_bias: torch.Tensor | None,
+        weight_hr: torch.Tensor | None,
+        eps: float,
+        reverse: bool,
+        variant: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs = (x, weight_ih, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr)
+        return _forward(ctx, inputs, eps, reverse, variant)  # type: ignore[no-any-return]
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        grads = _backward(ctx, (grad_out, grad_hn, grad_cn))
+        need = ctx.needs_input_grad
+        return tuple(g if n else None for g, n in zip(grads, need, strict=False)) + (None, None, None)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from rnn_stability.nn import LSTM
 from rnn_stability.nn.fused import LSTMLayerNormFunction
-from rnn_stability.nn.native import LSTMLayerNormNative
+from rnn_stability.nn.native import LSTMLayerNormLayerNative, LSTMLayerNormNative
 from tests.helpers import native_kernel_or_skip
 
 ENV = "RNN_STABILITY_NATIVE"
@@ -68,6 +68,7 @@ def spy_paths() -> Iterator[PathSpy]:
     spy = PathSpy()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(LSTMLayerNormNative, "apply", spy.wrap("native", LSTMLayerNormNative.apply))
+        mp.setattr(LSTMLayerNormLayerNative, "apply", spy.wrap("native", LSTMLayerNormLayerNative.apply))
         mp.setattr(LSTMLayerNormFunction, "apply", spy.wrap("fused", LSTMLayerNormFunction.apply))
         mp.setattr(LSTM, "_layer_norm_sequence", staticmethod(spy.wrap("loop", LSTM._layer_norm_sequence)))
         yield spy

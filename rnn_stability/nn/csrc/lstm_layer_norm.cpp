@@ -10,251 +10,77 @@
 //   c_t     = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
 //   h_t     = sigmoid(o) * tanh(cell_weight * LN(c_t) + cell_bias)        (h_t = W_hr h_t with a projection)
 // These are the formulas of rnn_stability/nn/recurrence.py (lstm_input_gates, lstm_layer_norm_step). The
-// matrix products go through ATen (MKL / oneDNN); everything else of a step is one pass over each batch row
-// while it is in cache (ATen's Vectorized / Sleef for sigmoid and tanh), instead of ~20 dispatched ops.
+// matrix products go through oneDNN or ATen (matmul.h); everything else of a step is one pass over each batch
+// row while it is in cache (lstm_rows.h; ATen's Vectorized / Sleef for sigmoid and tanh).
+//
+// Memory: the op can take the layer input x and W_ih and compute xp itself (one product for all steps); the
+// backward then turns the gate gradients into dx and dW_ih a chunk of steps at a time, as it does for dW_hh,
+// so neither dxp nor dL/d(W_hh h) is ever held for all steps. The forward keeps for the backward only what it
+// cannot cheaply recompute: the activations, the normalised recurrent projection, the cell state and, for the
+// separate normalisation only, xp (the other two variants do not read it). The cell read-out (LN(c_t) and its
+// tanh) is recomputed from c_t and its two moments. Nothing is kept when no gradient is needed (inference).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include "lstm_rows.h"
+#include "matmul.h"
 #include "workspace.h"
 
 #include <algorithm>
-#include <cmath>
 #include <optional>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
 
 using at::Tensor;
-using rnn_stability::empty_cache;
-using rnn_stability::workspace;
-using rnn_stability::workspace_bytes;
-
-
-// Mean and 1 / sqrt(var + eps) of n values (two passes, biased variance).
-template <typename T>
-inline void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += x[j];
-  mean = sum / T(n);
-  T var = 0;
-#pragma omp simd reduction(+ : var)
-  for (int64_t j = 0; j < n; ++j) var += (x[j] - mean) * (x[j] - mean);
-  rstd = T(1) / std::sqrt(var / T(n) + eps);
-}
-
-// Input gradient of y = (x - mean) * rstd given dy and xhat = y: rstd * (dy - mean(dy) - xhat * mean(dy xhat)).
-// Overwrites dy.
-template <typename T>
-inline void layer_norm_input_grad(T* dy, const T* xhat, int64_t n, T rstd) {
-  T s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t j = 0; j < n; ++j) {
-    s1 += dy[j];
-    s2 += dy[j] * xhat[j];
-  }
-  const T m1 = s1 / T(n), m2 = s2 / T(n);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dy[j] = rstd * (dy[j] - m1 - xhat[j] * m2);
-}
-
-// Which pre-activations are normalised (the `layer_norm` choices of rnn_stability/nn/layer_norm.py).
-enum class Norm { kRecurrent, kJoint, kSeparate };
-
-Norm parse_norm(c10::string_view name) {
-  if (name == "recurrent") return Norm::kRecurrent;
-  if (name == "joint") return Norm::kJoint;
-  TORCH_CHECK(name == "separate", "lstm_ln: normalization must be recurrent, joint or separate, got ", name);
-  return Norm::kSeparate;
-}
-
-// Parameters shared by all rows and steps (gain_ih is null unless separate; a missing shift or cell_bias is
-// given as zeros, so that the inner loops have no branch).
-template <typename T>
-struct Params {
-  const T *gain_ih, *shift, *gain_hh, *cell_weight, *cell_bias;
-  int64_t H;
-  T eps;
-  Norm norm;
-};
-
-// Per-step values of one batch row kept for the backward.
-template <typename T>
-struct Row {
-  T* x_mean;     // (4) mean of each block of xp (separate only)
-  T* x_rstd;     // (4)
-  T* normed;     // (4H) LN(W_hh h) (LN(xp + W_hh h) when joint), before its gain
-  T* rstd;       // (4)
-  T* act;        // (4H) sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
-  T* cell;       // (H) c_t
-  T* cell_xhat;  // (H) LN(c_t) before its gain and bias
-  T* cell_rstd;  // (1)
-  T* tc;         // (H) tanh of the cell read-out
-};
-
-template <typename T>
-void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, const Row<T>& r, T* h) {
-  using Vec = at::vec::Vectorized<T>;
-  const int64_t H = p.H;
-  for (int64_t k = 0; k < 4; ++k) {
-    const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H, *sk = p.shift + k * H;
-    T *nk = r.normed + k * H, *ak = r.act + k * H;
-    T hm, hr;
-    if (p.norm == Norm::kJoint) {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) nk[j] = xk[j] + hk[j];
-      moments(nk, H, p.eps, hm, hr);
-      r.rstd[k] = hr;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        nk[j] = (nk[j] - hm) * hr;
-        ak[j] = nk[j] * gh[j] + sk[j];
-      }
-    } else if (p.norm == Norm::kRecurrent) {
-      moments(hk, H, p.eps, hm, hr);
-      r.rstd[k] = hr;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        nk[j] = (hk[j] - hm) * hr;
-        ak[j] = xk[j] + nk[j] * gh[j] + sk[j];
-      }
-    } else {
-      const T* gi = p.gain_ih + k * H;
-      T xm, xr;
-      moments(xk, H, p.eps, xm, xr);
-      moments(hk, H, p.eps, hm, hr);
-      r.x_mean[k] = xm;
-      r.x_rstd[k] = xr;
-      r.rstd[k] = hr;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        nk[j] = (hk[j] - hm) * hr;
-        ak[j] = (xk[j] - xm) * xr * gi[j] + nk[j] * gh[j] + sk[j];
-      }
-    }
-    if (k == 2) {
-      at::vec::map([](Vec v) { return v.tanh(); }, ak, ak, H);
-    } else {
-      at::vec::map([](Vec v) { return Vec(T(1)) / (Vec(T(1)) + v.neg().exp()); }, ak, ak, H);
-    }
-  }
-  const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) r.cell[j] = f[j] * c_prev[j] + i[j] * g[j];
-  T mean, rstd;
-  moments(r.cell, H, p.eps, mean, rstd);
-  *r.cell_rstd = rstd;
-  const T *cw = p.cell_weight, *cb = p.cell_bias;
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) {
-    r.cell_xhat[j] = (r.cell[j] - mean) * rstd;
-    r.tc[j] = r.cell_xhat[j] * cw[j] + cb[j];
-  }
-  at::vec::map([](Vec v) { return v.tanh(); }, r.tc, r.tc, H);
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * r.tc[j];
-}
-
-// Gradient accumulators of one row, summed over rows at the end: gain_ih, shift, gain_hh (4H each), then
-// cell_weight and cell_bias (H each).
-template <typename T>
-struct Acc {
-  T *gain_ih, *shift, *gain_hh, *cell_weight, *cell_bias;
-};
-
-// Gradients of one row at one step. dm: dL/d(o * tc). dc: on entry the gradient carried from the later step
-// (times its forget gate f_next, or times 1 when f_next is null), on exit dL/dc_t. Writes dL/dxp to dxp and
-// dL/d(W_hh h_{t-1}) to dhh (when joint both are dL/d(xp + W_hh h_{t-1}), and dxp may be dhh); scratch holds
-// 5H values.
-template <typename T>
-void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev, const T* f_next, const Row<T>& r,
-                  T* dc, T* dxp, T* dhh, const Acc<T>& acc, T* scratch) {
-  const int64_t H = p.H;
-  const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
-  T *dg = scratch, *d_cell = scratch + 4 * H;
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) {
-    const T t = r.tc[j];
-    const T d_read = dm[j] * o[j] * (T(1) - t * t);
-    acc.cell_weight[j] += d_read * r.cell_xhat[j];
-    acc.cell_bias[j] += d_read;
-    d_cell[j] = d_read * p.cell_weight[j];
-    dg[3 * H + j] = dm[j] * t * o[j] * (T(1) - o[j]);
-  }
-  layer_norm_input_grad(d_cell, r.cell_xhat, H, *r.cell_rstd);
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) {
-    const T d = d_cell[j] + dc[j] * (f_next != nullptr ? f_next[j] : T(1));
-    dc[j] = d;
-    dg[j] = d * g[j] * i[j] * (T(1) - i[j]);
-    dg[H + j] = d * c_prev[j] * f[j] * (T(1) - f[j]);
-    dg[2 * H + j] = d * i[j] * (T(1) - g[j] * g[j]);
-  }
-  for (int64_t k = 0; k < 4; ++k) {
-    const int64_t o4 = k * H;
-    const T *d = dg + o4, *normed = r.normed + o4, *gh = p.gain_hh + o4;
-    T *acc_shift = acc.shift + o4, *acc_gh = acc.gain_hh + o4, *dh = dhh + o4, *dx = dxp + o4;
-    if (p.norm == Norm::kSeparate) {
-      const T xm = r.x_mean[k], xr = r.x_rstd[k], *xk = xp + o4, *gi = p.gain_ih + o4;
-      T *xhat = d_cell, *acc_gi = acc.gain_ih + o4;  // d_cell reused: (H) normalised input block
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        xhat[j] = (xk[j] - xm) * xr;
-        acc_gi[j] += d[j] * xhat[j];
-        acc_shift[j] += d[j];
-        acc_gh[j] += d[j] * normed[j];
-        dx[j] = d[j] * gi[j];
-        dh[j] = d[j] * gh[j];
-      }
-      layer_norm_input_grad(dx, xhat, H, xr);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        acc_shift[j] += d[j];
-        acc_gh[j] += d[j] * normed[j];
-        dh[j] = d[j] * gh[j];
-      }
-      // Recurrent: the gate gradient is that of xp. Joint: xp's is that of the sum, dhh (dxp is dhh).
-      if (p.norm == Norm::kRecurrent) std::copy(d, d + H, dx);
-    }
-    layer_norm_input_grad(dh, normed, H, r.rstd[k]);
-  }
-}
+using namespace rnn_stability;
 
 // Batch rows per task of at::parallel_for: a row is only a few microseconds of work.
 inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 8192 / (4 * H)); }
 
+// Steps per chunk of the backward's weight and input gradients: enough rows for an efficient product.
+inline int64_t chunk_steps(int64_t T, int64_t B) { return std::min<int64_t>(T, std::max<int64_t>(4, 1024 / B)); }
+
 // Per-step buffers, (slots, B, ...) each. With save == false a step reuses slot 0 (cells alternate between two
 // slots, as a step reads the previous step's cell).
 struct Buffers {
-  Tensor x_mean, x_rstd, normed, rstd, act, cell, cell_xhat, cell_rstd, tc;
+  Tensor x_mean, x_rstd, normed, rstd, act, cell, cell_mean, cell_rstd;
 
-  Buffers(int64_t slots, int64_t cell_slots, int64_t B, int64_t H, const at::TensorOptions& opts)
-      : x_mean(workspace({slots, B, 4}, opts)),
-        x_rstd(workspace({slots, B, 4}, opts)),
+  Buffers(int64_t slots, int64_t cell_slots, int64_t B, int64_t H, bool separate, const at::TensorOptions& opts)
+      : x_mean(workspace({separate ? slots : 0, B, 4}, opts)),
+        x_rstd(workspace({separate ? slots : 0, B, 4}, opts)),
         normed(workspace({slots, B, 4 * H}, opts)),
         rstd(workspace({slots, B, 4}, opts)),
         act(workspace({slots, B, 4 * H}, opts)),
         cell(workspace({cell_slots, B, H}, opts)),
-        cell_xhat(workspace({slots, B, H}, opts)),
-        cell_rstd(workspace({slots, B}, opts)),
-        tc(workspace({slots, B, H}, opts)) {}
+        cell_mean(workspace({slots, B}, opts)),
+        cell_rstd(workspace({slots, B}, opts)) {}
 
   explicit Buffers(const std::vector<Tensor>& t)
-      : x_mean(t[0]), x_rstd(t[1]), normed(t[2]), rstd(t[3]), act(t[4]), cell(t[5]), cell_xhat(t[6]),
-        cell_rstd(t[7]), tc(t[8]) {}
+      : x_mean(t[0]), x_rstd(t[1]), normed(t[2]), rstd(t[3]), act(t[4]), cell(t[5]), cell_mean(t[6]),
+        cell_rstd(t[7]) {}
 
-  std::vector<Tensor> list() const { return {x_mean, x_rstd, normed, rstd, act, cell, cell_xhat, cell_rstd, tc}; }
+  std::vector<Tensor> list() const { return {x_mean, x_rstd, normed, rstd, act, cell, cell_mean, cell_rstd}; }
 
+  // Row b of a slot; its cell read-out goes to `read_out` (2H scratch values of the row).
   template <typename T>
-  Row<T> row(int64_t slot, int64_t cell_slot, int64_t b) const {
-    const int64_t B = act.size(1), H = tc.size(2), s = slot * B + b;
-    return Row<T>{x_mean.data_ptr<T>() + s * 4, x_rstd.data_ptr<T>() + s * 4, normed.data_ptr<T>() + s * 4 * H,
-                  rstd.data_ptr<T>() + s * 4,   act.data_ptr<T>() + s * 4 * H,  cell.data_ptr<T>() + (cell_slot * B + b) * H,
-                  cell_xhat.data_ptr<T>() + s * H, cell_rstd.data_ptr<T>() + s, tc.data_ptr<T>() + s * H};
+  Row<T> row(int64_t slot, int64_t cell_slot, int64_t b, T* read_out) const {
+    const int64_t B = act.size(1), H = cell.size(2), s = slot * B + b;
+    T* xm = x_mean.numel() > 0 ? x_mean.data_ptr<T>() + s * 4 : nullptr;
+    T* xr = x_rstd.numel() > 0 ? x_rstd.data_ptr<T>() + s * 4 : nullptr;
+    return Row<T>{xm,
+                  xr,
+                  normed.data_ptr<T>() + s * 4 * H,
+                  rstd.data_ptr<T>() + s * 4,
+                  act.data_ptr<T>() + s * 4 * H,
+                  cell.data_ptr<T>() + (cell_slot * B + b) * H,
+                  cell_mean.data_ptr<T>() + s,
+                  cell_rstd.data_ptr<T>() + s,
+                  read_out,
+                  read_out + H};
   }
 };
 
@@ -286,31 +112,47 @@ Norm checked_norm(c10::string_view name, const std::optional<Tensor>& gain_ih) {
   return norm;
 }
 
-// Returns [out, h_n, c_n, pre_proj (empty without projection), then the per-step buffers of Buffers::list()].
-std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const std::optional<Tensor>& gain_ih,
-                                    const std::optional<Tensor>& shift, const Tensor& h0_in, const Tensor& c0_in,
-                                    const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& cell_weight,
+// xp = x W_ih^T as (T, B, 4, H) when weight_ih is given (x: (T, B, in)), else x itself (already xp).
+Tensor input_projection(const Tensor& x, const Tensor& w_ih, int64_t H) {
+  if (!w_ih.defined()) {
+    TORCH_CHECK(x.dim() == 4 && x.size(2) == 4, "lstm_ln_forward: xp must be (T, B, 4, H)");
+    return x.contiguous();
+  }
+  TORCH_CHECK(x.dim() == 3 && w_ih.size(0) == 4 * H, "lstm_ln_forward: x must be (T, B, in), W_ih (4H, in)");
+  const int64_t T_ = x.size(0), B = x.size(1);
+  const Tensor flat = x.contiguous().view({T_ * B, x.size(2)});
+  return Linear(w_ih, T_ * B)(flat).view({T_, B, 4, H});
+}
+
+// Returns [out, h_n, c_n, xp (kept for the backward: separate with weight_ih and save only, else empty),
+// pre_proj (empty without projection), then the per-step buffers of Buffers::list()].
+std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tensor>& weight_ih,
+                                    const std::optional<Tensor>& gain_ih, const std::optional<Tensor>& shift,
+                                    const Tensor& h0_in, const Tensor& c0_in, const Tensor& weight_hh,
+                                    const Tensor& gain_hh, const Tensor& cell_weight,
                                     const std::optional<Tensor>& cell_bias, const std::optional<Tensor>& weight_hr,
                                     double eps, bool reverse, bool save, c10::string_view normalization) {
-  TORCH_CHECK(xp_in.dim() == 4 && xp_in.size(2) == 4, "lstm_ln_forward: xp must be (T, B, 4, H)");
   const Norm norm = checked_norm(normalization, gain_ih);
-  const Tensor xp = xp_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const int64_t H = weight_hh.size(0) / 4;
+  const Tensor w_ih = contiguous_or_undefined(weight_ih);
+  const Tensor xp = input_projection(x_in, w_ih, H), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
-  const int64_t T_ = xp.size(0), B = xp.size(1), H = xp.size(3);
+  const int64_t T_ = xp.size(0), B = xp.size(1);
   const auto opts = xp.options();
-  Buffers buf(save ? T_ : 1, save ? T_ : 2, B, H, opts);
+  Buffers buf(save ? T_ : 1, save ? T_ : 2, B, H, norm == Norm::kSeparate, opts);
   Tensor pre_proj = workspace({w_hr.defined() ? (save ? T_ : 1) : 0, B, H}, opts);
   Tensor out = at::empty({T_, B, h0.size(-1)}, opts);
-  Tensor hh = at::empty({B, 4 * H}, opts);
-  const Tensor w_hh_t = weight_hh.t();
+  Tensor read_out = at::empty({B, 2 * H}, opts);
+  const Linear hh_of(weight_hh, B), proj(w_hr.defined() ? w_hr : Tensor(), B);
   Tensor h = h0, c = c0;
   const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
                             gain_hh.contiguous(), cell_weight.contiguous(), contiguous_or_zeros(cell_bias, {H}, opts)};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
+    scalar_t* read_out_p = read_out.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0, cell_slot = save ? t : s % 2;
-      at::mm_out(hh, h, w_hh_t);
+      const Tensor hh = hh_of(h);
       Tensor out_t = out[t];
       Tensor h_pre = w_hr.defined() ? pre_proj[slot] : out_t;
       const scalar_t* c_prev = c.data_ptr<scalar_t>();
@@ -319,107 +161,155 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& xp_in, const std::optional<Ten
       at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           forward_row<scalar_t>(p, xp_p + (t * B + b) * 4 * H, hh_p + b * 4 * H, c_prev + b * H,
-                                buf.row<scalar_t>(slot, cell_slot, b), h_p + b * H);
+                                buf.row<scalar_t>(slot, cell_slot, b, read_out_p + b * 2 * H), h_p + b * H);
         }
       });
-      if (w_hr.defined()) at::mm_out(out_t, h_pre, w_hr.t());
+      if (w_hr.defined()) proj.out(out_t, h_pre);
       h = out_t;
       c = buf.cell[cell_slot];
     }
   });
-  std::vector<Tensor> result{out, h.clone(), c.clone(), pre_proj};
+  const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate;
+  std::vector<Tensor> result{out, h.clone(), c.clone(), keep_xp ? xp : at::empty({0}, opts), pre_proj};
   for (const Tensor& t : buf.list()) result.push_back(t);
   return result;
 }
 
-// Returns the gradients of lstm_ln_forward's tensor arguments, in their order: xp, gain_ih, shift, h0, c0,
-// weight_hh, gain_hh, cell_weight, cell_bias, weight_hr (empty without projection). `saved` is what lstm_ln_forward returned after pre_proj (forward run with save=true).
-std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out_in, const Tensor& grad_hn, const Tensor& grad_cn,
-                                     const Tensor& xp_in, const std::optional<Tensor>& gain_ih,
+// h_{t-1} of steps [a, b) as ((b - a) B, out) rows: out of the neighbouring steps, h0 for the first step.
+Tensor previous_states(const Tensor& out, const Tensor& h0, int64_t a, int64_t b, bool reverse) {
+  const int64_t T_ = out.size(0), n = b - a;
+  const int64_t from = reverse ? a + 1 : a - 1;  // h_{t-1} of step a
+  Tensor rows;
+  if (from >= 0 && from + n <= T_) {
+    rows = out.narrow(0, from, n);
+  } else if (reverse) {  // the last step reads h0
+    rows = at::cat({out.narrow(0, from, n - 1), h0.unsqueeze(0)}, 0);
+  } else {  // step 0 reads h0
+    rows = at::cat({h0.unsqueeze(0), out.narrow(0, 0, n - 1)}, 0);
+  }
+  return rows.reshape({n * out.size(1), out.size(2)});
+}
+
+// Returns the gradients of lstm_ln_forward's tensor arguments, in their order: x (xp without weight_ih),
+// weight_ih, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr (empty where the
+// argument was not given). `xp_saved` is what the forward kept of xp (the forward's x without weight_ih),
+// `saved` the per-step buffers (forward run with save = true).
+std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
+                                     const Tensor& x_in, const std::optional<Tensor>& weight_ih,
+                                     const Tensor& xp_saved, const std::optional<Tensor>& gain_ih,
                                      const std::optional<Tensor>& shift, const Tensor& h0, const Tensor& c0_in,
                                      const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& cell_weight,
-                                     const std::optional<Tensor>& weight_hr, const Tensor& out, const Tensor& pre_proj,
-                                     at::TensorList saved, double eps, bool reverse, c10::string_view normalization) {
+                                     const std::optional<Tensor>& cell_bias, const std::optional<Tensor>& weight_hr,
+                                     const Tensor& out, const Tensor& pre_proj, at::TensorList saved, double eps,
+                                     bool reverse, c10::string_view normalization) {
   const Norm norm = checked_norm(normalization, gain_ih);
-  const Tensor grad_out = grad_out_in.contiguous(), xp = xp_in.contiguous(), c0 = c0_in.contiguous();
+  const Tensor w_ih = contiguous_or_undefined(weight_ih), c0 = c0_in.contiguous();
+  const bool projected = w_ih.defined();
+  const Tensor x = projected ? x_in.contiguous() : Tensor();
+  const Tensor xp = projected ? xp_saved : x_in.contiguous();  // empty unless separate when projected
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
   const Buffers buf(saved.vec());
-  const int64_t T_ = xp.size(0), B = xp.size(1), H = xp.size(3);
-  const auto opts = xp.options();
-  Tensor grad_xp = workspace({T_, B, 4, H}, opts);
-  // Joint: the gradients of xp and of W_hh h_{t-1} are those of their sum, one buffer.
-  Tensor grad_hh = norm == Norm::kJoint ? grad_xp.view({T_, B, 4 * H}) : workspace({T_, B, 4 * H}, opts);
+  const int64_t T_ = out.size(0), B = out.size(1), H = weight_hh.size(0) / 4;
+  const auto opts = out.options();
+  const int64_t K = chunk_steps(T_, B);
+  // Gradients of xp (all steps when xp was given, else a chunk at a time, two chunks alternating so that the
+  // step after a chunk still reads the last dL/d(W_hh h)), and of W_hh h (joint: the same buffer).
+  Tensor grad_xp = projected ? workspace({2, K, B, 4, H}, opts) : workspace({T_, B, 4, H}, opts);
+  Tensor grad_hh = norm == Norm::kJoint ? grad_xp : workspace({2, K, B, 4, H}, opts);
+  Tensor grad_x = projected ? at::empty({T_, B, x.size(2)}, opts) : grad_xp;
+  Tensor grad_w_ih = projected ? at::zeros_like(w_ih) : at::empty({0}, opts);
+  Tensor grad_w_hh = at::zeros_like(weight_hh);
   Tensor grad_h = workspace({w_hr.defined() ? T_ : 1, B, out.size(-1)}, opts);
   Tensor dm = at::empty({B, H}, opts);
   Tensor dc = grad_cn.contiguous().clone();
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
-  Tensor scratch = at::empty({B, 5 * H}, opts);
-  int64_t later = -1;  // the step processed just before this one (the next one in time order)
+  Tensor scratch = at::empty({B, 7 * H}, opts);
+  const Linear dh_of(weight_hh.t(), B), dm_of(w_hr.defined() ? w_hr.t() : Tensor(), B);
+  const Linear dx_of(projected ? w_ih.t() : Tensor(), K * B);
+  Tensor dhh_later;  // dL/d(W_hh h) of the step processed just before this one (the next one in time order)
+  int64_t later = -1;
   const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
-                            gain_hh.contiguous(), cell_weight.contiguous(), Tensor()};
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_backward", [&] {
+                            gain_hh.contiguous(), cell_weight.contiguous(), contiguous_or_zeros(cell_bias, {H}, opts)};
+  // Steps [a, b) of chunk k, in time order; chunks are processed from the last step backward (or the first).
+  const int64_t chunks = (T_ + K - 1) / K;
+  auto chunk_range = [&](int64_t k) {
+    const int64_t a = reverse ? k * K : std::max<int64_t>(0, T_ - (k + 1) * K);
+    const int64_t b = reverse ? std::min(T_, (k + 1) * K) : T_ - k * K;
+    return std::make_pair(a, b);
+  };
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_ln_backward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
-    scalar_t *dc_p = dc.data_ptr<scalar_t>(), *grad_xp_p = grad_xp.data_ptr<scalar_t>();
-    scalar_t *grad_hh_p = grad_hh.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
-    const scalar_t* xp_p = xp.data_ptr<scalar_t>();
-    for (int64_t s = 0; s < T_; ++s) {
-      const int64_t t = reverse ? s : T_ - 1 - s, earlier = reverse ? t + 1 : t - 1;
-      Tensor dh = grad_h[w_hr.defined() ? t : 0];
-      if (later < 0) {
-        at::add_out(dh, grad_out[t], grad_hn);
-      } else {
-        at::addmm_out(dh, grad_out[t], grad_hh[later], weight_hh);
-      }
-      if (w_hr.defined()) at::mm_out(dm, dh, w_hr);
-      const scalar_t* dm_p = (w_hr.defined() ? dm : dh).data_ptr<scalar_t>();
-      const bool first = earlier < 0 || earlier >= T_;
-      const scalar_t* c_prev = (first ? c0 : buf.cell[earlier]).data_ptr<scalar_t>();
-      const scalar_t* f_next = later < 0 ? nullptr : buf.act.data_ptr<scalar_t>() + later * B * 4 * H + H;
-      at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t row = (t * B + b) * 4 * H;
-          const Acc<scalar_t> acc{acc4_p + b * 4 * H, acc4_p + (B + b) * 4 * H, acc4_p + (2 * B + b) * 4 * H,
-                                  acc1_p + b * H, acc1_p + (B + b) * H};
-          backward_row<scalar_t>(p, dm_p + b * H, xp_p + row, c_prev + b * H,
-                                 f_next == nullptr ? nullptr : f_next + b * 4 * H, buf.row<scalar_t>(t, t, b),
-                                 dc_p + b * H, grad_xp_p + row, grad_hh_p + row, acc, scratch_p + b * 5 * H);
+    scalar_t *dc_p = dc.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
+    const scalar_t* xp_p = norm == Norm::kSeparate ? xp.data_ptr<scalar_t>() : nullptr;
+    for (int64_t k = 0; k < chunks; ++k) {
+      int64_t a, b;
+      std::tie(a, b) = chunk_range(k);
+      // This chunk's gradient buffers, indexed by step - a.
+      Tensor gxp = projected ? grad_xp[k % 2].narrow(0, 0, b - a) : grad_xp.narrow(0, a, b - a);
+      Tensor ghh = norm == Norm::kJoint ? gxp : grad_hh[k % 2].narrow(0, 0, b - a);
+      for (int64_t i = 0; i < b - a; ++i) {
+        const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
+        Tensor dh = grad_h[w_hr.defined() ? t : 0];
+        if (later < 0) {
+          at::add_out(dh, grad_out[t], grad_hn);
+        } else {
+          dh_of.add_out(dh, grad_out[t], dhh_later);
         }
-      });
-      later = t;
+        if (w_hr.defined()) dm_of.out(dm, dh);
+        const scalar_t* dm_p = (w_hr.defined() ? dm : dh).data_ptr<scalar_t>();
+        const bool first = earlier < 0 || earlier >= T_;
+        const scalar_t* c_prev = (first ? c0 : buf.cell[earlier]).data_ptr<scalar_t>();
+        const scalar_t* f_next = later < 0 ? nullptr : buf.act.data_ptr<scalar_t>() + later * B * 4 * H + H;
+        scalar_t *gxp_p = gxp[t - a].data_ptr<scalar_t>(), *ghh_p = ghh[t - a].data_ptr<scalar_t>();
+        at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const Acc<scalar_t> acc{acc4_p + r * 4 * H, acc4_p + (B + r) * 4 * H, acc4_p + (2 * B + r) * 4 * H,
+                                    acc1_p + r * H, acc1_p + (B + r) * H};
+            scalar_t* row_scratch = scratch_p + r * 7 * H;
+            backward_row<scalar_t>(p, dm_p + r * H, xp_p == nullptr ? nullptr : xp_p + (t * B + r) * 4 * H,
+                                   c_prev + r * H, f_next == nullptr ? nullptr : f_next + r * 4 * H,
+                                   buf.row<scalar_t>(t, t, r, row_scratch + 5 * H), dc_p + r * H,
+                                   gxp_p + r * 4 * H, ghh_p + r * 4 * H, acc, row_scratch);
+          }
+        });
+        dhh_later = ghh[t - a].view({B, 4 * H});
+        later = t;
+      }
+      // Weight gradients of the chunk: dW_hh += dhh^T h_{t-1}, and with the projection dx and dW_ih.
+      const int64_t rows = (b - a) * B;
+      add_transposed_product(grad_w_hh, ghh.reshape({rows, 4 * H}), previous_states(out, h0, a, b, reverse));
+      if (projected) {
+        const Tensor gxp_rows = gxp.reshape({rows, 4 * H});
+        Tensor dx = grad_x.narrow(0, a, b - a).view({rows, x.size(2)});
+        dx_of.out(dx, gxp_rows);
+        add_transposed_product(grad_w_ih, gxp_rows, x.narrow(0, a, b - a).reshape({rows, x.size(2)}));
+      }
     }
   });
-  const Tensor first = grad_hh[later];  // the step that read h0 and c0
-  Tensor grad_h0 = at::mm(first, weight_hh);
+  Tensor grad_h0 = dh_of(dhh_later);
   Tensor grad_c0 = dc * buf.act[later].view({B, 4, H}).select(1, 1);
-  // dW_hh = sum_t dhh_t^T h_{t-1}: one product over all steps but the first, whose h_{t-1} is h0.
-  Tensor grad_w_hh = at::mm(first.t(), h0);
-  if (T_ > 1) {
-    const int64_t rows = (T_ - 1) * B;
-    Tensor dhh_rest = grad_hh.narrow(0, reverse ? 0 : 1, T_ - 1).reshape({rows, 4 * H});
-    Tensor h_rest = out.narrow(0, reverse ? 1 : 0, T_ - 1).reshape({rows, out.size(-1)});
-    grad_w_hh.addmm_(dhh_rest.t(), h_rest);
-  }
   Tensor grad_w_hr = w_hr.defined() ? at::mm(grad_h.view({T_ * B, grad_h.size(-1)}).t(), pre_proj.reshape({T_ * B, H}))
                                     : at::empty({0}, opts);
   Tensor acc4_sum = acc4.sum(1).view({3, 4, H}), acc1_sum = acc1.sum(1);
   Tensor grad_gain_ih = norm == Norm::kSeparate ? acc4_sum[0] : at::empty({0}, opts);
-  return {grad_xp,   grad_gain_ih, acc4_sum[1], grad_h0,     grad_c0,
-          grad_w_hh, acc4_sum[2],  acc1_sum[0], acc1_sum[1], grad_w_hr};
+  if (!projected) grad_x = grad_xp;
+  return {grad_x,      grad_w_ih,   grad_gain_ih, acc4_sum[1], grad_h0,  grad_c0,
+          grad_w_hh,   acc4_sum[2], acc1_sum[0],  acc1_sum[1], grad_w_hr};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(rnn_stability, m) {
   m.def(
-      "lstm_ln_forward(Tensor xp, Tensor? gain_ih, Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, "
-      "Tensor gain_hh, Tensor cell_weight, Tensor? cell_bias, Tensor? weight_hr, float eps, bool reverse, "
-      "bool save, str normalization) -> Tensor[]");
+      "lstm_ln_forward(Tensor x, Tensor? weight_ih, Tensor? gain_ih, Tensor? shift, Tensor h0, Tensor c0, "
+      "Tensor weight_hh, Tensor gain_hh, Tensor cell_weight, Tensor? cell_bias, Tensor? weight_hr, float eps, "
+      "bool reverse, bool save, str normalization) -> Tensor[]");
   m.def(
-      "lstm_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor xp, Tensor? gain_ih, "
-      "Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, Tensor gain_hh, Tensor cell_weight, "
-      "Tensor? weight_hr, Tensor out, Tensor pre_proj, Tensor[] saved, float eps, bool reverse, "
-      "str normalization) -> Tensor[]");
+      "lstm_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor? weight_ih, "
+      "Tensor xp_saved, Tensor? gain_ih, Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, Tensor gain_hh, "
+      "Tensor cell_weight, Tensor? cell_bias, Tensor? weight_hr, Tensor out, Tensor pre_proj, Tensor[] saved, "
+      "float eps, bool reverse, str normalization) -> Tensor[]");
   m.def("empty_cache() -> ()", &empty_cache);
   m.def("workspace_bytes() -> int", &workspace_bytes);
 }

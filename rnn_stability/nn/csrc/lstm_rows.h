@@ -1,0 +1,217 @@
+// Per-row kernels of the C++ layer-normalised LSTM loop (lstm_layer_norm.cpp): one batch row of one step,
+// forward and backward, everything of a step but the matrix products.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace rnn_stability {
+
+// Mean and 1 / sqrt(var + eps) of n values (two passes, biased variance).
+template <typename T>
+inline void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += x[j];
+  mean = sum / T(n);
+  T var = 0;
+#pragma omp simd reduction(+ : var)
+  for (int64_t j = 0; j < n; ++j) var += (x[j] - mean) * (x[j] - mean);
+  rstd = T(1) / std::sqrt(var / T(n) + eps);
+}
+
+// Input gradient of y = (x - mean) * rstd given dy and xhat = y: rstd * (dy - mean(dy) - xhat * mean(dy xhat)).
+// Overwrites dy.
+template <typename T>
+inline void layer_norm_input_grad(T* dy, const T* xhat, int64_t n, T rstd) {
+  T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t j = 0; j < n; ++j) {
+    s1 += dy[j];
+    s2 += dy[j] * xhat[j];
+  }
+  const T m1 = s1 / T(n), m2 = s2 / T(n);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dy[j] = rstd * (dy[j] - m1 - xhat[j] * m2);
+}
+
+// Which pre-activations are normalised (the `layer_norm` choices of rnn_stability/nn/layer_norm.py).
+enum class Norm { kRecurrent, kJoint, kSeparate };
+
+inline Norm parse_norm(c10::string_view name) {
+  if (name == "recurrent") return Norm::kRecurrent;
+  if (name == "joint") return Norm::kJoint;
+  TORCH_CHECK(name == "separate", "lstm_ln: normalization must be recurrent, joint or separate, got ", name);
+  return Norm::kSeparate;
+}
+
+// Parameters shared by all rows and steps (gain_ih is null unless separate; a missing shift or cell_bias is
+// given as zeros, so that the inner loops have no branch).
+template <typename T>
+struct Params {
+  const T *gain_ih, *shift, *gain_hh, *cell_weight, *cell_bias;
+  int64_t H;
+  T eps;
+  Norm norm;
+};
+
+// Per-step values of one batch row kept for the backward.
+template <typename T>
+struct Row {
+  T* x_mean;     // (4) mean of each block of xp (separate only)
+  T* x_rstd;     // (4)
+  T* normed;     // (4H) LN(W_hh h) (LN(xp + W_hh h) when joint), before its gain
+  T* rstd;       // (4)
+  T* act;        // (4H) sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+  T* cell;       // (H) c_t
+  T* cell_mean;  // (1)
+  T* cell_rstd;  // (1)
+  T* cell_xhat;  // (H) LN(c_t) before its gain and bias: scratch, recomputed by the backward
+  T* tc;         // (H) tanh of the cell read-out: scratch, recomputed by the backward
+};
+
+// cell_xhat and tc of a row from its cell, mean and rstd: what forward_row computes, in the same order (the
+// backward's recomputation gives the same bits).
+template <typename T>
+inline void cell_read_out(const Params<T>& p, const Row<T>& r, T mean, T rstd) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t H = p.H;
+  const T *cw = p.cell_weight, *cb = p.cell_bias;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    r.cell_xhat[j] = (r.cell[j] - mean) * rstd;
+    r.tc[j] = r.cell_xhat[j] * cw[j] + cb[j];
+  }
+  at::vec::map([](Vec v) { return v.tanh(); }, r.tc, r.tc, H);
+}
+
+template <typename T>
+void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, const Row<T>& r, T* h) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t H = p.H;
+  for (int64_t k = 0; k < 4; ++k) {
+    const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H, *sk = p.shift + k * H;
+    T *nk = r.normed + k * H, *ak = r.act + k * H;
+    T hm, hr;
+    if (p.norm == Norm::kJoint) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) nk[j] = xk[j] + hk[j];
+      moments(nk, H, p.eps, hm, hr);
+      r.rstd[k] = hr;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        nk[j] = (nk[j] - hm) * hr;
+        ak[j] = nk[j] * gh[j] + sk[j];
+      }
+    } else if (p.norm == Norm::kRecurrent) {
+      moments(hk, H, p.eps, hm, hr);
+      r.rstd[k] = hr;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        nk[j] = (hk[j] - hm) * hr;
+        ak[j] = xk[j] + nk[j] * gh[j] + sk[j];
+      }
+    } else {
+      const T* gi = p.gain_ih + k * H;
+      T xm, xr;
+      moments(xk, H, p.eps, xm, xr);
+      moments(hk, H, p.eps, hm, hr);
+      r.x_mean[k] = xm;
+      r.x_rstd[k] = xr;
+      r.rstd[k] = hr;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        nk[j] = (hk[j] - hm) * hr;
+        ak[j] = (xk[j] - xm) * xr * gi[j] + nk[j] * gh[j] + sk[j];
+      }
+    }
+    if (k == 2) {
+      at::vec::map([](Vec v) { return v.tanh(); }, ak, ak, H);
+    } else {
+      at::vec::map([](Vec v) { return Vec(T(1)) / (Vec(T(1)) + v.neg().exp()); }, ak, ak, H);
+    }
+  }
+  const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) r.cell[j] = f[j] * c_prev[j] + i[j] * g[j];
+  T mean, rstd;
+  moments(r.cell, H, p.eps, mean, rstd);
+  *r.cell_mean = mean;
+  *r.cell_rstd = rstd;
+  cell_read_out(p, r, mean, rstd);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * r.tc[j];
+}
+
+// Gradient accumulators of one row, summed over rows at the end: gain_ih, shift, gain_hh (4H each), then
+// cell_weight and cell_bias (H each).
+template <typename T>
+struct Acc {
+  T *gain_ih, *shift, *gain_hh, *cell_weight, *cell_bias;
+};
+
+// Gradients of one row at one step. dm: dL/d(o * tc). dc: on entry the gradient carried from the later step
+// (times its forget gate f_next, or times 1 when f_next is null), on exit dL/dc_t. Writes dL/dxp to dxp and
+// dL/d(W_hh h_{t-1}) to dhh (when joint both are dL/d(xp + W_hh h_{t-1}), and dxp may be dhh); scratch holds
+// 5H values; r.cell_xhat and r.tc are recomputed.
+template <typename T>
+void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev, const T* f_next, const Row<T>& r,
+                  T* dc, T* dxp, T* dhh, const Acc<T>& acc, T* scratch) {
+  const int64_t H = p.H;
+  const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
+  T *dg = scratch, *d_cell = scratch + 4 * H;
+  cell_read_out(p, r, *r.cell_mean, *r.cell_rstd);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T t = r.tc[j];
+    const T d_read = dm[j] * o[j] * (T(1) - t * t);
+    acc.cell_weight[j] += d_read * r.cell_xhat[j];
+    acc.cell_bias[j] += d_read;
+    d_cell[j] = d_read * p.cell_weight[j];
+    dg[3 * H + j] = dm[j] * t * o[j] * (T(1) - o[j]);
+  }
+  layer_norm_input_grad(d_cell, r.cell_xhat, H, *r.cell_rstd);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T d = d_cell[j] + dc[j] * (f_next != nullptr ? f_next[j] : T(1));
+    dc[j] = d;
+    dg[j] = d * g[j] * i[j] * (T(1) - i[j]);
+    dg[H + j] = d * c_prev[j] * f[j] * (T(1) - f[j]);
+    dg[2 * H + j] = d * i[j] * (T(1) - g[j] * g[j]);
+  }
+  for (int64_t k = 0; k < 4; ++k) {
+    const int64_t o4 = k * H;
+    const T *d = dg + o4, *normed = r.normed + o4, *gh = p.gain_hh + o4;
+    T *acc_shift = acc.shift + o4, *acc_gh = acc.gain_hh + o4, *dh = dhh + o4, *dx = dxp + o4;
+    if (p.norm == Norm::kSeparate) {
+      const T xm = r.x_mean[k], xr = r.x_rstd[k], *xk = xp + o4, *gi = p.gain_ih + o4;
+      T *xhat = d_cell, *acc_gi = acc.gain_ih + o4;  // d_cell reused: (H) normalised input block
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        xhat[j] = (xk[j] - xm) * xr;
+        acc_gi[j] += d[j] * xhat[j];
+        acc_shift[j] += d[j];
+        acc_gh[j] += d[j] * normed[j];
+        dx[j] = d[j] * gi[j];
+        dh[j] = d[j] * gh[j];
+      }
+      layer_norm_input_grad(dx, xhat, H, xr);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        acc_shift[j] += d[j];
+        acc_gh[j] += d[j] * normed[j];
+        dh[j] = d[j] * gh[j];
+      }
+      // Recurrent: the gate gradient is that of xp. Joint: xp's is that of the sum, dhh (dxp is dhh).
+      if (p.norm == Norm::kRecurrent) std::copy(d, d + H, dx);
+    }
+    layer_norm_input_grad(dh, normed, H, r.rstd[k]);
+  }
+}
+
+}  // namespace rnn_stability
