@@ -43,7 +43,9 @@ class StableRNN(Callback):
         residual: turn on residual connections between width-preserving layers (layers only).
         include: module names or fnmatch patterns (as in `named_modules`) to convert; `None`: all.
         exclude: module names or patterns to leave alone.
-        **options: further options of our modules, passed to `convert_rnn` unchanged.
+        **options: further options of our modules, passed to `convert_rnn` unchanged: the regularisers
+            `weight_dropout`, `recurrent_dropout`, `input_dropout`, `zoneout` and `batch_norm` (see
+            `rnn_stability.nn.LSTM`), e.g. `StableRNN(weight_dropout=0.5, input_dropout=0.2)` for AWD-LSTM.
 
     Attributes:
         converted: names of the modules converted by the last `setup`.

@@ -21,6 +21,7 @@ from rnn_stability.nn.recurrence import (
     lstm_input_gates,
     lstm_layer_norm_step,
 )
+from rnn_stability.nn.regularization import check_zoneout, keep_mask, zoneout_blend
 from rnn_stability.nn.scripting import torch_module_for_scripting
 
 __all__ = ["GRUCell", "LSTMCell"]
@@ -35,7 +36,10 @@ class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
 
     num_gates: int
     layer_norm: bool | LayerNormVariant
+    zoneout: tuple[float, float]
     layer_norm_eps: float = 1e-5
+    #: Where zoneout's masks come from: `None` is torch's global generator.
+    mask_generator: torch.Generator | None = None
 
     def __init__(
         self,
@@ -46,9 +50,13 @@ class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
         dtype: torch.dtype | None = None,
         *,
         layer_norm: bool | LayerNormVariant = False,
+        zoneout: float | tuple[float, float] = 0.0,
     ) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)  # type: ignore[call-arg]
         self.layer_norm = check_layer_norm(layer_norm)
+        if not isinstance(self, nn.LSTMCell) and isinstance(zoneout, (tuple, list)):
+            raise TypeError(f"`zoneout` of a GRUCell must be a float (it has no cell state), got {zoneout!r}")
+        self.zoneout = check_zoneout(zoneout)
         variant = self.layer_norm_variant
         if variant is not None:
             factory: dict[str, Any] = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
@@ -74,15 +82,28 @@ class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
                 module.reset_parameters()
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (f", layer_norm={self.layer_norm!r}" if self.layer_norm else "")
+        s = super().extra_repr() + (f", layer_norm={self.layer_norm!r}" if self.layer_norm else "")
+        if any(self.zoneout):
+            p_h, p_c = self.zoneout
+            s += f", zoneout={p_h if p_h == p_c else self.zoneout!r}"
+        return s
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layer_norm", False)
+        self.__dict__.setdefault("zoneout", (0.0, 0.0))
 
     def __prepare_scriptable__(self) -> nn.Module:
         """For `torch.jit.script`: torch's cell with the same state (see `rnn_stability.nn.scripting`)."""
-        return torch_module_for_scripting(self, ("layer_norm",))
+        return torch_module_for_scripting(self, ("layer_norm", "zoneout"))
+
+    def _zoneout(self, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Zoneout (Krueger et al. 2017) of each state: a fresh 0/1 keep mask per call, `p` in eval."""
+        out = []
+        for p, n, o in zip(self.zoneout, new, old, strict=False):
+            keep = keep_mask(n.shape, p, n, self.mask_generator) if self.training and p > 0 else p
+            out.append(zoneout_blend(n, o, keep))
+        return tuple(out)
 
     def _check_step(self, input: Tensor, hidden: list[Tensor]) -> None:
         """The checks torch's fused cell kernels make, for the layer-norm path."""
@@ -107,7 +128,7 @@ class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
 
 
 class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
-    r"""`torch.nn.LSTMCell` plus a keyword-only `layer_norm` option.
+    r"""`torch.nn.LSTMCell` plus keyword-only `layer_norm` and `zoneout` options.
 
     With `layer_norm=False` the forward is torch's (native fused cell). Otherwise it is one step of the
     layer-normalised LSTM of `rnn_stability.nn.LSTM` (after Ba, Kiros & Hinton (2016), "Layer
@@ -131,10 +152,13 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
         dtype: parameter dtype.
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
             `"separate"`, `False` (default) is torch's step.
+        zoneout: probability that each unit keeps its previous value (Krueger et al. 2017), a fresh mask
+            per call; eval returns the expectation `p h + (1 - p) h'`. A pair `(hidden, cell)` sets the two apart. The per-sequence regularisers
+            need a mask that lasts a whole sequence: use `LSTM` / `GRU` for them.
 
     Raises:
-        TypeError: if `layer_norm` is neither a bool nor a string.
-        ValueError: for another string as `layer_norm`.
+        TypeError: if `layer_norm` is neither a bool nor a string, or `zoneout` not a probability (or a pair).
+        ValueError: for another string as `layer_norm`, or `zoneout` outside `[0, 1)`.
 
     Examples:
         >>> cell = LSTMCell(3, 4, layer_norm=True)
@@ -146,7 +170,16 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
     num_gates = 4
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """torch's `LSTMCell.forward`, or the layer-normalised step (same shapes and checks)."""
+        """torch's `LSTMCell.forward`, or the layer-normalised step (same shapes and checks); then zoneout."""
+        if any(self.zoneout):
+            if hx is None:
+                zeros = input.new_zeros(*input.shape[:-1], self.hidden_size)
+                hx = (zeros, zeros)
+            h, c = self._zoneout(self._step(input, hx), hx)
+            return h, c
+        return self._step(input, hx)
+
+    def _step(self, input: Tensor, hx: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         if not self.layer_norm:
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
@@ -189,7 +222,7 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
 
 
 class GRUCell(_LayerNormCellMixin, nn.GRUCell):
-    r"""`torch.nn.GRUCell` plus a keyword-only `layer_norm` option.
+    r"""`torch.nn.GRUCell` plus keyword-only `layer_norm` and `zoneout` options.
 
     With layer norm on, the step is the layer-normalised GRU of `rnn_stability.nn.GRU` (after Ba, Kiros &
     Hinton (2016), "Layer Normalization"), with the same variants. For `"joint"`, with
@@ -207,10 +240,13 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
         dtype: parameter dtype.
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
             `"separate"`, `False` (default) is torch's step.
+        zoneout: probability that each unit keeps its previous value (Krueger et al. 2017), a fresh mask
+            per call; eval returns the expectation `p h + (1 - p) h'`. The per-sequence regularisers
+            need a mask that lasts a whole sequence: use `LSTM` / `GRU` for them.
 
     Raises:
-        TypeError: if `layer_norm` is neither a bool nor a string.
-        ValueError: for another string as `layer_norm`.
+        TypeError: if `layer_norm` is neither a bool nor a string, or `zoneout` not a probability.
+        ValueError: for another string as `layer_norm`, or `zoneout` outside `[0, 1)`.
 
     Examples:
         >>> cell = GRUCell(3, 4, layer_norm=True)
@@ -221,7 +257,14 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
     num_gates = 3
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        """torch's `GRUCell.forward`, or the layer-normalised step (same shapes and checks)."""
+        """torch's `GRUCell.forward`, or the layer-normalised step (same shapes and checks); then zoneout."""
+        if any(self.zoneout):
+            if hx is None:
+                hx = input.new_zeros(*input.shape[:-1], self.hidden_size)
+            return self._zoneout((self._step(input, hx),), (hx,))[0]
+        return self._step(input, hx)
+
+    def _step(self, input: Tensor, hx: Tensor | None) -> Tensor:
         if not self.layer_norm:
             return super().forward(input, hx)
         if input.dim() not in (1, 2):

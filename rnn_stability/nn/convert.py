@@ -160,7 +160,9 @@ def _convert_one(module: nn.Module, options: dict[str, Any]) -> None:
     stale = [
         name
         for name in module._modules
-        if isinstance(module, ours) and name.startswith("layer_norm") and name not in blueprint._modules
+        if isinstance(module, ours)
+        and name.startswith(("layer_norm", "batch_norm"))
+        and name not in blueprint._modules
     ]
     # Everything is prepared: only now change the module, so a failure above leaves it untouched.
     module.__class__ = target
@@ -253,8 +255,9 @@ def convert_rnn(
             matching recurrent modules are converted. `None` (default): all.
         exclude: names or patterns of recurrent modules to leave alone (applied after `include`).
         **options: our constructors' keyword options, e.g. `layer_norm` (`True` or a variant name:
-            `"joint"`, `"recurrent"`, `"separate"`; see `rnn_stability.nn.LSTM`) and `residual` (cells take
-            only the options they have). Reconverting to another variant keeps the gains both have
+            `"joint"`, `"recurrent"`, `"separate"`; see `rnn_stability.nn.LSTM`), `residual` and the
+            regularisers `weight_dropout`, `recurrent_dropout`, `input_dropout`, `zoneout`, `batch_norm`
+            (cells take only the options they have: `layer_norm`, `zoneout`). Reconverting to another variant keeps the gains both have
             (`layer_norm_hh_*` between `"recurrent"` and `"separate"`) and makes fresh ones for the rest.
 
     Returns:

@@ -17,7 +17,7 @@ __all__ = ["GRU"]
 
 
 class GRU(StackedRNNMixin, nn.GRU):
-    r"""`torch.nn.GRU` plus keyword-only `layer_norm` and `residual` options.
+    r"""`torch.nn.GRU` plus keyword-only `layer_norm`, `residual` and regularisation options.
 
     Constructor arguments, defaults, parameter names, gate order `(r, z, n)`, `state_dict` keys, shapes
     and errors are torch's. With both options off, `forward` *is* `torch.nn.GRU.forward` (torch's native
@@ -57,6 +57,10 @@ class GRU(StackedRNNMixin, nn.GRU):
     only (`once_differentiable`: no double backward), as with torch's cuDNN RNN kernels; packed sequences of
     unequal lengths and `torch.compile` differentiate the step loop with autograd instead.
 
+    The regularisers `weight_dropout`, `recurrent_dropout`, `input_dropout`, `zoneout` and `batch_norm` are
+    those of `rnn_stability.nn.LSTM` (formulas there); recurrent dropout masks $h_{t-1}$ in $W_{hh} h_{t-1}$
+    only, the update $z \odot h_{t-1}$ keeps the undropped state, as in Keras.
+
     `residual=True` — every layer whose input width equals its output width (`hidden_size`, times 2 when
     bidirectional) adds its input to its output before inter-layer dropout: all layers but the first, and the
     first too when `input_size` matches (see `residual_layers`).
@@ -74,13 +78,21 @@ class GRU(StackedRNNMixin, nn.GRU):
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise the gate pre-activations as above;
             `True` is `"separate"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
+        weight_dropout: DropConnect probability on every `weight_hh_l{k}` (one mask per forward pass).
+        recurrent_dropout: variational dropout probability on `h_{t-1}` entering `W_hh` (one mask per
+            sequence and layer / direction).
+        input_dropout: dropout probability on each layer's input, one mask per sequence shared over time.
+        zoneout: probability that a unit keeps its previous value, per step.
+        batch_norm: batch-normalise the input projection `W_ih x_t` over batch and time (running
+            statistics in eval).
         **kwargs: passed to torch, which rejects `proj_size` (LSTM only) with a `ValueError`.
 
     Raises:
-        TypeError: if `layer_norm` is neither a bool nor a string, `residual` not a bool, or for torch's own
-            type checks.
-        ValueError: for another string as `layer_norm`, and torch's own checks (sizes, `dropout`,
-            `proj_size` given to a GRU).
+        TypeError: if `layer_norm` is neither a bool nor a string, `residual` or `batch_norm` not a bool, a
+            probability not a number, or for torch's own type checks.
+        ValueError: for another string as `layer_norm`, a probability outside `[0, 1)`, `batch_norm` with
+            `layer_norm="separate"` (or `True`), and torch's own checks (sizes, `dropout`, `proj_size` given
+            to a GRU).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -113,6 +125,11 @@ class GRU(StackedRNNMixin, nn.GRU):
         *,
         layer_norm: bool | LayerNormVariant = False,
         residual: bool = False,
+        weight_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        batch_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -127,6 +144,11 @@ class GRU(StackedRNNMixin, nn.GRU):
             dtype=dtype,
             layer_norm=layer_norm,
             residual=residual,
+            weight_dropout=weight_dropout,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
+            zoneout=zoneout,
+            batch_norm=batch_norm,
             **kwargs,
         )
 
@@ -160,8 +182,13 @@ class GRU(StackedRNNMixin, nn.GRU):
     def _layer_norm_inputs(
         self, x: Tensor, weights: list[Tensor], suffix: str
     ) -> tuple[Tensor, tuple[Tensor | float | None, ...]]:
+        eps = self.layer_norm_eps
+        norm = self._input_norm(suffix)
+        if not self.layer_norm:
+            bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
+            gates, _, bias_hn = gru_input_gates(x, weights[0], None, bias_ih, bias_hh, eps, False, norm)
+            return gates, (weights[1], None, None, bias_hn, eps, False)
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         joint = self.layer_norm_variant == "joint"
-        eps = self.layer_norm_eps
-        gates, shift, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, eps, joint)
+        gates, shift, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, eps, joint, norm)
         return gates, (weights[1], gain, shift, bias_hn, eps, joint)

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnn_stability.nn.layer_norm import gate_layer_norm
+from rnn_stability.nn.regularization import zoneout_blend
 
 __all__ = [
     "gru_input_gates",
@@ -34,8 +35,11 @@ __all__ = [
 # cell_bias, weight_hr, eps, joint) for the LSTM, (weight_hh, gain, joint_shift, bias_hn, eps, joint) for the GRU.
 # `gain` multiplies LN(W_hh h), or LN(W_ih x + W_hh h) when `joint`; `joint_shift` is the bias added after that
 # joint normalisation (the other variants add it to the input gates, once for all steps).
-LSTMStepParams = tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, float, bool]
-GRUStepParams = tuple[Tensor, Tensor, Tensor | None, Tensor | None, float, bool]
+# `gain=None` (and `cell_weight=None`): no layer norm, the loops of the regularisers without `layer_norm`.
+LSTMStepParams = tuple[
+    Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None, float, bool
+]
+GRUStepParams = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, float, bool]
 
 
 def lstm_gate_shift(bias_ih: Tensor | None, bias_hh: Tensor | None, gain: Tensor) -> Tensor | None:
@@ -43,19 +47,34 @@ def lstm_gate_shift(bias_ih: Tensor | None, bias_hh: Tensor | None, gain: Tensor
     return (bias_ih + bias_hh).view_as(gain) if bias_ih is not None and bias_hh is not None else None
 
 
+def _projection(
+    x: Tensor, weight_ih: Tensor, shift: Tensor | None, norm: Callable[[Tensor], Tensor] | None
+) -> Tensor:
+    """`norm(W_ih x) + shift` (or `W_ih x + shift` without `norm`), flat: shape `(..., G * H)`."""
+    if norm is None:
+        return F.linear(x, weight_ih, None if shift is None else shift.reshape(-1))
+    projection = norm(F.linear(x, weight_ih))
+    return projection if shift is None else projection + shift.reshape(-1)
+
+
 def lstm_input_gates(
-    x: Tensor, weight_ih: Tensor, gain_ih: Tensor | None, shift: Tensor | None, eps: float, joint: bool
+    x: Tensor,
+    weight_ih: Tensor,
+    gain_ih: Tensor | None,
+    shift: Tensor | None,
+    eps: float,
+    joint: bool,
+    norm: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The part of the LSTM gates computed for all time steps at once, shape `(..., 4, H)`.
 
-    `gain_ih * LN(W_ih x) + shift` (`"separate"`: `gain_ih` given), `W_ih x + shift` (`"recurrent"`), or
-    `W_ih x` alone (`joint`: the step normalises it together with `W_hh h` and adds `shift` after).
+    `gain_ih * LN(W_ih x) + shift` (`"separate"`: `gain_ih` given), `W_ih x + shift` (`"recurrent"`, or no
+    layer norm), or `W_ih x` alone (`joint`: the step normalises it together with `W_hh h` and adds `shift`
+    after). `norm` (the batch norm of the `batch_norm` option) replaces `W_ih x` by `norm(W_ih x)`.
     """
     if gain_ih is not None:
         return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift)
-    if shift is None or joint:
-        return F.linear(x, weight_ih).unflatten(-1, (4, -1))
-    return F.linear(x, weight_ih, shift.view(-1)).unflatten(-1, (4, -1))
+    return _projection(x, weight_ih, None if joint else shift, norm).unflatten(-1, (4, -1))
 
 
 def gru_input_gates(
@@ -66,12 +85,14 @@ def gru_input_gates(
     bias_hh: Tensor | None,
     eps: float,
     joint: bool,
+    norm: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The part of the GRU gates computed for all time steps at once, the joint shift and `b_hn`.
 
     With `shift = (b_ir + b_hr, b_iz + b_hz, b_in)` (the biases outside the reset product): returns
     `(gain_ih * LN(W_ih x) + shift, None, b_hn)` (`"separate"`), `(W_ih x + shift, None, b_hn)`
-    (`"recurrent"`) or `(W_ih x, shift, b_hn)` (`joint`); the first has shape `(..., 3, H)`.
+    (`"recurrent"`, or no layer norm) or `(W_ih x, shift, b_hn)` (`joint`); the first has shape
+    `(..., 3, H)`. `norm` (the batch norm of the `batch_norm` option) replaces `W_ih x` by `norm(W_ih x)`.
     """
     shift: Tensor | None = None
     bias_hn: Tensor | None = None
@@ -80,9 +101,9 @@ def gru_input_gates(
         shift, bias_hn = torch.cat([b_ih[:2] + b_hh[:2], b_ih[2:]], 0), b_hh[2]
     if gain_ih is not None:
         return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift), None, bias_hn
-    if shift is None or joint:
-        return F.linear(x, weight_ih).unflatten(-1, (3, -1)), shift, bias_hn
-    return F.linear(x, weight_ih, shift.view(-1)).unflatten(-1, (3, -1)), None, bias_hn
+    if joint:
+        return _projection(x, weight_ih, None, norm).unflatten(-1, (3, -1)), shift, bias_hn
+    return _projection(x, weight_ih, shift, norm).unflatten(-1, (3, -1)), None, bias_hn
 
 
 def lstm_layer_norm_step(
@@ -90,31 +111,36 @@ def lstm_layer_norm_step(
     h: Tensor,
     c: Tensor,
     weight_hh: Tensor,
-    gain: Tensor,
+    gain: Tensor | None,
     joint_shift: Tensor | None,
-    cell_weight: Tensor,
+    cell_weight: Tensor | None,
     cell_bias: Tensor | None,
     weight_hr: Tensor | None,
     eps: float,
     joint: bool,
+    h_rec: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One step of the layer-normalised LSTM (after Ba, Kiros & Hinton 2016, "Layer Normalization").
 
     `x_gates` comes from `lstm_input_gates`, shape `(B, 4, H)`. The gates are
     `(i, f, g, o) = x_gates + gain * LN(W_hh h)`, or `gain * LN(x_gates + W_hh h) + joint_shift` when `joint`;
     then `c' = σ(f) c + σ(i) tanh(g)`, `h' = σ(o) tanh(LN_c(c'))` (`h' = W_hr h'` with a projection).
-    Returns `(h', c')`.
+    With `gain=None` nothing is normalised (torch's LSTM step). `h_rec`, when given, replaces `h` in
+    `W_hh h` (`h` with recurrent dropout). Returns `(h', c')`.
     """
-    hidden_size = gain.size(1)
-    hh = torch.mm(h, weight_hh.t()).view(h.size(0), 4, hidden_size)
-    if joint:
+    hidden_size = c.size(1)
+    hh = torch.mm(h if h_rec is None else h_rec, weight_hh.t()).view(h.size(0), 4, hidden_size)
+    if gain is None:
+        gates = x_gates + hh
+    elif joint:
         normed = F.layer_norm(hh + x_gates, [hidden_size], None, None, eps)
         gates = normed * gain if joint_shift is None else torch.addcmul(joint_shift, normed, gain)
     else:
         gates = torch.addcmul(x_gates, F.layer_norm(hh, [hidden_size], None, None, eps), gain)
     i, f, g, o = gates.unbind(1)
     c_new = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
-    h_new = torch.sigmoid(o) * torch.tanh(F.layer_norm(c_new, [hidden_size], cell_weight, cell_bias, eps))
+    read = c_new if gain is None else F.layer_norm(c_new, [hidden_size], cell_weight, cell_bias, eps)
+    h_new = torch.sigmoid(o) * torch.tanh(read)
     if weight_hr is not None:
         h_new = torch.mm(h_new, weight_hr.t())
     return h_new, c_new
@@ -124,11 +150,12 @@ def gru_layer_norm_step(
     x_gates: Tensor,
     h: Tensor,
     weight_hh: Tensor,
-    gain: Tensor,
+    gain: Tensor | None,
     joint_shift: Tensor | None,
     bias_hn: Tensor | None,
     eps: float,
     joint: bool,
+    h_rec: Tensor | None = None,
 ) -> Tensor:
     """One step of the layer-normalised GRU.
 
@@ -136,11 +163,12 @@ def gru_layer_norm_step(
     Not `joint`: with `a = gain * LN(u)`, `r = σ(x_r + a_r)`, `z = σ(x_z + a_z)`,
     `n = tanh(x_n + r (a_n + b_hn))`. `joint`: `r = σ(gain_r LN(x_r + u_r) + s_r)`, likewise `z`, and
     `n = tanh(gain_n LN(x_n + r u_n) + s_n + r b_hn)` with `s = joint_shift`. Then `h' = (1 - z) n + z h`.
-    Returns `h'`.
+    With `gain=None` nothing is normalised (torch's GRU step, `a = u`). `h_rec`, when given, replaces `h`
+    in `u = W_hh h` only (`h` with recurrent dropout; the update `z h` keeps `h`, as in Keras). Returns `h'`.
     """
-    hidden_size = gain.size(1)
-    hh = torch.mm(h, weight_hh.t()).view(h.size(0), 3, hidden_size)
-    if joint:
+    hidden_size = h.size(1)
+    hh = torch.mm(h if h_rec is None else h_rec, weight_hh.t()).view(h.size(0), 3, hidden_size)
+    if joint and gain is not None:
         a_rz = F.layer_norm(x_gates[:, :2] + hh[:, :2], [hidden_size], None, None, eps) * gain[:2]
         if joint_shift is not None:
             a_rz = a_rz + joint_shift[:2]
@@ -153,7 +181,8 @@ def gru_layer_norm_step(
             n_pre = torch.addcmul(n_pre, r, bias_hn)
         n = torch.tanh(n_pre)
     else:
-        hh = F.layer_norm(hh, [hidden_size], None, None, eps) * gain
+        if gain is not None:
+            hh = F.layer_norm(hh, [hidden_size], None, None, eps) * gain
         r, z = torch.sigmoid(x_gates[:, :2] + hh[:, :2]).unbind(1)
         hn = hh[:, 2]
         if bias_hn is not None:
@@ -168,12 +197,16 @@ def _layer_norm_loop(
     state0: tuple[Tensor, ...],
     params: tuple[Any, ...],
     reverse: bool,
+    recurrent: Tensor | None = None,
+    zoneout: tuple[list[Tensor] | float | None, ...] = (),
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run `step(x, *state, *params)` over `xs` (oldest first); returns `(outputs, final state)`.
 
     `step` returns the new state, or the new hidden state alone when `state0` has one tensor. Rows leave
     the state when the batch shrinks and are put back at the end. `outputs` is the concatenation of the
-    per-step hidden states in time order (packed layout).
+    per-step hidden states in time order (packed layout). `recurrent`: a per-sequence `(B, width)` mask on
+    the `h` entering `W_hh` (passed to `step` as `h_rec`); `zoneout`: per state, the per-step 0/1 masks
+    (time order) or the probability (its expectation, in eval) of keeping the previous value, or `None`.
     """
     steps = len(xs)
     single = len(state0) == 1
@@ -190,8 +223,19 @@ def _layer_norm_loop(
         elif batch < size:
             finished.append(tuple(s[batch:] for s in state))
             state = tuple(s[:batch] for s in state)
-        new = step(x, *state, *params)
-        state = (new,) if single else new
+        if recurrent is None:
+            new = step(x, *state, *params)
+        else:
+            new = step(x, *state, *params, h_rec=state[0] * recurrent[:batch])
+        new = (new,) if single else new
+        if zoneout:
+            new = tuple(
+                s_new
+                if keep is None
+                else zoneout_blend(s_new, s, keep if isinstance(keep, float) else keep[t])
+                for s_new, s, keep in zip(new, state, zoneout, strict=True)
+            )
+        state = new
         outs.append(state[0])
     if reverse:
         outs.reverse()
@@ -204,23 +248,36 @@ def _layer_norm_loop(
 
 
 def lstm_layer_norm_sequence(
-    xs: list[Tensor], h0: Tensor, c0: Tensor, params: LSTMStepParams, reverse: bool
+    xs: list[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    params: LSTMStepParams,
+    reverse: bool,
+    recurrent: Tensor | None = None,
+    zoneout: tuple[list[Tensor] | float | None, ...] = (),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run `lstm_layer_norm_step` over `xs` (oldest first); returns `(outputs, h_n, c_n)`.
 
     `params` are the step's arguments after `(x_gates, h, c)`. `outputs` is the concatenation of the
-    per-step hidden states in time order (packed layout).
+    per-step hidden states in time order (packed layout). `recurrent` and `zoneout` (`(hidden, cell)`): the
+    masks of `_layer_norm_loop`.
     """
-    out, (h, c) = _layer_norm_loop(lstm_layer_norm_step, xs, (h0, c0), params, reverse)
+    out, (h, c) = _layer_norm_loop(lstm_layer_norm_step, xs, (h0, c0), params, reverse, recurrent, zoneout)
     return out, h, c
 
 
 def gru_layer_norm_sequence(
-    xs: list[Tensor], h0: Tensor, params: GRUStepParams, reverse: bool
+    xs: list[Tensor],
+    h0: Tensor,
+    params: GRUStepParams,
+    reverse: bool,
+    recurrent: Tensor | None = None,
+    zoneout: tuple[list[Tensor] | float | None, ...] = (),
 ) -> tuple[Tensor, Tensor]:
     """Run `gru_layer_norm_step` over `xs` (oldest first); returns `(outputs, h_n)`.
 
-    `params` are the step's arguments after `(x_gates, h)`.
+    `params` are the step's arguments after `(x_gates, h)`; `recurrent` and `zoneout` (`(hidden,)`): the
+    masks of `_layer_norm_loop`.
     """
-    out, (h,) = _layer_norm_loop(gru_layer_norm_step, xs, (h0,), params, reverse)
+    out, (h,) = _layer_norm_loop(gru_layer_norm_step, xs, (h0,), params, reverse, recurrent, zoneout)
     return out, h

@@ -21,17 +21,19 @@ def torch_module_for_scripting(module: nn.Module, options: tuple[str, ...]) -> n
 
     Args:
         module: one of our `LSTM`, `GRU`, `LSTMCell`, `GRUCell`.
-        options: the names of its boolean options (`layer_norm`, `residual`), all of which must be off.
+        options: the names of its options (`layer_norm`, `residual`, the regularisers), all of which must be
+            off.
 
     Raises:
         RuntimeError: if one of `options` is on: TorchScript cannot compile that path.
     """
-    enabled = [name for name in options if getattr(module, name)]
+    # Off is False for a flag, 0.0 for a probability, (0.0, 0.0) for zoneout.
+    enabled = [name for name in options if getattr(module, name) not in (False, (0.0, 0.0))]
     if enabled:
         flags = ", ".join(f"{name}={getattr(module, name)!r}" for name in enabled)
         raise RuntimeError(
             f"torch.jit.script cannot compile {type(module).__name__}({flags}): TorchScript does not "
-            "support its layer-norm/residual time loops (custom autograd Functions and a C++ kernel). "
+            "support its time loops and masks (custom autograd Functions and a C++ kernel). "
             "Use torch.compile(model) or torch.export.export(model, args) instead (both supported), or "
             "script the module with these options off (it is then torch's own module)."
         )

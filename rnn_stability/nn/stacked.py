@@ -26,6 +26,15 @@ from rnn_stability.nn.layer_norm import (
     LayerNormVariant,
     check_layer_norm,
 )
+from rnn_stability.nn.regularization import (
+    REGULARIZERS,
+    LayerMasks,
+    apply_locked,
+    check_probability,
+    check_zoneout,
+    draw_masks,
+    loop_zoneout,
+)
 from rnn_stability.nn.scripting import torch_module_for_scripting
 
 __all__ = ["StackedRNNMixin", "check_flag", "split_steps", "use_fused"]
@@ -39,7 +48,8 @@ def check_flag(name: str, value: Any) -> bool:
 
 
 class StackedRNNMixin(LayerNormOption, nn.RNNBase):
-    """Adds `layer_norm` / `residual` options to a torch RNN class; listed before it in the bases.
+    """Adds `layer_norm` / `residual` and the regularisers of `rnn_stability.nn.regularization` to a torch RNN
+    class; listed before it in the bases.
 
     Subclasses set `num_gates`, `_layer_norm_function`, `_joint_layer_norm_function` and
     `_layer_norm_sequence` and implement `_state_tuple`, `_state_output`, `_native_layer` and
@@ -54,23 +64,54 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
     _layer_norm_sequence: ClassVar[Callable[..., tuple[Tensor, ...]]]
     layer_norm: bool | LayerNormVariant
     residual: bool
+    weight_dropout: float
+    recurrent_dropout: float
+    input_dropout: float
+    zoneout: tuple[float, float]
+    batch_norm: bool
     layer_norm_eps: float = 1e-5
+    #: Where the regularisers' masks come from: `None` is torch's global generator (what
+    #: `seed_everything` seeds); set a `torch.Generator` to draw them apart (see `draw_masks`).
+    mask_generator: torch.Generator | None = None
 
     def __init__(
         self,
         *args: Any,
         layer_norm: bool | LayerNormVariant = False,
         residual: bool = False,
+        weight_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        batch_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.layer_norm = check_layer_norm(layer_norm)
         self.residual = check_flag("residual", residual)
+        self.weight_dropout = check_probability("weight_dropout", weight_dropout)
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
+        self.input_dropout = check_probability("input_dropout", input_dropout)
+        if self.mode != "LSTM" and isinstance(zoneout, (tuple, list)):
+            raise TypeError(
+                f"`zoneout` of a {self.mode} must be a float (it has no cell state), got {zoneout!r}"
+            )
+        self.zoneout = check_zoneout(zoneout)
+        self.batch_norm = check_flag("batch_norm", batch_norm)
         variant = self.layer_norm_variant
+        if self.batch_norm and variant == "separate":
+            raise ValueError(
+                "`batch_norm` normalises the input projection, which layer_norm='separate' (what True means) "
+                "normalises too: combine batch_norm with layer_norm='recurrent', 'joint' or False"
+            )
+        weight = self._flat_weights[0]
+        assert isinstance(weight, Tensor)
+        factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
+        if self.batch_norm:
+            for suffix in self._direction_suffixes():
+                norm = nn.BatchNorm1d(self.num_gates * self.hidden_size, eps=self.layer_norm_eps, **factory)
+                setattr(self, f"batch_norm_ih{suffix}", norm)
         if variant is not None:
-            weight = self._flat_weights[0]
-            assert isinstance(weight, Tensor)
-            factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
             for suffix in self._direction_suffixes():
                 for name in GATE_NORMS[variant]:
                     setattr(
@@ -92,7 +133,7 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         """torch's uniform init for the recurrent weights; layer-norm gains 1 and biases 0."""
         super().reset_parameters()
         for module in self.children():
-            if isinstance(module, (GateLayerNorm, nn.LayerNorm)):
+            if isinstance(module, (GateLayerNorm, nn.LayerNorm, nn.BatchNorm1d)):
                 module.reset_parameters()
 
     def residual_layers(self) -> list[int]:
@@ -114,17 +155,33 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
             s += f", layer_norm={self.layer_norm!r}"
         if self.residual:
             s += ", residual=True"
+        for name, off in REGULARIZERS.items():
+            value = getattr(self, name)
+            if value != off:
+                s += f", {name}={value[0] if name == 'zoneout' and value[0] == value[1] else value!r}"
         return s
 
     def __prepare_scriptable__(self) -> nn.Module:
         """For `torch.jit.script`: torch's module with the same state (see `rnn_stability.nn.scripting`)."""
-        return torch_module_for_scripting(self, ("layer_norm", "residual"))
+        return torch_module_for_scripting(self, ("layer_norm", "residual", *REGULARIZERS))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         # Modules pickled from torch.nn.LSTM / GRU (or an older version) have no options.
         self.__dict__.setdefault("layer_norm", False)
         self.__dict__.setdefault("residual", False)
+        for name, off in REGULARIZERS.items():
+            self.__dict__.setdefault(name, off)
+
+    def _regularized(self) -> bool:
+        """Whether a regulariser acts in the current mode (the dropouts do nothing in `eval()`)."""
+        dropouts = self.weight_dropout or self.recurrent_dropout or self.input_dropout
+        zoneout = self.zoneout[0] or (self.mode == "LSTM" and self.zoneout[1])
+        return bool((self.training and dropouts) or zoneout or self.batch_norm)
+
+    def _needs_loop(self, masks: LayerMasks) -> bool:
+        """Whether a layer runs a time loop of ours: torch's kernel has no place for these."""
+        return bool(self.layer_norm or self.batch_norm or masks.recurrent is not None or any(self.zoneout))
 
     # ---- mode-specific hooks --------------------------------------------------------------------------------
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
@@ -168,10 +225,16 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         weights: list[Tensor],
         suffix: str,
         reverse: bool,
+        masks: LayerMasks,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """One layer-normalised direction: `_layer_norm_function` for a constant batch size, else the loop."""
+        """One direction run by our loops (layer norm, batch norm, recurrent dropout or zoneout).
+
+        `_layer_norm_function` for a constant batch size without recurrent dropout or zoneout, else the loop
+        of `rnn_stability.nn.recurrence` (which also runs the layers without layer norm).
+        """
         gates, args = self._layer_norm_inputs(x, weights, suffix)
-        if use_fused(step_sizes):
+        zoneout = loop_zoneout(self, masks, step_sizes, len(hx))
+        if self.layer_norm and use_fused(step_sizes) and masks.recurrent is None and not any(zoneout):
             joint = self.layer_norm_variant == "joint"
             function = self._joint_layer_norm_function if joint else self._layer_norm_function
             # Under autocast an un-normalised input projection comes out in the lower precision; the loop's
@@ -184,13 +247,19 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
             )
             out = out.view(x.size(0), out.size(-1))
         else:
-            out, *final = self._layer_norm_sequence(split_steps(gates, step_sizes), *hx, args, reverse)
+            out, *final = self._layer_norm_sequence(
+                split_steps(gates, step_sizes), *hx, args, reverse, masks.recurrent, zoneout
+            )
         return out, tuple(final)
+
+    def _input_norm(self, suffix: str) -> nn.BatchNorm1d | None:
+        """The batch norm of `W_ih x` of one layer and direction (`batch_norm=True`), else `None`."""
+        return getattr(self, f"batch_norm_ih{suffix}") if self.batch_norm else None
 
     # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None) -> Any:
-        """torch's forward when both options are off; otherwise the layer-by-layer stack (same signature)."""
-        if not (self.layer_norm or self.residual):
+        """torch's forward when no option acts; otherwise the layer-by-layer stack (same signature)."""
+        if not (self.layer_norm or self.residual or self._regularized()):
             return super().forward(input, hx)
         return self._stacked_forward(input, hx)
 
@@ -265,29 +334,39 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         weights: list[Tensor] = self._flat_weights  # type: ignore[assignment]
         residual_layers = self.residual_layers()
         suffixes = self._direction_suffixes()
+        masks = draw_masks(self, step_sizes, x, self.mask_generator)
         finals: list[tuple[Tensor, ...]] = []
         for layer in range(self.num_layers):
             first = layer * directions
-            if self.layer_norm:
+            locked = masks[first].input
+            x_in = x if locked is None else apply_locked(x, locked, step_sizes)
+            ws = []
+            for idx in range(first, first + directions):
+                w = weights[idx * per_direction : (idx + 1) * per_direction]
+                dropped = masks[idx].weight_hh
+                # DropConnect: the masked copy goes where the kernel reads `weight_hh`; the Parameter stays.
+                ws.append(w if dropped is None else [w[0], w[1] * dropped, *w[2:]])
+            if self._needs_loop(masks[first]):
                 outs = []
                 for d in range(directions):
                     idx = first + d
-                    w = weights[idx * per_direction : (idx + 1) * per_direction]
                     hx = tuple(s[idx] for s in state)
-                    out_d, final_d = self._layer_norm_direction(x, step_sizes, hx, w, suffixes[idx], d == 1)
+                    out_d, final_d = self._layer_norm_direction(
+                        x_in, step_sizes, hx, ws[d], suffixes[idx], d == 1, masks[idx]
+                    )
                     outs.append(out_d)
                     finals.append(tuple(s.unsqueeze(0) for s in final_d))
                 out = outs[0] if directions == 1 else torch.cat(outs, -1)
             else:
-                w = weights[first * per_direction : (first + directions) * per_direction]
+                w = [t for w_d in ws for t in w_d]
                 hx = tuple(s[first : first + directions] for s in state)
                 if batch_sizes is None:
                     out, final = self._native_layer(
-                        x.view(len(step_sizes), step_sizes[0], x.size(-1)), None, hx, w
+                        x_in.view(len(step_sizes), step_sizes[0], x.size(-1)), None, hx, w
                     )
                     out = out.reshape(x.size(0), out.size(-1))
                 else:
-                    out, final = self._native_layer(x, batch_sizes, hx, w)
+                    out, final = self._native_layer(x_in, batch_sizes, hx, w)
                 finals.append(final)
             if layer in residual_layers:
                 out = out + x
