@@ -83,9 +83,15 @@ def source_digest() -> str:
 
 
 def compile_flags() -> list[str]:
-    """Optimisation flags; AVX2 + FMA vector code (ATen's `Vectorized`, Sleef) where the CPU has them."""
+    """Optimisation flags: the widest vector code (ATen's `Vectorized`, Sleef) that torch uses on this CPU,
+    AVX-512 (16 floats a vector) or AVX2 + FMA (8); the element-wise part of a step takes about half as long
+    with AVX-512."""
     flags = ["-O3", "-fopenmp", f"-DRNN_STABILITY_CSRC_DIGEST={source_digest()}"]
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX512":
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+        flags += ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    elif capability == "AVX2":
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return flags
 
@@ -248,7 +254,7 @@ def _compile(build_directory: Path) -> Path:
     _find_ninja()
     spec = {
         "name": LIBRARY_NAME,
-        "sources": [str(_CSRC / "lstm_layer_norm.cpp")],
+        "sources": [str(path) for path in sorted(_CSRC.glob("*.cpp"))],
         "cflags": compile_flags(),
         "ldflags": LINK_FLAGS,
         "build_directory": str(build_directory),

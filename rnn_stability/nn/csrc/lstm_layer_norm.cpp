@@ -17,7 +17,8 @@
 // backward then turns the gate gradients into dx and dW_ih a chunk of steps at a time, as it does for dW_hh,
 // so neither dxp nor dL/d(W_hh h) is ever held for all steps. The forward keeps for the backward only what it
 // cannot cheaply recompute: the activations, the normalised recurrent projection, the cell state and, for the
-// separate normalisation only, xp (the other two variants do not read it). The cell read-out (LN(c_t) and its
+// separate normalisation only, xp (the other two variants do not read it; where the input is narrow, the
+// backward recomputes xp a chunk at a time instead). The cell read-out (LN(c_t) and its
 // tanh) is recomputed from c_t and its two moments. Nothing is kept when no gradient is needed (inference).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -112,6 +113,10 @@ Norm checked_norm(c10::string_view name, const std::optional<Tensor>& gain_ih) {
   return norm;
 }
 
+// Whether the backward recomputes xp from x (a chunk at a time) instead of keeping it: when the input is at
+// most half as wide as the hidden state, the product costs a fraction of a step's recurrent products.
+inline bool recompute_xp(int64_t in, int64_t H) { return 2 * in <= H; }
+
 // xp = x W_ih^T as (T, B, 4, H) when weight_ih is given (x: (T, B, in)), else x itself (already xp).
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, int64_t H) {
   if (!w_ih.defined()) {
@@ -169,7 +174,7 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
       c = buf.cell[cell_slot];
     }
   });
-  const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate;
+  const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate && !recompute_xp(x_in.size(2), H);
   std::vector<Tensor> result{out, h.clone(), c.clone(), keep_xp ? xp : at::empty({0}, opts), pre_proj};
   for (const Tensor& t : buf.list()) result.push_back(t);
   return result;
@@ -207,6 +212,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   const bool projected = w_ih.defined();
   const Tensor x = projected ? x_in.contiguous() : Tensor();
   const Tensor xp = projected ? xp_saved : x_in.contiguous();  // empty unless separate when projected
+  const bool recompute = projected && norm == Norm::kSeparate && xp.numel() == 0;
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
   const Buffers buf(saved.vec());
   const int64_t T_ = out.size(0), B = out.size(1), H = weight_hh.size(0) / 4;
@@ -225,7 +231,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
   Tensor scratch = at::empty({B, 7 * H}, opts);
   const Linear dh_of(weight_hh.t(), B), dm_of(w_hr.defined() ? w_hr.t() : Tensor(), B);
-  const Linear dx_of(projected ? w_ih.t() : Tensor(), K * B);
+  const Linear dx_of(projected ? w_ih.t() : Tensor(), K * B), xp_of(recompute ? w_ih : Tensor(), K * B);
   Tensor dhh_later;  // dL/d(W_hh h) of the step processed just before this one (the next one in time order)
   int64_t later = -1;
   const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
@@ -241,13 +247,20 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
     const auto p = params<scalar_t>(lnp, H, eps, norm);
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
     scalar_t *dc_p = dc.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
-    const scalar_t* xp_p = norm == Norm::kSeparate ? xp.data_ptr<scalar_t>() : nullptr;
     for (int64_t k = 0; k < chunks; ++k) {
       int64_t a, b;
       std::tie(a, b) = chunk_range(k);
       // This chunk's gradient buffers, indexed by step - a.
       Tensor gxp = projected ? grad_xp[k % 2].narrow(0, 0, b - a) : grad_xp.narrow(0, a, b - a);
       Tensor ghh = norm == Norm::kJoint ? gxp : grad_hh[k % 2].narrow(0, 0, b - a);
+      // xp of the chunk's steps (separate only), indexed by step - a.
+      Tensor xp_chunk;
+      if (recompute) {
+        xp_chunk = xp_of(x.narrow(0, a, b - a).reshape({(b - a) * B, x.size(2)}));
+      } else if (norm == Norm::kSeparate) {
+        xp_chunk = xp.narrow(0, a, b - a);
+      }
+      const scalar_t* xp_p = xp_chunk.defined() ? xp_chunk.data_ptr<scalar_t>() : nullptr;
       for (int64_t i = 0; i < b - a; ++i) {
         const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
         Tensor dh = grad_h[w_hr.defined() ? t : 0];
@@ -267,7 +280,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
             const Acc<scalar_t> acc{acc4_p + r * 4 * H, acc4_p + (B + r) * 4 * H, acc4_p + (2 * B + r) * 4 * H,
                                     acc1_p + r * H, acc1_p + (B + r) * H};
             scalar_t* row_scratch = scratch_p + r * 7 * H;
-            backward_row<scalar_t>(p, dm_p + r * H, xp_p == nullptr ? nullptr : xp_p + (t * B + r) * 4 * H,
+            backward_row<scalar_t>(p, dm_p + r * H, xp_p == nullptr ? nullptr : xp_p + ((t - a) * B + r) * 4 * H,
                                    c_prev + r * H, f_next == nullptr ? nullptr : f_next + r * 4 * H,
                                    buf.row<scalar_t>(t, t, r, row_scratch + 5 * H), dc_p + r * H,
                                    gxp_p + r * 4 * H, ghh_p + r * 4 * H, acc, row_scratch);
