@@ -105,11 +105,18 @@ def native_lstm_supported(*tensors: torch.Tensor) -> bool:
 
 
 def _forward(
-    ctx: Any, inputs: tuple[torch.Tensor | None, ...], eps: float, reverse: bool, variant: str
+    ctx: Any,
+    inputs: tuple[torch.Tensor | None, ...],
+    eps: float,
+    reverse: bool,
+    variant: str,
+    grad: bool = True,
 ) -> Any:
     """Run `lstm_ln_forward` on `inputs` (its tensor arguments, `x` to `weight_hr`) and save what the backward
-    reads; nothing when no input needs a gradient (inference), so the loop keeps no per-step buffers."""
-    save = any(ctx.needs_input_grad)
+    reads; nothing when no input needs a gradient or `grad` is false (gradients were off where the function
+    was applied: inside `forward` they always are, and `needs_input_grad` still says what requires one), so
+    the loop keeps no per-step buffers for inference."""
+    save = grad and any(ctx.needs_input_grad)
     ops = native_ops()
     assert ops is not None
     out, h_n, c_n, xp_saved, pre_proj, *per_step = ops.lstm_ln_forward(*inputs, eps, reverse, save, variant)
@@ -200,7 +207,8 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
 
     The C++ op computes `xp = x W_ih^T` itself (through oneDNN where it is faster) and turns the gate gradients
     into `dx` and `dW_ih` a chunk of steps at a time, so the gradient of `xp` is never held for all steps; it
-    keeps `xp` for the backward only with the `"separate"` variant, the only one whose backward reads it.
+    keeps `xp` for the backward only with the `"separate"` variant, the only one whose backward reads it. The
+    last argument, `grad`, is `torch.is_grad_enabled()` where it is applied: false keeps nothing for a backward.
     """
 
     @staticmethod
@@ -220,9 +228,10 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
         eps: float,
         reverse: bool,
         variant: str,
+        grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = (x, weight_ih, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr)
-        return _forward(ctx, inputs, eps, reverse, variant)  # type: ignore[no-any-return]
+        return _forward(ctx, inputs, eps, reverse, variant, grad)  # type: ignore[no-any-return]
 
     @staticmethod
     @once_differentiable
@@ -231,4 +240,4 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         grads = _backward(ctx, (grad_out, grad_hn, grad_cn))
         need = ctx.needs_input_grad
-        return tuple(g if n else None for g, n in zip(grads, need, strict=False)) + (None, None, None)
+        return tuple(g if n else None for g, n in zip(grads, need, strict=False)) + (None, None, None, None)

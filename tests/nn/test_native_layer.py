@@ -1,0 +1,92 @@
+"""The C++ LSTM loop with the input projection inside (`LSTMLayerNormLayerNative`): the backward's chunks of
+steps, `xp` recomputed for narrow inputs, and the oneDNN matrix products of float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from rnn_stability.nn.layer_norm import LAYER_NORM_VARIANTS
+from tests.nn.native_cases import (
+    ATOL_LOOPS,
+    RTOL_LOOPS,
+    _native_allowed,  # noqa: F401  (fixture, used by name)
+    assert_all_close,
+    build,
+    kernel,  # noqa: F401  (fixture, used by name)
+    native_switch,
+    randn,
+    spy_paths,
+    weighted_loss,
+)
+
+pytestmark = [
+    pytest.mark.usefixtures("kernel"),
+    pytest.mark.filterwarnings("ignore:TF32 acceleration"),  # toggling oneDNN mentions Intel GPUs
+]
+
+
+def _run(module: torch.nn.Module, x: Tensor, enabled: bool) -> tuple[list[Tensor], list[Tensor]]:
+    x = x.detach().requires_grad_()
+    with native_switch(enabled), spy_paths() as spy:
+        out, (h, c) = module(x)
+        values = [out, h, c]
+        grads = torch.autograd.grad(weighted_loss(values), [x, *module.parameters()])
+    directions = module.num_layers * (2 if module.bidirectional else 1)
+    assert spy.calls["native" if enabled else "fused"] == directions
+    return values, list(grads)
+
+
+@pytest.mark.parametrize("variant", LAYER_NORM_VARIANTS)
+@pytest.mark.parametrize("input_size", [2, 9], ids=["xp-recomputed", "xp-kept"])
+def test_several_backward_chunks_match_pytorch_loop(variant: str, input_size: int) -> None:
+    """300 rows make the backward take 4 steps a chunk: 9 steps are 3 chunks, the last one partial; an input of
+    2 features (at most half the hidden size) has the backward recompute xp, one of 9 keeps it."""
+    module = build(input_size=input_size, hidden_size=4, num_layers=2, bidirectional=True, layer_norm=variant)
+    x = randn(9, 300, input_size, seed=4)
+    values, grads = _run(module, x, True)
+    expected_values, expected_grads = _run(module, x, False)
+    assert_all_close(values, expected_values, ATOL_LOOPS, RTOL_LOOPS)
+    # Weight gradients sum 2700 rows, in chunks here and in one product there: float64 rounding of their scale.
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert_all_close([got], [want], 1e-12 * max(1.0, want.abs().max().item()), 1e-9)
+
+
+@pytest.mark.parametrize("variant", LAYER_NORM_VARIANTS)
+def test_float32_onednn_products_close_to_float64(variant: str) -> None:
+    """H = 128 and 8 rows take oneDNN's products in float32 (float64 keeps ATen's): values and gradients stay
+    within float32 rounding of float64, with oneDNN on and off."""
+    sizes = dict(input_size=64, hidden_size=128, num_layers=2, layer_norm=variant, seed=2)
+    module = build(**sizes)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() == 2:
+                p.mul_(0.1)  # weights of the usual scale 1 / sqrt(H): products of moderate size
+    x = randn(6, 8, 64, seed=5)
+    expected_values, expected_grads = _run(module, x, True)
+    low = build(**sizes).float()  # type: ignore[arg-type]
+    low.load_state_dict(module.state_dict())
+    for onednn in (True, False):
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            values, grads = _run(low, x.float(), True)
+        assert_all_close([v.double() for v in values], [v.detach() for v in expected_values], 1e-4, 1e-4)
+        for got, want in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(got.double(), want, atol=5e-4 * want.abs().max().item(), rtol=0)
+
+
+def test_inference_keeps_no_per_step_buffers() -> None:
+    """Under no_grad the loop allocates one step's buffers, not T steps' (the pool grows by a few kB only)."""
+    from rnn_stability.nn import native
+
+    module = build(input_size=3, hidden_size=16, num_layers=2, dtype=torch.float32)
+    x = randn(200, 4, 3, dtype=torch.float32)
+    native.empty_cache()
+    before = native.workspace_bytes()  # blocks that other live tensors still use
+    with torch.no_grad():
+        module(x)
+    per_step = 4 * 16 * 4 * 4  # one step's gate buffer of one layer, in bytes
+    assert native.workspace_bytes() - before < 20 * per_step
+    x.requires_grad_()
+    module(x)[0].sum().backward()
+    assert native.workspace_bytes() - before > 200 * per_step  # training keeps every step's
