@@ -11,13 +11,14 @@ from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
 from rnn_stability.nn.native import LSTMLayerNormLayerNative, native_lstm_supported
 from rnn_stability.nn.recurrence import lstm_gate_shift, lstm_input_gates, lstm_layer_norm_sequence
+from rnn_stability.nn.regularization import LayerMasks
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
 
 __all__ = ["LSTM"]
 
 
 class LSTM(StackedRNNMixin, nn.LSTM):
-    r"""`torch.nn.LSTM` plus keyword-only `layer_norm` and `residual` options.
+    r"""`torch.nn.LSTM` plus keyword-only `layer_norm`, `residual` and regularisation options.
 
     Constructor arguments, defaults, parameter names, gate order `(i, f, g, o)`, `state_dict` keys, input
     and output shapes (`batch_first`, `PackedSequence`, unbatched input, optional `(h0, c0)`) and errors
@@ -70,6 +71,21 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     backward: they are `once_differentiable`). Packed sequences of unequal lengths and `torch.compile`
     differentiate the step loop of `rnn_stability.nn.recurrence` with autograd instead.
 
+    Regularisers (`rnn_stability.nn.regularization`; all off by default, masks from torch's generator or
+    `mask_generator`): `weight_dropout` multiplies each `weight_hh_l{k}` by a DropConnect mask $M / (1-p)$
+    drawn once per forward pass (AWD-LSTM); the Parameters and `state_dict` stay as they are, and without
+    other options each layer still runs torch's kernel with the masked weight. `recurrent_dropout` uses
+    $W_{hh} (h_{t-1} \odot m)$ with one mask $m / (1-p)$ per sequence (Gal & Ghahramani 2016; Keras's
+    semantics: the gates share it). `input_dropout` multiplies each layer's input by one mask per sequence
+    (locked dropout), besides torch's `dropout` between layers. `zoneout` (Krueger et al. 2017):
+    $h_t = d_t \odot h_{t-1} + (1 - d_t) \odot \tilde h_t$, likewise $c_t$, $d_t \sim$ Bernoulli$(p)$
+    at every step, $d_t = p$ in eval. `batch_norm` (Laurent et al. 2016, "Batch Normalized Recurrent
+    Neural Networks") replaces $W_{ih} x_t$ by
+    $\gamma \odot (W_{ih} x_t - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta$, with $\mu, \sigma^2$ the mean
+    and (biased) variance of $W_{ih} x_t$ over the batch and all valid time steps in training (running
+    averages, momentum 0.1, in eval), $\gamma, \beta$ in `batch_norm_ih_l{k}` (a `BatchNorm1d`); the
+    biases and any layer norm come after it. The three dropouts are exactly no-ops in `eval()`.
+
     `residual=True` — every layer whose input width equals its output width (`hidden_size` or
     `proj_size`, times 2 when bidirectional) adds its input to its output, before the inter-layer dropout
     is applied to the next layer's input: all layers but the first, and the first too when `input_size`
@@ -89,12 +105,19 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise gate pre-activations and the cell
             read-out as above; `True` is `"separate"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
+        weight_dropout: DropConnect probability on every `weight_hh_l{k}` (one mask per forward pass).
+        recurrent_dropout: variational dropout probability on `h_{t-1}` entering `W_hh` (one mask per
+            sequence and layer / direction).
+        input_dropout: dropout probability on each layer's input, one mask per sequence shared over time.
+        zoneout: probability that a unit keeps its previous value, per step; a pair `(hidden, cell)` sets the two apart.
+        batch_norm: batch-normalise the input projection `W_ih x_t` over batch and time (running
+            statistics in eval).
 
     Raises:
-        TypeError: if `layer_norm` is neither a bool nor a string, `residual` not a bool, or for torch's own
-            type checks.
-        ValueError: for another string as `layer_norm`, and torch's own checks (sizes, `dropout`,
-            `proj_size`).
+        TypeError: if `layer_norm` is neither a bool nor a string, `residual` or `batch_norm` not a bool, a
+            probability not a number (`zoneout`: nor a pair), or for torch's own type checks.
+        ValueError: for another string as `layer_norm`, a probability outside `[0, 1)`, `batch_norm` with
+            `layer_norm="separate"` (or `True`), and torch's own checks (sizes, `dropout`, `proj_size`).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -132,6 +155,11 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         *,
         layer_norm: bool | LayerNormVariant = False,
         residual: bool = False,
+        weight_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__(
             input_size,
@@ -146,6 +174,11 @@ class LSTM(StackedRNNMixin, nn.LSTM):
             dtype=dtype,
             layer_norm=layer_norm,
             residual=residual,
+            weight_dropout=weight_dropout,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
+            zoneout=zoneout,
+            batch_norm=batch_norm,
         )
 
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
@@ -186,13 +219,17 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         weights: list[Tensor],
         suffix: str,
         reverse: bool,
+        masks: LayerMasks,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The C++ loop of `rnn_stability.nn.native` where it applies, else the PyTorch loops."""
+        # TODO(native loop): the C++ loop takes no recurrent-dropout or zoneout masks yet.
+        if not self.layer_norm or masks.recurrent is not None or any(self.zoneout):
+            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
         params = [*weights, gain, *cell_norm.parameters(), *([] if gain_ih is None else [gain_ih])]
         if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
-            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse)
+            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
         variant = self.layer_norm_variant
         assert variant is not None
         weight_hr = weights[-1] if self.proj_size > 0 else None
@@ -219,13 +256,18 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     def _layer_norm_inputs(
         self, x: Tensor, weights: list[Tensor], suffix: str
     ) -> tuple[Tensor, tuple[Tensor | float | None, ...]]:
+        weight_hr = weights[-1] if self.proj_size > 0 else None
+        eps = self.layer_norm_eps
+        norm = self._input_norm(suffix)
+        if not self.layer_norm:
+            shift = weights[2] + weights[3] if self.bias else None
+            gates = lstm_input_gates(x, weights[0], None, shift, eps, False, norm)
+            return gates, (weights[1], None, None, None, None, weight_hr, eps, False)
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         joint = self.layer_norm_variant == "joint"
         shift = lstm_gate_shift(bias_ih, bias_hh, gain)
-        gates = lstm_input_gates(x, weights[0], gain_ih, shift, self.layer_norm_eps, joint)
+        gates = lstm_input_gates(x, weights[0], gain_ih, shift, eps, joint, norm)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
-        weight_hr = weights[-1] if self.proj_size > 0 else None
-        eps = self.layer_norm_eps
         return gates, (
             weights[1],
             gain,
