@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from rnn_stability.nn import LSTM
 from rnn_stability.nn.layer_norm import LAYER_NORM_VARIANTS
 from tests.nn.native_cases import (
     ATOL_LOOPS,
@@ -27,7 +28,7 @@ pytestmark = [
 ]
 
 
-def _run(module: torch.nn.Module, x: Tensor, enabled: bool) -> tuple[list[Tensor], list[Tensor]]:
+def _run(module: LSTM, x: Tensor, enabled: bool) -> tuple[list[Tensor], list[Tensor]]:
     x = x.detach().requires_grad_()
     with native_switch(enabled), spy_paths() as spy:
         out, (h, c) = module(x)
