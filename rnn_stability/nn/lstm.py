@@ -223,7 +223,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The C++ loop of `rnn_stability.nn.native` where it applies, else the PyTorch loops."""
         # TODO(native loop): the C++ loop takes no recurrent-dropout or zoneout masks yet.
-        if not self.layer_norm or masks.recurrent is not None or any(self.zoneout):
+        # Nor batch_norm: it normalises W_ih x, which the C++ op computes itself.
+        if not self.layer_norm or masks.recurrent is not None or any(self.zoneout) or self.batch_norm:
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")

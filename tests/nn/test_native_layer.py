@@ -91,3 +91,15 @@ def test_inference_keeps_no_per_step_buffers() -> None:
     x.requires_grad_()
     module(x)[0].sum().backward()
     assert native.workspace_bytes() - before > 200 * per_step  # training keeps every step's
+
+
+def test_batch_norm_bypasses_the_cpp_loop() -> None:
+    """`batch_norm` normalises `W_ih x`, which the C++ op computes without it: the module runs the PyTorch loop."""
+    module = LSTM(3, 8, layer_norm="joint", batch_norm=True, dtype=torch.float64)
+    x = randn(5, 4, 3, seed=6) * 3 + 2
+    with spy_paths() as spy:
+        out, _ = module(x)
+    assert spy.calls["native"] == 0
+    with native_switch(False):
+        expected, _ = module(x)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
