@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="recorded steps of the 240k stream")
     parser.add_argument("--rounds", type=int, default=15, help="alternating rounds at 240k")
-    parser.add_argument("--large-rounds", type=int, default=7, help="alternating rounds at 14.7M")
+    parser.add_argument("--large-rounds", type=int, default=21, help="alternating rounds at 14.7M")
     parser.add_argument("--large-warmup", type=int, default=30, help="untimed steps per call at 14.7M")
     parser.add_argument("--large-steps", type=int, default=8, help="timed steps per call at 14.7M")
     parser.add_argument("--threads", type=int, default=1)

@@ -41,13 +41,13 @@ def _check_threshold(name: str, value: float | Tensor) -> Tensor | float:
         # are >= 0 or inf by construction). Zero is allowed (a window of zero norms gives it), unlike a number.
         if uses_host_scalars(value.device) and not float(value) >= 0:
             raise ValueError(f"`{name}` must be >= 0 (inf disables clipping), got {float(value)}.")
-        return value.reshape(())
+        return value if value.dim() == 0 else value.reshape(())  # no view op where none is needed
     return check_positive(name, value, allow_inf=True)
 
 
 def _check_total_norm(total_norm: float | Tensor) -> Tensor:
     if isinstance(total_norm, Tensor) and total_norm.numel() == 1 and total_norm.is_floating_point():
-        return total_norm.reshape(())
+        return total_norm if total_norm.dim() == 0 else total_norm.reshape(())
     if isinstance(total_norm, (int, float)) and not isinstance(total_norm, bool):
         return torch.tensor(float(total_norm))
     raise TypeError(f"`total_norm` must be a float or a 0-d floating-point tensor, got {total_norm!r}.")
@@ -65,10 +65,18 @@ def _clip_by_host_norm_(
     grads: list[Tensor], max_norm: float | Tensor, total_norm: Tensor, kind: type[np.floating]
 ) -> Tensor:
     # The tensor path's arithmetic on numpy scalars of the norm's dtype, so every rounding is the same.
-    norm = kind(total_norm.item())
-    limit = host_float(max_norm.item() if isinstance(max_norm, Tensor) else max_norm, kind)
-    if not norm > limit:  # at or under the threshold, or NaN: the gradients stay as they are
-        return total_norm
+    if isinstance(max_norm, Tensor) and max_norm.dtype is total_norm.dtype:
+        # both values are exact in `kind` as Python floats, so they compare alike without numpy (whose scalar
+        # code is one more thing to load once a large model's gradients have streamed through the caches)
+        norm_value, limit_value = total_norm.item(), max_norm.item()
+        if not norm_value > limit_value:  # at or under the threshold, or NaN: the gradients stay as they are
+            return total_norm
+        norm, limit = kind(norm_value), kind(limit_value)
+    else:
+        norm = kind(total_norm.item())
+        limit = host_float(max_norm.item() if isinstance(max_norm, Tensor) else max_norm, kind)
+        if not norm > limit:
+            return total_norm
     scale = float(limit / (norm + kind(_EPS)))
     for grad in grads:
         # one tensor at a time: a foreach multiply by a Python number would round it to bf16/fp16 first

@@ -26,6 +26,11 @@ __all__ = ["ZClip", "ZScoreClipper"]
 RULES = ("cap", "reciprocal")
 """Accepted values of `clip_rule` in `ZScoreClipper`."""
 
+_PLAIN, _PLAIN_VAR = np.float32(1e15), np.float32(1e30)
+"""Bounds on |norm| and |mean|, and on the variance, within which no float32 operation of a host step can
+overflow or be invalid (with `z_threshold` in [1e-10, 1e10]): products stay under 1e31, quotients' divisors
+above the 1e-6 added to σ."""
+
 _EPS = 1e-6
 """Added to σ in the z-score of the reciprocal rule, as the `zclip` package does (its `eps`)."""
 
@@ -136,6 +141,7 @@ class ZScoreClipper:
         self._alpha32, self._beta32 = host_float(self.alpha), host_float(1.0 - self.alpha)
         self._z32, self._eps32 = host_float(self.z_threshold), host_float(_EPS)
         self._cap32 = host_float(math.inf if self.max_grad_norm is None else self.max_grad_norm)
+        self._plain_z = bool(1e-10 <= self._z32 <= 1e10)  # see `_PLAIN`
         # statistics: host scalars (mean, variance, count of finite norms seen), or the same as 0-d tensors on
         # an accelerator (`None` while on the host), so that counting there needs no sync
         self._mean, self._var, self._count = np.float32(0.0), np.float32(0.0), 0
@@ -218,29 +224,37 @@ class ZScoreClipper:
         return self._step_on_device(total_norm.detach().reshape(()).to(torch.float32))
 
     def _step_on_host(self, norm: np.floating) -> np.floating:
+        mean, var = self._mean, self._var
+        if self._plain_z and -_PLAIN < norm < _PLAIN and -_PLAIN < mean < _PLAIN and 0 <= var < _PLAIN_VAR:
+            # no operation can overflow or be invalid, so there is no warning to silence: `np.errstate` costs
+            # more than the whole step once a large model's gradients have streamed through the caches
+            return self._fold_on_host(norm)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN as the tensors would give, silently
+            return self._fold_on_host(norm)
+
+    def _fold_on_host(self, norm: np.floating) -> np.floating:
         finite = math.isfinite(norm)
         x, mean, var, count = (norm if finite else self._mean), self._mean, self._var, self._count
-        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN as the tensors would give, silently
-            if count < self.warmup_steps:
-                applied = self._cap32
-                if finite:
-                    self._mean, self._var = _welford(mean, var, np.float32(count + 1), x)
+        if count < self.warmup_steps:
+            applied = self._cap32
+            if finite:
+                self._mean, self._var = _welford(mean, var, np.float32(count + 1), x)
+        else:
+            std = self._host_sqrt(var)
+            if self.clip_rule == "cap":
+                applied = mean + self._z32 * std
+                folded = applied if x > applied or math.isnan(applied) else x  # torch.minimum
             else:
-                std = self._host_sqrt(var)
-                if self.clip_rule == "cap":
-                    applied = mean + self._z32 * std
-                    folded = applied if x > applied or np.isnan(applied) else x  # torch.minimum
+                score = _zscore(mean, std, x, self._eps32)
+                if score > self._z32:  # a spike
+                    applied = folded = _reciprocal(mean, std, score, self._z32)
                 else:
-                    score = _zscore(mean, std, x, self._eps32)
-                    if score > self._z32:  # a spike
-                        applied = folded = _reciprocal(mean, std, score, self._z32)
-                    else:
-                        bound = mean + self._z32 * (std + self._eps32)
-                        applied, folded = (x if x > bound else bound), x
-                if applied > self._cap32:
-                    applied = self._cap32
-                if finite:
-                    self._mean, self._var = _ema(mean, var, folded, self._alpha32, self._beta32)
+                    bound = mean + self._z32 * (std + self._eps32)
+                    applied, folded = (x if x > bound else bound), x
+            if applied > self._cap32:
+                applied = self._cap32
+            if finite:
+                self._mean, self._var = _ema(mean, var, folded, self._alpha32, self._beta32)
         if finite:
             self._count = count + 1
         return applied
