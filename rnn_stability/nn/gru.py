@@ -10,8 +10,11 @@ from torch import Tensor, nn
 from rnn_stability.nn.fused import GRULayerNormFunction
 from rnn_stability.nn.fused_joint import GRUJointLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
+from rnn_stability.nn.native import native_lstm_supported
+from rnn_stability.nn.native_gru import GRULayerNormLayerNative, gru_shift
 from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence
-from rnn_stability.nn.stacked import StackedRNNMixin
+from rnn_stability.nn.regularization import LayerMasks
+from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
 
 __all__ = ["GRU"]
 
@@ -52,9 +55,11 @@ class GRU(StackedRNNMixin, nn.GRU):
     direction); the existing biases play the role of the LayerNorm shifts. A torch `state_dict` loads with
     `strict=False` reporting only these as missing.
 
-    Gradients of the layer-norm path: for input whose sequences all have the same length, each layer runs a
-    hand-written backward (`rnn_stability.nn.fused`, `rnn_stability.nn.fused_joint`), which is first-order
-    only (`once_differentiable`: no double backward), as with torch's cuDNN RNN kernels; packed sequences of
+    How the layer-norm path runs: for input whose sequences all have the same length, each layer and direction
+    runs a C++ time loop on CPU in float32/float64 (`rnn_stability.nn.native_gru`, built just in time with the
+    LSTM's; `RNN_STABILITY_NATIVE=0` skips it) and otherwise a PyTorch loop with a hand-written backward
+    (`rnn_stability.nn.fused`, `rnn_stability.nn.fused_joint`). Both are first-order only
+    (`once_differentiable`: no double backward), as with torch's cuDNN RNN kernels; packed sequences of
     unequal lengths and `torch.compile` differentiate the step loop with autograd instead.
 
     The regularisers `weight_dropout`, `recurrent_dropout`, `input_dropout`, `zoneout` and `batch_norm` are
@@ -178,6 +183,43 @@ class GRU(StackedRNNMixin, nn.GRU):
                 x, batch_sizes, hx[0], weights, self.bias, 1, 0.0, self.training, self.bidirectional
             )
         return out, (h,)
+
+    def _layer_norm_direction(
+        self,
+        x: Tensor,
+        step_sizes: list[int],
+        hx: tuple[Tensor, ...],
+        weights: list[Tensor],
+        suffix: str,
+        reverse: bool,
+        masks: LayerMasks,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The C++ loop of `rnn_stability.nn.native_gru` where it applies, else the PyTorch loops."""
+        # The C++ loop takes no recurrent-dropout or zoneout masks, nor batch_norm (it computes W_ih x itself).
+        if not self.layer_norm or masks.recurrent is not None or any(self.zoneout) or self.batch_norm:
+            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
+        bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
+        params = [*weights, gain, *([] if gain_ih is None else [gain_ih])]
+        if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
+            return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
+        variant = self.layer_norm_variant
+        assert variant is not None
+        shift, bias_hn = gru_shift(bias_ih, bias_hh)
+        out, h = GRULayerNormLayerNative.apply(
+            x.view(len(step_sizes), step_sizes[0], x.size(-1)),
+            weights[0],
+            gain_ih,
+            shift,
+            bias_hn,
+            hx[0],
+            weights[1],
+            gain,
+            self.layer_norm_eps,
+            reverse,
+            variant,
+            torch.is_grad_enabled(),
+        )
+        return out.view(x.size(0), out.size(-1)), (h,)
 
     def _layer_norm_inputs(
         self, x: Tensor, weights: list[Tensor], suffix: str

@@ -24,6 +24,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "loop_common.h"
 #include "lstm_rows.h"
 #include "matmul.h"
 #include "workspace.h"
@@ -41,9 +42,6 @@ using namespace rnn_stability;
 
 // Batch rows per task of at::parallel_for: a row is only a few microseconds of work.
 inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 8192 / (4 * H)); }
-
-// Steps per chunk of the backward's weight and input gradients: enough rows for an efficient product.
-inline int64_t chunk_steps(int64_t T, int64_t B) { return std::min<int64_t>(T, std::max<int64_t>(4, 1024 / B)); }
 
 // Per-step buffers, (slots, B, ...) each. With save == false a step reuses slot 0 (cells alternate between two
 // slots, as a step reads the previous step's cell).
@@ -84,14 +82,6 @@ struct Buffers {
                   read_out + H};
   }
 };
-
-Tensor contiguous_or_undefined(const std::optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->contiguous() : Tensor();
-}
-
-Tensor contiguous_or_zeros(const std::optional<Tensor>& t, at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  return t.has_value() && t->defined() ? t->contiguous() : at::zeros(sizes, opts);
-}
 
 // Contiguous copies (where needed) of the layer-norm parameters, owned for as long as Params points into them.
 struct LayerNormParams {
@@ -178,21 +168,6 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   std::vector<Tensor> result{out, h.clone(), c.clone(), keep_xp ? xp : at::empty({0}, opts), pre_proj};
   for (const Tensor& t : buf.list()) result.push_back(t);
   return result;
-}
-
-// h_{t-1} of steps [a, b) as ((b - a) B, out) rows: out of the neighbouring steps, h0 for the first step.
-Tensor previous_states(const Tensor& out, const Tensor& h0, int64_t a, int64_t b, bool reverse) {
-  const int64_t T_ = out.size(0), n = b - a;
-  const int64_t from = reverse ? a + 1 : a - 1;  // h_{t-1} of step a
-  Tensor rows;
-  if (from >= 0 && from + n <= T_) {
-    rows = out.narrow(0, from, n);
-  } else if (reverse) {  // the last step reads h0
-    rows = at::cat({out.narrow(0, from, n - 1), h0.unsqueeze(0)}, 0);
-  } else {  // step 0 reads h0
-    rows = at::cat({h0.unsqueeze(0), out.narrow(0, 0, n - 1)}, 0);
-  }
-  return rows.reshape({n * out.size(1), out.size(2)});
 }
 
 // Returns the gradients of lstm_ln_forward's tensor arguments, in their order: x (xp without weight_ih),
