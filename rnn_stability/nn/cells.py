@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from rnn_stability.nn.layer_norm import (
     GATE_NORMS,
+    INPUT_NORMS,
     GateLayerNorm,
     LayerNormOption,
     LayerNormVariant,
@@ -30,8 +31,9 @@ __all__ = ["GRUCell", "LSTMCell"]
 class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
     """Layer-norm parameters and input checks shared by both cells; listed before the torch cell class.
 
-    Builds the gate normalisations of the variant (`layer_norm_hh`, `layer_norm_gates` or `layer_norm_ih` and
-    `layer_norm_hh`, `num_gates` blocks each), and `layer_norm_cell` for the LSTM.
+    Builds the gate normalisations of the variant (`GATE_NORMS`: `layer_norm_hh`, `layer_norm_gates`, or
+    `layer_norm_ih` / `layer_norm_input` and `layer_norm_hh`, `num_gates` blocks each), and `layer_norm_cell`
+    for the LSTM.
     """
 
     num_gates: int
@@ -70,9 +72,10 @@ class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
         norm: GateLayerNorm = getattr(
             self, "layer_norm_gates" if self.layer_norm_variant == "joint" else "layer_norm_hh"
         )
-        norm_ih: GateLayerNorm | None = getattr(self, "layer_norm_ih", None)
-        gain_ih = norm_ih.weight if norm_ih is not None and self.layer_norm_variant == "separate" else None
-        return gain_ih, norm.weight
+        variant = self.layer_norm_variant
+        name = INPUT_NORMS.get(variant) if variant is not None else None
+        norm_ih: GateLayerNorm | None = None if name is None else getattr(self, name, None)
+        return None if norm_ih is None else norm_ih.weight, norm.weight
 
     def reset_parameters(self) -> None:
         """torch's uniform init for the weights; layer-norm gains 1 and biases 0."""
@@ -141,7 +144,8 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
 
     with parameters `layer_norm_gates.weight` (`(4, hidden_size)`) and `layer_norm_cell.weight` / `.bias`,
     initialised to the identity; `"recurrent"` has `layer_norm_hh.weight` instead of
-    `layer_norm_gates.weight`, `"separate"` both `layer_norm_ih.weight` and `layer_norm_hh.weight`. From a
+    `layer_norm_gates.weight`, `"separate"` both `layer_norm_ih.weight` and `layer_norm_hh.weight`,
+    `"scaled"` both `layer_norm_input.weight` and `layer_norm_hh.weight`. From a
     zero state the first `"joint"` step sees `W_ih x` alone, so only the direction of `x` counts there.
 
     Args:
@@ -150,8 +154,8 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
         bias: use `bias_ih` and `bias_hh` (and the cell-norm shift).
         device: parameter device.
         dtype: parameter dtype.
-        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
-            `"separate"`, `False` (default) is torch's step.
+        layer_norm: `"scaled"`, `"separate"`, `"joint"` or `"recurrent"`: use the layer-normalised step;
+            `True` is `"scaled"`, `False` (default) is torch's step.
         zoneout: probability that each unit keeps its previous value (Krueger et al. 2017), a fresh mask
             per call; eval returns the expectation `p h + (1 - p) h'`. A pair `(hidden, cell)` sets the two apart. The per-sequence regularisers
             need a mask that lasts a whole sequence: use `LSTM` / `GRU` for them.
@@ -202,7 +206,10 @@ class LSTMCell(_LayerNormCellMixin, nn.LSTMCell):
         gain_ih, gain = self._gains()
         joint = self.layer_norm_variant == "joint"
         shift = lstm_gate_shift(self.bias_ih, self.bias_hh, gain)
-        gates = lstm_input_gates(input, self.weight_ih, gain_ih, shift, self.layer_norm_eps, joint)
+        scaled = self.layer_norm_variant == "scaled"
+        gates = lstm_input_gates(
+            input, self.weight_ih, gain_ih, shift, self.layer_norm_eps, joint, scaled=scaled
+        )
         h, c = lstm_layer_norm_step(
             gates,
             hx[0],
@@ -230,7 +237,8 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
     b_{in})$: $r = \sigma(\gamma_r \odot LN(x_r + u_r) + s_r)$, $z = \sigma(\gamma_z \odot LN(x_z + u_z) +
     s_z)$, $n = \tanh(\gamma_n \odot LN(x_n + r \odot u_n) + s_n + r \odot b_{hn})$, $h' = (1 - z) n + z h$.
     Gains of shape `(3, hidden_size)`, initialised to 1: `layer_norm_gates.weight` (`"joint"`),
-    `layer_norm_hh.weight` (`"recurrent"`), `layer_norm_ih.weight` and `layer_norm_hh.weight` (`"separate"`).
+    `layer_norm_hh.weight` (`"recurrent"`), `layer_norm_ih.weight` and `layer_norm_hh.weight` (`"separate"`),
+    `layer_norm_input.weight` and `layer_norm_hh.weight` (`"scaled"`).
 
     Args:
         input_size: number of input features.
@@ -238,8 +246,8 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
         bias: use `bias_ih` and `bias_hh`.
         device: parameter device.
         dtype: parameter dtype.
-        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: use the layer-normalised step; `True` is
-            `"separate"`, `False` (default) is torch's step.
+        layer_norm: `"scaled"`, `"separate"`, `"joint"` or `"recurrent"`: use the layer-normalised step;
+            `True` is `"scaled"`, `False` (default) is torch's step.
         zoneout: probability that each unit keeps its previous value (Krueger et al. 2017), a fresh mask
             per call; eval returns the expectation `p h + (1 - p) h'`. The per-sequence regularisers
             need a mask that lasts a whole sequence: use `LSTM` / `GRU` for them.
@@ -282,8 +290,9 @@ class GRUCell(_LayerNormCellMixin, nn.GRUCell):
         gain_ih, gain = self._gains()
         joint = self.layer_norm_variant == "joint"
         eps = self.layer_norm_eps
+        scaled = self.layer_norm_variant == "scaled"
         gates, shift, bias_hn = gru_input_gates(
-            input, self.weight_ih, gain_ih, self.bias_ih, self.bias_hh, eps, joint
+            input, self.weight_ih, gain_ih, self.bias_ih, self.bias_hh, eps, joint, scaled=scaled
         )
         h = gru_layer_norm_step(gates, hx, self.weight_hh, gain, shift, bias_hn, eps, joint)
         return h if is_batched else h.squeeze(0)

@@ -195,8 +195,7 @@ class GRU(StackedRNNMixin, nn.GRU):
         masks: LayerMasks,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The C++ loop of `rnn_stability.nn.native_gru` where it applies, else the PyTorch loops."""
-        # The C++ loop takes no recurrent-dropout or zoneout masks, nor batch_norm (it computes W_ih x itself).
-        if not self.layer_norm or masks.recurrent is not None or any(self.zoneout) or self.batch_norm:
+        if not self._native_loop_applies(masks):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         params = [*weights, gain, *([] if gain_ih is None else [gain_ih])]
@@ -232,5 +231,8 @@ class GRU(StackedRNNMixin, nn.GRU):
             return gates, (weights[1], None, None, bias_hn, eps, False)
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         joint = self.layer_norm_variant == "joint"
-        gates, shift, bias_hn = gru_input_gates(x, weights[0], gain_ih, bias_ih, bias_hh, eps, joint, norm)
+        scaled = self.layer_norm_variant == "scaled"
+        gates, shift, bias_hn = gru_input_gates(
+            x, weights[0], gain_ih, bias_ih, bias_hh, eps, joint, norm, scaled
+        )
         return gates, (weights[1], gain, shift, bias_hn, eps, joint)

@@ -1,7 +1,8 @@
 """Layer normalisation of gate pre-activations, per gate block, and the choice of what is normalised.
 
-The `layer_norm` argument of our modules takes `"recurrent"`, `"joint"`, `"separate"`, `True` (the
-recommended one, `DEFAULT_LAYER_NORM`) or `False`; the modules' docstrings and the guide give each formula.
+The `layer_norm` argument of our modules takes `"recurrent"`, `"joint"`, `"separate"`, `"scaled"`, `True`
+(the recommended one, `DEFAULT_LAYER_NORM`) or `False`; the modules' docstrings and the guide give each
+formula.
 `GateLayerNorm` holds the gains of one normalised projection (or sum of projections), `gate_layer_norm`
 computes it.
 """
@@ -20,6 +21,7 @@ from torch.nn import functional as F
 __all__ = [
     "DEFAULT_LAYER_NORM",
     "GATE_NORMS",
+    "INPUT_NORMS",
     "LAYER_NORM_VARIANTS",
     "GateLayerNorm",
     "LayerNormOption",
@@ -27,27 +29,35 @@ __all__ = [
     "check_layer_norm",
     "checkpoint_variant_hint",
     "gate_layer_norm",
+    "input_magnitude",
     "layer_norm_variant",
+    "scaled_gate_layer_norm",
 ]
 
-LayerNormVariant = Literal["recurrent", "joint", "separate"]
+LayerNormVariant = Literal["recurrent", "joint", "separate", "scaled"]
 #: What `layer_norm` may name besides `True` and `False`.
-LAYER_NORM_VARIANTS: tuple[LayerNormVariant, ...] = ("recurrent", "joint", "separate")
-#: What `layer_norm=True` selects. `"separate"` (Ba et al. 2016, haste): on the stability suite
-#: (benchmarks/results/stability) the full recipe succeeded in 30/36 normal and 26/36 stressed runs with it,
-#: against 15/36 and 19/36 with `"joint"`. `"joint"` keeps the input's scale, which `"separate"` discards
-#: (benchmarks/results/layer_norm_variants.md): choose it for univariate or few-feature regression inputs
-#: such as forecasting (sunspots: validation MAE about 14 with `"joint"`, 21 with `"separate"`).
-DEFAULT_LAYER_NORM: LayerNormVariant = "separate"
+LAYER_NORM_VARIANTS: tuple[LayerNormVariant, ...] = ("recurrent", "joint", "separate", "scaled")
+#: What `layer_norm=True` selects. `"scaled"` is `"separate"` (Ba et al. 2016, haste) with the normalised
+#: input projection multiplied by the input's mean absolute value, so that it keeps the input's scale, which
+#: `"separate"` discards (with one input feature only the sign of `x_t` is left). On the stability suite
+#: (`benchmarks/results/stability`) it trains as `"separate"` does, where `"joint"` lost most of the adding
+#: and digit runs; on univariate forecasting it is close to `"joint"` and torch
+#: (`benchmarks/results/layer_norm_variants.md`).
+DEFAULT_LAYER_NORM: LayerNormVariant = "scaled"
 
 
 #: The gate normalisations of each variant, by module-attribute name (`_l{k}` suffixes in `LSTM` / `GRU`):
-#: `layer_norm_hh` normalises `W_hh h`, `layer_norm_ih` normalises `W_ih x`, `layer_norm_gates` their sum.
+#: `layer_norm_hh` normalises `W_hh h`, `layer_norm_ih` normalises `W_ih x`, `layer_norm_input` normalises
+#: `W_ih x` and rescales it by the input's mean absolute value (`"scaled"`), `layer_norm_gates` normalises the
+#: sum `W_ih x + W_hh h`.
 GATE_NORMS: dict[LayerNormVariant, tuple[str, ...]] = {
     "recurrent": ("layer_norm_hh",),
     "joint": ("layer_norm_gates",),
     "separate": ("layer_norm_ih", "layer_norm_hh"),
+    "scaled": ("layer_norm_input", "layer_norm_hh"),
 }
+#: The gate norm of `W_ih x`, by the variants that have one.
+INPUT_NORMS: dict[LayerNormVariant, str] = {"separate": "layer_norm_ih", "scaled": "layer_norm_input"}
 
 
 def check_layer_norm(value: object) -> bool | LayerNormVariant:
@@ -81,7 +91,7 @@ def layer_norm_variant(value: bool | LayerNormVariant) -> LayerNormVariant | Non
 
     Examples:
         >>> layer_norm_variant(True), layer_norm_variant("joint"), layer_norm_variant(False)
-        ('separate', 'joint', None)
+        ('scaled', 'joint', None)
     """
     if value is False:
         return None
@@ -90,6 +100,7 @@ def layer_norm_variant(value: bool | LayerNormVariant) -> LayerNormVariant | Non
 
 # The gate gains name what they normalise (`GATE_NORMS`), so a checkpoint's names tell which variant saved it.
 _SAVED_BY: tuple[tuple[str, LayerNormVariant], ...] = (
+    ("layer_norm_input", "scaled"),
     ("layer_norm_ih", "separate"),
     ("layer_norm_gates", "joint"),
     ("layer_norm_hh", "recurrent"),
@@ -129,7 +140,7 @@ class LayerNormOption(nn.Module):
 
     @property
     def layer_norm_variant(self) -> LayerNormVariant | None:
-        """What `layer_norm` normalises: `"recurrent"`, `"joint"`, `"separate"`, or `None` when it is off."""
+        """What `layer_norm` normalises: `"recurrent"`, `"joint"`, `"separate"`, `"scaled"`, or `None` when off."""
         return layer_norm_variant(self.layer_norm)
 
     def _load_from_state_dict(
@@ -197,14 +208,60 @@ def gate_layer_norm(x: Tensor, gain: Tensor, eps: float = 1e-5, shift: Tensor | 
     return torch.addcmul(shift, normalised, gain)
 
 
+def input_magnitude(x: Tensor) -> Tensor:
+    """Mean absolute value of the features of `x` `(..., F)`, shaped `(..., 1, 1)` to scale gate blocks.
+
+    Examples:
+        >>> input_magnitude(torch.tensor([[1.0, -3.0]])).flatten()
+        tensor([2.])
+    """
+    return x.abs().mean(-1, keepdim=True).unsqueeze(-1)
+
+
+def scaled_gate_layer_norm(
+    projection: Tensor, x: Tensor, gain: Tensor, eps: float = 1e-5, shift: Tensor | None = None
+) -> Tensor:
+    r"""The input part of the `"scaled"` variant: `gate_layer_norm(projection)` times the input's magnitude.
+
+    $$a^x_t = \gamma_{ih} \odot LN(W_{ih} x_t) \cdot \tfrac{1}{F} \lVert x_t \rVert_1 \; (+\, shift)$$
+
+    Each gate block of `W_ih x_t` is normalised as Ba, Kiros & Hinton (2016) do, which keeps only its
+    direction, and then multiplied by the mean absolute value of the `F` input features. The result scales
+    with the input as torch's `W_ih x_t` does (`a(c x) = c a(x)` for `c > 0`), so a module sees the magnitude
+    of a univariate input and not only its sign, while an input of unit scale still gets a normalised
+    projection of unit scale.
+
+    Args:
+        projection: `W_ih x`, shape `(..., G * H)`.
+        x: the input it was computed from, shape `(..., F)`.
+        gain: per-gate gains of shape `(G, H)`.
+        eps: added to the variance for numerical stability, a positive finite float.
+        shift: optional per-gate shift of shape `(G, H)` added last.
+
+    Returns:
+        Shape `(..., G, H)`.
+
+    Examples:
+        >>> w = torch.tensor([[1.0], [3.0]])
+        >>> x = torch.tensor([[2.0], [4.0]])
+        >>> scaled_gate_layer_norm(x @ w.T, x, torch.ones(1, 2), eps=1e-12)
+        tensor([[[-2.,  2.]],
+        <BLANKLINE>
+                [[-4.,  4.]]])
+    """
+    normalised = gate_layer_norm(projection, gain, eps) * input_magnitude(x)
+    return normalised if shift is None else normalised + shift
+
+
 class GateLayerNorm(nn.Module):
     """Learnable per-gate-block layer normalisation (gain only) for a fused `(G * H)` gate projection.
 
     Our modules hold one per normalised quantity, named after it (`GATE_NORMS`): `layer_norm_hh` for
-    `W_hh h`, `layer_norm_ih` for `W_ih x` (the `"separate"` variant only), `layer_norm_gates` for their sum
-    (`"joint"`). The shift of each block is left to the recurrent layer's own `bias_ih` / `bias_hh`, which
-    sit right after the normalisation: an extra LayerNorm bias would be redundant with them (and `bias=False`
-    layers stay bias-free). The gain starts at 1, so a fresh module is a plain normalisation.
+    `W_hh h`, `layer_norm_ih` for `W_ih x` (the `"separate"` variant), `layer_norm_input` for `W_ih x`
+    rescaled by the input's magnitude (`"scaled"`), `layer_norm_gates` for their sum (`"joint"`). The shift
+    of each block is left to the recurrent layer's own `bias_ih` / `bias_hh`, which sit right after the
+    normalisation: an extra LayerNorm bias would be redundant with them (and `bias=False` layers stay
+    bias-free). The gain starts at 1, so a fresh module is a plain normalisation.
 
     Args:
         num_gates: number of gate blocks `G` (4 for an LSTM, 3 for a GRU).

@@ -222,9 +222,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         masks: LayerMasks,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The C++ loop of `rnn_stability.nn.native` where it applies, else the PyTorch loops."""
-        # TODO(native loop): the C++ loop takes no recurrent-dropout or zoneout masks yet.
-        # Nor batch_norm: it normalises W_ih x, which the C++ op computes itself.
-        if not self.layer_norm or masks.recurrent is not None or any(self.zoneout) or self.batch_norm:
+        if not self._native_loop_applies(masks):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
@@ -267,7 +265,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
         joint = self.layer_norm_variant == "joint"
         shift = lstm_gate_shift(bias_ih, bias_hh, gain)
-        gates = lstm_input_gates(x, weights[0], gain_ih, shift, eps, joint, norm)
+        scaled = self.layer_norm_variant == "scaled"
+        gates = lstm_input_gates(x, weights[0], gain_ih, shift, eps, joint, norm, scaled)
         cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
         return gates, (
             weights[1],

@@ -1,6 +1,6 @@
 """Time loops of the layer-normalised LSTM and GRU (one layer, one direction).
 
-The input projection (with its own layer norm for `"separate"`) does not depend on the recurrent state, so
+The input projection (with its own layer norm for `"separate"` and `"scaled"`) does not depend on the recurrent state, so
 callers compute it for all time steps at once and pass the per-step slices `xs`; only the recurrent projection
 (and, for `"joint"`, the normalisation of the sum) stays in the loop. The
 loops accept shrinking batches (`PackedSequence` order: batch sizes non-increasing over time), so packed and
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from rnn_stability.nn.layer_norm import gate_layer_norm
+from rnn_stability.nn.layer_norm import gate_layer_norm, scaled_gate_layer_norm
 from rnn_stability.nn.regularization import zoneout_blend
 
 __all__ = [
@@ -57,6 +57,15 @@ def _projection(
     return projection if shift is None else projection + shift.reshape(-1)
 
 
+def _normalised_input(
+    x: Tensor, weight_ih: Tensor, gain_ih: Tensor, eps: float, shift: Tensor | None, scaled: bool
+) -> Tensor:
+    """`gain_ih * LN(W_ih x) + shift`, times the input's magnitude when `scaled`: shape `(..., G, H)`."""
+    if scaled:
+        return scaled_gate_layer_norm(F.linear(x, weight_ih), x, gain_ih, eps, shift)
+    return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift)
+
+
 def lstm_input_gates(
     x: Tensor,
     weight_ih: Tensor,
@@ -65,15 +74,17 @@ def lstm_input_gates(
     eps: float,
     joint: bool,
     norm: Callable[[Tensor], Tensor] | None = None,
+    scaled: bool = False,
 ) -> Tensor:
     """The part of the LSTM gates computed for all time steps at once, shape `(..., 4, H)`.
 
-    `gain_ih * LN(W_ih x) + shift` (`"separate"`: `gain_ih` given), `W_ih x + shift` (`"recurrent"`, or no
-    layer norm), or `W_ih x` alone (`joint`: the step normalises it together with `W_hh h` and adds `shift`
-    after). `norm` (the batch norm of the `batch_norm` option) replaces `W_ih x` by `norm(W_ih x)`.
+    `gain_ih * LN(W_ih x) + shift` (`"separate"`: `gain_ih` given; times the input's mean absolute value
+    with `scaled`, the `"scaled"` variant), `W_ih x + shift` (`"recurrent"`, or no layer norm), or `W_ih x`
+    alone (`joint`: the step normalises it together with `W_hh h` and adds `shift` after). `norm` (the batch
+    norm of the `batch_norm` option) replaces `W_ih x` by `norm(W_ih x)`.
     """
     if gain_ih is not None:
-        return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift)
+        return _normalised_input(x, weight_ih, gain_ih, eps, shift, scaled)
     return _projection(x, weight_ih, None if joint else shift, norm).unflatten(-1, (4, -1))
 
 
@@ -86,11 +97,13 @@ def gru_input_gates(
     eps: float,
     joint: bool,
     norm: Callable[[Tensor], Tensor] | None = None,
+    scaled: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The part of the GRU gates computed for all time steps at once, the joint shift and `b_hn`.
 
     With `shift = (b_ir + b_hr, b_iz + b_hz, b_in)` (the biases outside the reset product): returns
-    `(gain_ih * LN(W_ih x) + shift, None, b_hn)` (`"separate"`), `(W_ih x + shift, None, b_hn)`
+    `(gain_ih * LN(W_ih x) + shift, None, b_hn)` (`"separate"`; times the input's mean absolute value with
+    `scaled`, the `"scaled"` variant), `(W_ih x + shift, None, b_hn)`
     (`"recurrent"`, or no layer norm) or `(W_ih x, shift, b_hn)` (`joint`); the first has shape
     `(..., 3, H)`. `norm` (the batch norm of the `batch_norm` option) replaces `W_ih x` by `norm(W_ih x)`.
     """
@@ -100,7 +113,7 @@ def gru_input_gates(
         b_ih, b_hh = bias_ih.view(3, -1), bias_hh.view(3, -1)
         shift, bias_hn = torch.cat([b_ih[:2] + b_hh[:2], b_ih[2:]], 0), b_hh[2]
     if gain_ih is not None:
-        return gate_layer_norm(F.linear(x, weight_ih), gain_ih, eps, shift), None, bias_hn
+        return _normalised_input(x, weight_ih, gain_ih, eps, shift, scaled), None, bias_hn
     if joint:
         return _projection(x, weight_ih, None, norm).unflatten(-1, (3, -1)), shift, bias_hn
     return _projection(x, weight_ih, shift, norm).unflatten(-1, (3, -1)), None, bias_hn

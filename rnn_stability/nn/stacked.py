@@ -3,10 +3,10 @@
 With both options off the modules call torch's native kernel (`super().forward`) unchanged. Otherwise the
 stack is run one layer at a time, so that residual connections can be added between layers: with
 `layer_norm=False` each layer still runs torch's native one-layer kernel; with layer norm on each layer and
-direction computes its input projection (and, for `"separate"`, its layer norm) for all steps at once, then
-runs the recurrent part step by step: `rnn_stability.nn.fused` (hand-written backward) when all sequences have one
-length (the LSTM runs the C++ loop of `rnn_stability.nn.native` instead where it can), the autograd loops of
-`rnn_stability.nn.recurrence` otherwise.
+direction computes its input projection (and, for `"separate"` and `"scaled"`, its layer norm) for all steps
+at once, then runs the recurrent part step by step: `rnn_stability.nn.fused` (hand-written backward) when all
+sequences have one length (the LSTM runs the C++ loop of `rnn_stability.nn.native` instead where it can), the
+autograd loops of `rnn_stability.nn.recurrence` otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from rnn_stability.nn.layer_norm import (
+    DEFAULT_LAYER_NORM,
     GATE_NORMS,
+    INPUT_NORMS,
     GateLayerNorm,
     LayerNormOption,
     LayerNormVariant,
@@ -99,10 +101,11 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         self.zoneout = check_zoneout(zoneout)
         self.batch_norm = check_flag("batch_norm", batch_norm)
         variant = self.layer_norm_variant
-        if self.batch_norm and variant == "separate":
+        if self.batch_norm and variant in INPUT_NORMS:
             raise ValueError(
-                "`batch_norm` normalises the input projection, which layer_norm='separate' (what True means) "
-                "normalises too: combine batch_norm with layer_norm='recurrent', 'joint' or False"
+                f"`batch_norm` normalises the input projection, which layer_norm={variant!r}"
+                f"{' (what True means)' if variant == DEFAULT_LAYER_NORM else ''} normalises too: combine "
+                "batch_norm with layer_norm='recurrent', 'joint' or False"
             )
         weight = self._flat_weights[0]
         assert isinstance(weight, Tensor)
@@ -179,6 +182,20 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         zoneout = self.zoneout[0] or (self.mode == "LSTM" and self.zoneout[1])
         return bool((self.training and dropouts) or zoneout or self.batch_norm)
 
+    def _native_loop_applies(self, masks: LayerMasks) -> bool:
+        """Whether a layer may run the C++ loops of `rnn_stability.nn.native` / `native_gru` (on a CPU build).
+
+        They take no recurrent-dropout or zoneout masks and no `batch_norm` (they compute `W_ih x` themselves),
+        and do not implement the `"scaled"` variant's input magnitude yet: those run the PyTorch loops.
+        """
+        return bool(
+            self.layer_norm
+            and self.layer_norm_variant != "scaled"
+            and masks.recurrent is None
+            and not any(self.zoneout)
+            and not self.batch_norm
+        )
+
     def _needs_loop(self, masks: LayerMasks) -> bool:
         """Whether a layer runs a time loop of ours: torch's kernel has no place for these."""
         return bool(self.layer_norm or self.batch_norm or masks.recurrent is not None or any(self.zoneout))
@@ -206,15 +223,15 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor]:
         """`(bias_ih, bias_hh, gain_ih, gain)` of one layer and direction.
 
-        `gain` multiplies the normalised `W_hh h` (`"recurrent"`, `"separate"`) or the normalised sum
-        `W_ih x + W_hh h` (`"joint"`); `gain_ih`, that of the normalised `W_ih x`, is `None` but with `"separate"`.
+        `gain` multiplies the normalised `W_hh h` (`"recurrent"`, `"separate"`, `"scaled"`) or the normalised
+        sum `W_ih x + W_hh h` (`"joint"`); `gain_ih`, that of the normalised `W_ih x`, is `None` but with
+        `"separate"` and `"scaled"`.
         """
         bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
-        joint = self.layer_norm_variant == "joint"
-        gain = getattr(self, f"layer_norm_{'gates' if joint else 'hh'}{suffix}").weight
-        norm_ih = (
-            getattr(self, f"layer_norm_ih{suffix}", None) if self.layer_norm_variant == "separate" else None
-        )
+        variant = self.layer_norm_variant
+        gain = getattr(self, f"layer_norm_{'gates' if variant == 'joint' else 'hh'}{suffix}").weight
+        name = INPUT_NORMS.get(variant) if variant is not None else None
+        norm_ih = None if name is None else getattr(self, f"{name}{suffix}", None)
         return bias_ih, bias_hh, None if norm_ih is None else norm_ih.weight, gain
 
     def _layer_norm_direction(

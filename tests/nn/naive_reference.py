@@ -4,7 +4,8 @@ It shares no code with ``rnn_stability.nn``: every gate block is normalised on i
 each sequence of a batch is run separately over its own length, and layers are stacked by hand. Tests compare
 the modules against it. ``layer_norm`` is what is normalised: ``None`` (off), ``"recurrent"`` (``W_hh h`` per gate
 block), ``"joint"`` (``W_ih x + W_hh h`` per gate block; for the GRU's candidate ``W_in x + r * W_hn h``) or
-``"separate"`` (``W_ih x`` and ``W_hh h`` on their own); the LSTM's cell read-out is normalised in all three.
+``"separate"`` (``W_ih x`` and ``W_hh h`` on their own) or ``"scaled"`` (as ``"separate"``, the normalised ``W_ih x``
+times the mean absolute value of ``x``); the LSTM's cell read-out is normalised in all of them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def reference_cell_step(
     bh = list(b_hh.chunk(num_gates)) if b_hh is not None else [zero] * num_gates
     if layer_norm == "joint":
         return _joint_step(mode, x, state, params, bx, bh)
-    gx = _blocks(w_ih @ x, params["g_ih"] if layer_norm == "separate" else None, num_gates)
+    gx = _blocks(w_ih @ x, params["g_ih"] if layer_norm in ("separate", "scaled") else None, num_gates)
+    if layer_norm == "scaled":
+        gx = [block * x.abs().mean() for block in gx]
     gh = _blocks(w_hh @ state[0], params["g_hh"] if layer_norm else None, num_gates)
     ax = [gx[k] + bx[k] for k in range(num_gates)]
     ah = [gh[k] + bh[k] for k in range(num_gates)]
@@ -115,7 +118,9 @@ def _params(module: nn.Module, suffix: str) -> dict[str, Tensor | None]:
         "b_ih": get(f"bias_ih{suffix}"),
         "b_hh": get(f"bias_hh{suffix}"),
         "w_hr": get(f"weight_hr{suffix}"),
-        "g_ih": _sub(module, f"layer_norm_ih{suffix}", "weight"),
+        "g_ih": _sub(module, f"layer_norm_ih{suffix}", "weight")
+        if hasattr(module, f"layer_norm_ih{suffix}")
+        else _sub(module, f"layer_norm_input{suffix}", "weight"),
         "g_hh": _sub(module, f"layer_norm_hh{suffix}", "weight"),
         "g_gates": _sub(module, f"layer_norm_gates{suffix}", "weight"),
         "g_c": _sub(module, f"layer_norm_cell{suffix}", "weight"),

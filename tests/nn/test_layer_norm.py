@@ -14,7 +14,7 @@ from tests.nn.naive_reference import reference_cell_step
 
 variants = pytest.mark.parametrize("variant", LAYER_NORM_VARIANTS)
 # The gate normalisations of each variant, as parameter-name stems (`layer_norm_<kind>_l0.weight`).
-GATE_KINDS = {"recurrent": ["hh"], "joint": ["gates"], "separate": ["ih", "hh"]}
+GATE_KINDS = {"recurrent": ["hh"], "joint": ["gates"], "separate": ["ih", "hh"], "scaled": ["input", "hh"]}
 
 
 @variants
@@ -196,7 +196,7 @@ def test_cells_layer_norm_match_reference_and_gradcheck(cls: type, bias: bool, v
         "b_ih": cell.bias_ih,
         "b_hh": cell.bias_hh,
         "w_hr": None,
-        "g_ih": _weight(cell, "layer_norm_ih"),
+        "g_ih": _weight(cell, "layer_norm_ih" if hasattr(cell, "layer_norm_ih") else "layer_norm_input"),
         "g_hh": _weight(cell, "layer_norm_hh"),
         "g_gates": _weight(cell, "layer_norm_gates"),
         "g_c": _weight(cell, "layer_norm_cell"),
