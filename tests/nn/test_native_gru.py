@@ -15,7 +15,6 @@ from torch import Tensor
 from rnn_stability.nn import GRU
 from rnn_stability.nn.fused import GRULayerNormFunction
 from rnn_stability.nn.fused_joint import GRUJointLayerNormFunction
-from rnn_stability.nn.layer_norm import LAYER_NORM_VARIANTS
 from rnn_stability.nn.native_gru import GRULayerNormLayerNative
 from tests.nn.inputs import flatten_output, make_case
 from tests.nn.naive_reference import reference_forward
@@ -37,7 +36,9 @@ pytestmark = [
     pytest.mark.usefixtures("kernel"),
     pytest.mark.filterwarnings("ignore:TF32 acceleration"),  # toggling oneDNN mentions Intel GPUs
 ]
-variants = pytest.mark.parametrize("variant", LAYER_NORM_VARIANTS)
+# The variants the modules run in C++ ("scaled" is tested on the op itself below).
+MODULE_VARIANTS = ("recurrent", "joint", "separate")
+variants = pytest.mark.parametrize("variant", MODULE_VARIANTS)
 
 
 @contextmanager
@@ -122,7 +123,7 @@ def test_several_backward_chunks(variant: str) -> None:
         assert_all_close([got], [want], 1e-12 * max(1.0, want.abs().max().item()), 1e-9)
 
 
-@variants
+@pytest.mark.parametrize("variant", [*MODULE_VARIANTS, "scaled"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_gradcheck(variant: str, reverse: bool, bias: bool) -> None:
@@ -135,7 +136,7 @@ def test_gradcheck(variant: str, reverse: bool, bias: bool) -> None:
     args = [
         rand(4, 2, 2),
         rand(3 * hidden, 2),
-        rand(3, hidden, offset=1.0) if variant == "separate" else None,
+        rand(3, hidden, offset=1.0) if variant in ("separate", "scaled") else None,
         rand(3, hidden) if bias else None,
         rand(hidden) if bias else None,
         rand(2, hidden),
@@ -196,3 +197,36 @@ def test_environment_variable_runs_the_pytorch_loop() -> None:
     x, h0 = randn(3, 2, 3), randn(4, 2, 4)
     _, _, calls = run(module, x, h0, False)
     assert calls == {"native": 0, "fused": 4}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("input_size", [2, 7], ids=["xp-recomputed", "xp-kept"])
+def test_scaled_variant_matches_pytorch_loop(reverse: bool, input_size: int) -> None:
+    """ "scaled": the separate variant with LN(W_ih x) times the mean absolute value of x_t; values and every
+    gradient (x's through the scale too) against the PyTorch loop fed those input gates."""
+    from rnn_stability.nn.layer_norm import gate_layer_norm
+
+    gen = torch.Generator().manual_seed(11)
+    hidden, steps, batch = 4, 5, 3
+
+    def rand(*shape: int, offset: float = 0.0) -> Tensor:
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.7 + offset).requires_grad_()
+
+    x, w_ih, gain_ih = (
+        rand(steps, batch, input_size),
+        rand(3 * hidden, input_size),
+        rand(3, hidden, offset=1.0),
+    )
+    shift, bias_hn, h0 = rand(3, hidden), rand(hidden), rand(batch, hidden)
+    w_hh, gain_hh = rand(3 * hidden, hidden), rand(3, hidden, offset=1.0)
+    leaves = [x, w_ih, gain_ih, shift, bias_hn, h0, w_hh, gain_hh]
+    out, h = GRULayerNormLayerNative.apply(
+        x, w_ih, gain_ih, shift, bias_hn, h0, w_hh, gain_hh, EPS, reverse, "scaled", True
+    )
+    got = torch.autograd.grad(weighted_loss([out, h]), leaves)
+    magnitude = x.abs().mean(-1, keepdim=True).unsqueeze(-1)
+    gates = gate_layer_norm(torch.nn.functional.linear(x, w_ih), gain_ih, EPS) * magnitude + shift
+    ref = GRULayerNormFunction.apply(gates, h0, w_hh, gain_hh, None, bias_hn, EPS, False, reverse)
+    assert_all_close([out, h], list(ref), ATOL_LOOPS, RTOL_LOOPS)
+    expected = torch.autograd.grad(weighted_loss(list(ref)), leaves)
+    assert_all_close(list(got), list(expected), ATOL_LOOPS, RTOL_LOOPS)

@@ -8,9 +8,12 @@ import torch
 from torch import Tensor
 
 from rnn_stability.nn import LSTM
-from rnn_stability.nn.layer_norm import LAYER_NORM_VARIANTS
+from rnn_stability.nn.fused import LSTMLayerNormFunction
+from rnn_stability.nn.layer_norm import gate_layer_norm
+from rnn_stability.nn.native import LSTMLayerNormLayerNative
 from tests.nn.native_cases import (
     ATOL_LOOPS,
+    EPS,
     RTOL_LOOPS,
     _native_allowed,  # noqa: F401  (fixture, used by name)
     assert_all_close,
@@ -21,6 +24,9 @@ from tests.nn.native_cases import (
     spy_paths,
     weighted_loss,
 )
+
+# The variants the module runs in C++ ("scaled" is tested on the op itself below).
+MODULE_VARIANTS = ("recurrent", "joint", "separate")
 
 pytestmark = [
     pytest.mark.usefixtures("kernel"),
@@ -39,7 +45,7 @@ def _run(module: LSTM, x: Tensor, enabled: bool) -> tuple[list[Tensor], list[Ten
     return values, list(grads)
 
 
-@pytest.mark.parametrize("variant", LAYER_NORM_VARIANTS)
+@pytest.mark.parametrize("variant", MODULE_VARIANTS)
 @pytest.mark.parametrize("input_size", [2, 9], ids=["xp-recomputed", "xp-kept"])
 def test_several_backward_chunks_match_pytorch_loop(variant: str, input_size: int) -> None:
     """300 rows make the backward take 4 steps a chunk: 9 steps are 3 chunks, the last one partial; an input of
@@ -54,7 +60,7 @@ def test_several_backward_chunks_match_pytorch_loop(variant: str, input_size: in
         assert_all_close([got], [want], 1e-12 * max(1.0, want.abs().max().item()), 1e-9)
 
 
-@pytest.mark.parametrize("variant", LAYER_NORM_VARIANTS)
+@pytest.mark.parametrize("variant", MODULE_VARIANTS)
 def test_float32_onednn_products_close_to_float64(variant: str) -> None:
     """H = 128 and 8 rows take oneDNN's products in float32 (float64 keeps ATen's): values and gradients stay
     within float32 rounding of float64, with oneDNN on and off."""
@@ -80,7 +86,7 @@ def test_inference_keeps_no_per_step_buffers() -> None:
     """Under no_grad the loop allocates one step's buffers, not T steps' (the pool grows by a few kB only)."""
     from rnn_stability.nn import native
 
-    module = build(input_size=3, hidden_size=16, num_layers=2, dtype=torch.float32)
+    module = build(input_size=3, hidden_size=16, num_layers=2, dtype=torch.float32, layer_norm="separate")
     x = randn(200, 4, 3, dtype=torch.float32)
     native.empty_cache()
     before = native.workspace_bytes()  # blocks that other live tensors still use
@@ -103,3 +109,65 @@ def test_batch_norm_bypasses_the_cpp_loop() -> None:
     with native_switch(False):
         expected, _ = module(x)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("input_size", [2, 7], ids=["xp-recomputed", "xp-kept"])
+@pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
+def test_scaled_variant_matches_pytorch_loop(reverse: bool, input_size: int, proj: int) -> None:
+    """ "scaled": the separate variant with LN(W_ih x) times the mean absolute value of x_t; values and every
+    gradient (x's through the scale too) against the PyTorch loop fed those input gates."""
+    gen = torch.Generator().manual_seed(12)
+    hidden, steps, batch = 4, 5, 3
+    out_size = proj or hidden
+
+    def rand(*shape: int, offset: float = 0.0) -> Tensor:
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.7 + offset).requires_grad_()
+
+    x, w_ih, gain_ih = (
+        rand(steps, batch, input_size),
+        rand(4 * hidden, input_size),
+        rand(4, hidden, offset=1.0),
+    )
+    shift, h0, c0 = rand(4, hidden), rand(batch, out_size), rand(batch, hidden)
+    w_hh, gain_hh = rand(4 * hidden, out_size), rand(4, hidden, offset=1.0)
+    cell_w, cell_b = rand(hidden, offset=1.0), rand(hidden)
+    w_hr = rand(out_size, hidden) if proj else None
+    leaves = [x, w_ih, gain_ih, shift, h0, c0, w_hh, gain_hh, cell_w, cell_b, *([w_hr] if proj else [])]
+    args = (h0, c0, w_hh, gain_hh, cell_w, cell_b, w_hr)
+    result = LSTMLayerNormLayerNative.apply(x, w_ih, gain_ih, shift, *args, EPS, reverse, "scaled", True)
+    got = torch.autograd.grad(weighted_loss(list(result)), leaves)
+    magnitude = x.abs().mean(-1, keepdim=True).unsqueeze(-1)
+    gates = gate_layer_norm(torch.nn.functional.linear(x, w_ih), gain_ih, EPS) * magnitude + shift
+    ref = LSTMLayerNormFunction.apply(
+        gates, h0, c0, w_hh, gain_hh, None, cell_w, cell_b, w_hr, EPS, False, reverse
+    )
+    assert_all_close(list(result), list(ref), ATOL_LOOPS, RTOL_LOOPS)
+    expected = torch.autograd.grad(weighted_loss(list(ref)), leaves)
+    assert_all_close(list(got), list(expected), ATOL_LOOPS, RTOL_LOOPS)
+
+
+def test_scaled_variant_gradcheck() -> None:
+    gen = torch.Generator().manual_seed(13)
+
+    def rand(*shape: int, offset: float = 0.0) -> Tensor:
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.6 + offset).requires_grad_()
+
+    hidden = 3
+    inputs = (
+        rand(4, 2, 2),
+        rand(4 * hidden, 2),
+        rand(4, hidden, offset=1.0),
+        rand(4, hidden),
+        rand(2, hidden),
+        rand(2, hidden),
+        rand(4 * hidden, hidden),
+        rand(4, hidden, offset=1.0),
+        rand(hidden, offset=1.0),
+        rand(hidden),
+    )
+
+    def fn(*t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return LSTMLayerNormLayerNative.apply(*t, None, EPS, False, "scaled", True)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)

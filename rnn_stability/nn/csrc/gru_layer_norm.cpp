@@ -49,11 +49,12 @@ struct GruBuffers {
   std::vector<Tensor> list() const { return {x_mean, x_rstd, normed, rstd, act, u_n}; }
 
   template <typename T>
-  GruRow<T> row(int64_t slot, int64_t b) const {
+  GruRow<T> row(int64_t slot, int64_t b, T in_scale = 1, T* d_scale = nullptr) const {
     const int64_t B = act.size(1), H = act.size(2) / 3, s = slot * B + b;
     auto at_or_null = [](const Tensor& x, int64_t offset) { return x.numel() > 0 ? x.data_ptr<T>() + offset : nullptr; };
     return GruRow<T>{at_or_null(x_mean, s * 3), at_or_null(x_rstd, s * 3), normed.data_ptr<T>() + s * 3 * H,
-                     rstd.data_ptr<T>() + s * 3,  act.data_ptr<T>() + s * 3 * H,  at_or_null(u_n, s * H)};
+                     rstd.data_ptr<T>() + s * 3,  act.data_ptr<T>() + s * 3 * H,  at_or_null(u_n, s * H),
+                     in_scale,                    d_scale};
   }
 };
 
@@ -74,8 +75,8 @@ GruParamTensors gru_param_tensors(const std::optional<Tensor>& gain_ih, const st
           contiguous_or_zeros(bias_hn, {H}, opts), gain_hh.contiguous()};
 }
 
-Norm gru_norm(c10::string_view name, const std::optional<Tensor>& gain_ih) {
-  const Norm norm = parse_norm(name);
+Norm gru_norm(c10::string_view name, const std::optional<Tensor>& gain_ih, bool* scaled) {
+  const Norm norm = parse_norm(name, scaled);
   TORCH_CHECK((norm == Norm::kSeparate) == (gain_ih.has_value() && gain_ih->defined()),
               "gru_ln: gain_ih is given with the separate normalization and only with it");
   return norm;
@@ -87,11 +88,13 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
                                    const std::optional<Tensor>& shift, const std::optional<Tensor>& bias_hn,
                                    const Tensor& h0_in, const Tensor& weight_hh, const Tensor& gain_hh, double eps,
                                    bool reverse, bool save, c10::string_view normalization) {
-  const Norm norm = gru_norm(normalization, gain_ih);
+  bool scaled = false;
+  const Norm norm = gru_norm(normalization, gain_ih, &scaled);
   TORCH_CHECK(x_in.dim() == 3 && weight_hh.size(0) % 3 == 0, "gru_ln_forward: x must be (T, B, in)");
   const int64_t T_ = x_in.size(0), B = x_in.size(1), H = weight_hh.size(0) / 3;
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
   const auto opts = x.options();
+  const Tensor in_scale = scaled ? x.abs().mean(-1).contiguous() : Tensor();  // "scaled": (T, B)
   const Tensor xp = Linear(weight_ih.contiguous(), T_ * B)(x.view({T_ * B, x.size(2)})).view({T_, B, 3 * H});
   GruBuffers buf(save ? T_ : 1, B, H, norm, opts);
   Tensor out = at::empty({T_, B, H}, opts);
@@ -100,6 +103,7 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
   Tensor h = h0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_ln_forward", [&] {
     const auto p = gru_params<scalar_t>(pt, H, eps, norm);
+    const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0;
       const Tensor u = u_of(h);
@@ -108,7 +112,8 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
       at::parallel_for(0, B, gru_row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           gru_forward_row<scalar_t>(p, xp_p + (t * B + b) * 3 * H, u_p + b * 3 * H, h_p + b * H,
-                                    buf.row<scalar_t>(slot, b), out_p + b * H);
+                                    buf.row<scalar_t>(slot, b, scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
+                                    out_p + b * H);
         }
       });
       h = out[t];
@@ -128,7 +133,8 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
                                     const std::optional<Tensor>& bias_hn, const Tensor& h0_in,
                                     const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& out,
                                     at::TensorList saved, double eps, bool reverse, c10::string_view normalization) {
-  const Norm norm = gru_norm(normalization, gain_ih);
+  bool scaled = false;
+  const Norm norm = gru_norm(normalization, gain_ih, &scaled);
   const GruBuffers buf(saved.vec());
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = weight_ih.contiguous();
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2), in = x.size(2);
@@ -141,6 +147,8 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
   Tensor dh_bufs = at::empty({2, B, H}, opts);
   Tensor acc3 = at::zeros({3, B, 3 * H}, opts), acc_bias_hn = at::zeros({B, H}, opts);
   Tensor scratch = at::empty({B, 6 * H}, opts);
+  const Tensor in_scale = scaled ? x.abs().mean(-1).contiguous() : Tensor();
+  Tensor d_scale = at::empty({scaled ? K : 0, B}, opts);
   const Linear dh_of(weight_hh.t(), B), dx_of(w_ih.t(), K * B), xp_of(recompute ? w_ih : Tensor(), K * B);
   const GruParamTensors pt = gru_param_tensors(gain_ih, shift, bias_hn, gain_hh, H, opts);
   Tensor du_later, dh_later;
@@ -150,6 +158,8 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
     const auto p = gru_params<scalar_t>(pt, H, eps, norm);
     scalar_t *acc3_p = acc3.data_ptr<scalar_t>(), *acc_hn_p = acc_bias_hn.data_ptr<scalar_t>();
     scalar_t* scratch_p = scratch.data_ptr<scalar_t>();
+    const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
+    scalar_t* d_scale_p = scaled ? d_scale.data_ptr<scalar_t>() : nullptr;
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t a = reverse ? k * K : std::max<int64_t>(0, T_ - (k + 1) * K);
       const int64_t b = reverse ? std::min(T_, (k + 1) * K) : T_ - k * K;
@@ -161,6 +171,7 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
         xp_chunk = xp_saved.narrow(0, a, b - a);
       }
       const scalar_t* xp_p = xp_chunk.defined() ? xp_chunk.data_ptr<scalar_t>() : nullptr;
+      if (scaled) d_scale.zero_();
       for (int64_t i = 0; i < b - a; ++i) {
         const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
         Tensor dh = dh_bufs[processed % 2];  // dh_later is the other one
@@ -182,7 +193,10 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
             gru_backward_row<scalar_t>(p, dh_p + r * H, dh_later_p == nullptr ? nullptr : dh_later_p + r * H,
                                        z_later == nullptr ? nullptr : z_later + r * 3 * H,
                                        xp_p == nullptr ? nullptr : xp_p + ((t - a) * B + r) * 3 * H,
-                                       h_prev + r * H, buf.row<scalar_t>(t, r), gxp_p + r * 3 * H, gu_p + r * 3 * H,
+                                       h_prev + r * H,
+                                       buf.row<scalar_t>(t, r, scaled ? scale_p[t * B + r] : scalar_t(1),
+                                                         scaled ? d_scale_p + (t - a) * B + r : nullptr),
+                                       gxp_p + r * 3 * H, gu_p + r * 3 * H,
                                        acc, scratch_p + r * 6 * H);
           }
         });
@@ -196,7 +210,10 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
       const Tensor gxp_rows = gxp.reshape({rows, 3 * H});
       Tensor dx = grad_x.narrow(0, a, b - a).view({rows, in});
       dx_of.out(dx, gxp_rows);
-      add_transposed_product(grad_w_ih, gxp_rows, x.narrow(0, a, b - a).reshape({rows, in}));
+      const Tensor x_rows = x.narrow(0, a, b - a).reshape({rows, in});
+      add_transposed_product(grad_w_ih, gxp_rows, x_rows);
+      // d mean|x| / dx = sign(x) / F.
+      if (scaled) dx.addcmul_(x_rows.sign(), d_scale.narrow(0, 0, b - a).reshape({rows, 1}), 1.0 / in);
     }
   });
   // dL/dh0: through the first step's recurrent product and its update gate.

@@ -34,6 +34,8 @@ struct GruRow {
   T* rstd;    // (3)
   T* act;     // (3H) r, z, n
   T* u_n;     // (H) joint only: u_n, which the reset gate multiplies
+  T in_scale;  // multiplies the normalised input projection ("scaled": the input's magnitude; else 1)
+  T* d_scale;  // backward, "scaled" only: dL/d(in_scale) is added here (else null)
 };
 
 template <typename T>
@@ -105,7 +107,7 @@ void gru_forward_row(const GruParams<T>& p, const T* xp, const T* u, const T* h_
         r.x_mean[k] = xm;
         r.x_rstd[k] = xr;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) ak[j] = (xk[j] - xm) * xr * gi[j] + sk[j];
+        for (int64_t j = 0; j < H; ++j) ak[j] = (xk[j] - xm) * xr * gi[j] * r.in_scale + sk[j];
       } else {
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) ak[j] = xk[j] + sk[j];
@@ -207,12 +209,16 @@ void gru_backward_row(const GruParams<T>& p, T* dh, const T* dh_later, const T* 
     if (p.norm == Norm::kSeparate) {
       const T xm = r.x_mean[k], xr = r.x_rstd[k], *xk = xp + k * H, *gi = p.gain_ih + k * H;
       T *xhat = scratch + 4 * H, *acc_gi = acc.gain_ih + k * H;
-#pragma omp simd
+      T d_scale = 0;
+#pragma omp simd reduction(+ : d_scale)
       for (int64_t j = 0; j < H; ++j) {
         xhat[j] = (xk[j] - xm) * xr;
-        acc_gi[j] += dx[j] * xhat[j];
-        dxk[j] = dx[j] * gi[j];
+        const T ds = dx[j] * r.in_scale;
+        acc_gi[j] += ds * xhat[j];
+        dxk[j] = ds * gi[j];
+        d_scale += dx[j] * gi[j] * xhat[j];
       }
+      if (r.d_scale != nullptr) *r.d_scale += d_scale;
       layer_norm_input_grad(dxk, xhat, H, xr);
     } else {
       std::copy(dx, dx + H, dxk);

@@ -66,7 +66,7 @@ struct Buffers {
 
   // Row b of a slot; its cell read-out goes to `read_out` (2H scratch values of the row).
   template <typename T>
-  Row<T> row(int64_t slot, int64_t cell_slot, int64_t b, T* read_out) const {
+  Row<T> row(int64_t slot, int64_t cell_slot, int64_t b, T* read_out, T in_scale = 1, T* d_scale = nullptr) const {
     const int64_t B = act.size(1), H = cell.size(2), s = slot * B + b;
     T* xm = x_mean.numel() > 0 ? x_mean.data_ptr<T>() + s * 4 : nullptr;
     T* xr = x_rstd.numel() > 0 ? x_rstd.data_ptr<T>() + s * 4 : nullptr;
@@ -79,7 +79,9 @@ struct Buffers {
                   cell_mean.data_ptr<T>() + s,
                   cell_rstd.data_ptr<T>() + s,
                   read_out,
-                  read_out + H};
+                  read_out + H,
+                  in_scale,
+                  d_scale};
   }
 };
 
@@ -95,9 +97,9 @@ Params<T> params(const LayerNormParams& t, int64_t H, double eps, Norm norm) {
                    ptr(t.cell_bias), H,            static_cast<T>(eps), norm};
 }
 
-// gain_ih must be given exactly for the separate normalisation.
-Norm checked_norm(c10::string_view name, const std::optional<Tensor>& gain_ih) {
-  const Norm norm = parse_norm(name);
+// gain_ih must be given exactly for the separate (and scaled) normalisation.
+Norm checked_norm(c10::string_view name, const std::optional<Tensor>& gain_ih, bool* scaled) {
+  const Norm norm = parse_norm(name, scaled);
   TORCH_CHECK((norm == Norm::kSeparate) == (gain_ih.has_value() && gain_ih->defined()),
               "lstm_ln: gain_ih is given with the separate normalization and only with it");
   return norm;
@@ -127,9 +129,13 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
                                     const Tensor& gain_hh, const Tensor& cell_weight,
                                     const std::optional<Tensor>& cell_bias, const std::optional<Tensor>& weight_hr,
                                     double eps, bool reverse, bool save, c10::string_view normalization) {
-  const Norm norm = checked_norm(normalization, gain_ih);
+  bool scaled = false;
+  const Norm norm = checked_norm(normalization, gain_ih, &scaled);
   const int64_t H = weight_hh.size(0) / 4;
   const Tensor w_ih = contiguous_or_undefined(weight_ih);
+  TORCH_CHECK(!scaled || w_ih.defined(), "lstm_ln_forward: the scaled normalization needs x and weight_ih");
+  // "scaled": the mean absolute value of each row's input features, (T, B).
+  const Tensor in_scale = scaled ? x_in.abs().mean(-1).contiguous() : Tensor();
   const Tensor xp = input_projection(x_in, w_ih, H), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
   const int64_t T_ = xp.size(0), B = xp.size(1);
@@ -145,6 +151,7 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
     scalar_t* read_out_p = read_out.data_ptr<scalar_t>();
+    const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0, cell_slot = save ? t : s % 2;
       const Tensor hh = hh_of(h);
@@ -156,7 +163,9 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
       at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           forward_row<scalar_t>(p, xp_p + (t * B + b) * 4 * H, hh_p + b * 4 * H, c_prev + b * H,
-                                buf.row<scalar_t>(slot, cell_slot, b, read_out_p + b * 2 * H), h_p + b * H);
+                                buf.row<scalar_t>(slot, cell_slot, b, read_out_p + b * 2 * H,
+                                                  scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
+                                h_p + b * H);
         }
       });
       if (w_hr.defined()) proj.out(out_t, h_pre);
@@ -182,10 +191,13 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
                                      const std::optional<Tensor>& cell_bias, const std::optional<Tensor>& weight_hr,
                                      const Tensor& out, const Tensor& pre_proj, at::TensorList saved, double eps,
                                      bool reverse, c10::string_view normalization) {
-  const Norm norm = checked_norm(normalization, gain_ih);
+  bool scaled = false;
+  const Norm norm = checked_norm(normalization, gain_ih, &scaled);
   const Tensor w_ih = contiguous_or_undefined(weight_ih), c0 = c0_in.contiguous();
   const bool projected = w_ih.defined();
   const Tensor x = projected ? x_in.contiguous() : Tensor();
+  // "scaled": the input's magnitude per row (recomputed) and, per chunk, the gradient it receives.
+  const Tensor in_scale = scaled ? x.abs().mean(-1).contiguous() : Tensor();
   const Tensor xp = projected ? xp_saved : x_in.contiguous();  // empty unless separate when projected
   const bool recompute = projected && norm == Norm::kSeparate && xp.numel() == 0;
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
@@ -205,6 +217,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   Tensor dc = grad_cn.contiguous().clone();
   Tensor acc4 = at::zeros({3, B, 4 * H}, opts), acc1 = at::zeros({2, B, H}, opts);
   Tensor scratch = at::empty({B, 7 * H}, opts);
+  Tensor d_scale = at::empty({scaled ? K : 0, B}, opts);
   const Linear dh_of(weight_hh.t(), B), dm_of(w_hr.defined() ? w_hr.t() : Tensor(), B);
   const Linear dx_of(projected ? w_ih.t() : Tensor(), K * B), xp_of(recompute ? w_ih : Tensor(), K * B);
   Tensor dhh_later;  // dL/d(W_hh h) of the step processed just before this one (the next one in time order)
@@ -220,6 +233,8 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   };
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_ln_backward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
+    const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
+    scalar_t* d_scale_p = scaled ? d_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
     scalar_t *dc_p = dc.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
     for (int64_t k = 0; k < chunks; ++k) {
@@ -236,6 +251,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
         xp_chunk = xp.narrow(0, a, b - a);
       }
       const scalar_t* xp_p = xp_chunk.defined() ? xp_chunk.data_ptr<scalar_t>() : nullptr;
+      if (scaled) d_scale.zero_();
       for (int64_t i = 0; i < b - a; ++i) {
         const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
         Tensor dh = grad_h[w_hr.defined() ? t : 0];
@@ -257,7 +273,10 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
             scalar_t* row_scratch = scratch_p + r * 7 * H;
             backward_row<scalar_t>(p, dm_p + r * H, xp_p == nullptr ? nullptr : xp_p + ((t - a) * B + r) * 4 * H,
                                    c_prev + r * H, f_next == nullptr ? nullptr : f_next + r * 4 * H,
-                                   buf.row<scalar_t>(t, t, r, row_scratch + 5 * H), dc_p + r * H,
+                                   buf.row<scalar_t>(t, t, r, row_scratch + 5 * H,
+                                                     scaled ? scale_p[t * B + r] : scalar_t(1),
+                                                     scaled ? d_scale_p + (t - a) * B + r : nullptr),
+                                   dc_p + r * H,
                                    gxp_p + r * 4 * H, ghh_p + r * 4 * H, acc, row_scratch);
           }
         });
@@ -271,7 +290,10 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
         const Tensor gxp_rows = gxp.reshape({rows, 4 * H});
         Tensor dx = grad_x.narrow(0, a, b - a).view({rows, x.size(2)});
         dx_of.out(dx, gxp_rows);
-        add_transposed_product(grad_w_ih, gxp_rows, x.narrow(0, a, b - a).reshape({rows, x.size(2)}));
+        const Tensor x_rows = x.narrow(0, a, b - a).reshape({rows, x.size(2)});
+        add_transposed_product(grad_w_ih, gxp_rows, x_rows);
+        // d mean|x| / dx = sign(x) / F.
+        if (scaled) dx.addcmul_(x_rows.sign(), d_scale.narrow(0, 0, b - a).reshape({rows, 1}), 1.0 / x.size(2));
       }
     }
   });

@@ -36,6 +36,8 @@ struct Row {
   T* cell_rstd;  // (1)
   T* cell_xhat;  // (H) LN(c_t) before its gain and bias: scratch, recomputed by the backward
   T* tc;         // (H) tanh of the cell read-out: scratch, recomputed by the backward
+  T in_scale;    // multiplies the normalised input projection ("scaled": the input's magnitude; else 1)
+  T* d_scale;    // backward, "scaled" only: dL/d(in_scale) is added here (else null)
 };
 
 // cell_xhat and tc of a row from its cell, mean and rstd: what forward_row computes, in the same order (the
@@ -90,7 +92,7 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         nk[j] = (hk[j] - hm) * hr;
-        ak[j] = (xk[j] - xm) * xr * gi[j] + nk[j] * gh[j] + sk[j];
+        ak[j] = (xk[j] - xm) * xr * gi[j] * r.in_scale + nk[j] * gh[j] + sk[j];
       }
     }
     if (k == 2) {
@@ -154,15 +156,19 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
     if (p.norm == Norm::kSeparate) {
       const T xm = r.x_mean[k], xr = r.x_rstd[k], *xk = xp + o4, *gi = p.gain_ih + o4;
       T *xhat = d_cell, *acc_gi = acc.gain_ih + o4;  // d_cell reused: (H) normalised input block
-#pragma omp simd
+      T d_scale = 0;
+#pragma omp simd reduction(+ : d_scale)
       for (int64_t j = 0; j < H; ++j) {
         xhat[j] = (xk[j] - xm) * xr;
-        acc_gi[j] += d[j] * xhat[j];
+        const T ds = d[j] * r.in_scale;
+        acc_gi[j] += ds * xhat[j];
         acc_shift[j] += d[j];
         acc_gh[j] += d[j] * normed[j];
-        dx[j] = d[j] * gi[j];
+        dx[j] = ds * gi[j];
         dh[j] = d[j] * gh[j];
+        d_scale += d[j] * gi[j] * xhat[j];
       }
+      if (r.d_scale != nullptr) *r.d_scale += d_scale;
       layer_norm_input_grad(dx, xhat, H, xr);
     } else {
 #pragma omp simd
