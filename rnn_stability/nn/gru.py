@@ -40,19 +40,21 @@ class GRU(StackedRNNMixin, nn.GRU):
     \end{aligned}
     $$
 
-    `"recurrent"` and `"separate"` normalise the projections apart, with
-    $a^x = x + b_{ih}$ (`"recurrent"`) or $a^x = \gamma_{ih} \odot LN(x) + b_{ih}$ (`"separate"`), and
+    `"recurrent"`, `"separate"` and `"scaled"` normalise the projections apart, with
+    $a^x = x + b_{ih}$ (`"recurrent"`), $a^x = \gamma_{ih} \odot LN(x) + b_{ih}$ (`"separate"`) or
+    $a^x = \gamma_{ih} \odot LN(x) \cdot \bar{x}_t + b_{ih}$ with $\bar{x}_t$ the mean absolute value of
+    the input features (`"scaled"`, so that $a^x$ scales with the input), and
     $a^h = \gamma_{hh} \odot LN(u) + b_{hh}$:
 
     $$
     r = \sigma(a^x_r + a^h_r), \quad z = \sigma(a^x_z + a^h_z), \quad n = \tanh(a^x_n + r \odot a^h_n)
     $$
 
-    and then $h_t = (1 - z) \odot n + z \odot h_{t-1}$ for all three. Why `"separate"` (what `True` means) is the default and when to
-    prefer another: see `rnn_stability.nn.LSTM` and the guide. Gains of shape `(3, hidden_size)`, initialised
-    to 1, are `layer_norm_gates_l{k}.weight` ($\gamma$), `layer_norm_hh_l{k}.weight` ($\gamma_{hh}$) and,
-    for `"separate"` only, `layer_norm_ih_l{k}.weight` ($\gamma_{ih}$) (`_reverse` for the backward
-    direction); the existing biases play the role of the LayerNorm shifts. A torch `state_dict` loads with
+    and then $h_t = (1 - z) \odot n + z \odot h_{t-1}$ for all of them. Why `"scaled"` (what `True` means)
+    is the default and when to prefer another: see `rnn_stability.nn.LSTM` and the guide. Gains of shape
+    `(3, hidden_size)`, initialised to 1, are `layer_norm_gates_l{k}.weight` ($\gamma$),
+    `layer_norm_hh_l{k}.weight` ($\gamma_{hh}$) and $\gamma_{ih}$, `layer_norm_ih_l{k}.weight`
+    (`"separate"`) or `layer_norm_input_l{k}.weight` (`"scaled"`) (`_reverse` for the backward direction); the existing biases play the role of the LayerNorm shifts. A torch `state_dict` loads with
     `strict=False` reporting only these as missing.
 
     How the layer-norm path runs: for input whose sequences all have the same length, each layer and direction
@@ -80,8 +82,8 @@ class GRU(StackedRNNMixin, nn.GRU):
         bidirectional: run a second, reversed direction per layer and concatenate the outputs.
         device: device of the parameters.
         dtype: dtype of the parameters.
-        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise the gate pre-activations as above;
-            `True` is `"separate"`, `False` (default) turns it off.
+        layer_norm: `"scaled"`, `"separate"`, `"joint"` or `"recurrent"`: normalise the gate
+            pre-activations as above; `True` is `"scaled"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
         weight_dropout: DropConnect probability on every `weight_hh_l{k}` (one mask per forward pass).
         recurrent_dropout: variational dropout probability on `h_{t-1}` entering `W_hh` (one mask per
@@ -96,8 +98,8 @@ class GRU(StackedRNNMixin, nn.GRU):
         TypeError: if `layer_norm` is neither a bool nor a string, `residual` or `batch_norm` not a bool, a
             probability not a number, or for torch's own type checks.
         ValueError: for another string as `layer_norm`, a probability outside `[0, 1)`, `batch_norm` with
-            `layer_norm="separate"` (or `True`), and torch's own checks (sizes, `dropout`, `proj_size` given
-            to a GRU).
+            `layer_norm="scaled"` (or `True`) or `"separate"`, and torch's own checks (sizes, `dropout`,
+            `proj_size` given to a GRU).
 
     Examples:
         >>> _ = torch.manual_seed(0)

@@ -34,11 +34,14 @@ class LSTM(StackedRNNMixin, nn.LSTM):
     \text{joint:} \quad (i, f, g, o) &= \gamma \odot LN(W_{ih} x_t + W_{hh} h_{t-1}) + b_{ih} + b_{hh} \\
     \text{recurrent:} \quad (i, f, g, o) &= W_{ih} x_t + b_{ih} + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
     \text{separate:} \quad (i, f, g, o) &= \gamma_{ih} \odot LN(W_{ih} x_t) + b_{ih}
-        + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh}
+        + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh} \\
+    \text{scaled:} \quad (i, f, g, o) &= \gamma_{ih} \odot LN(W_{ih} x_t) \cdot \bar{x}_t + b_{ih}
+        + \gamma_{hh} \odot LN(W_{hh} h_{t-1}) + b_{hh}, \quad
+        \bar{x}_t = \tfrac{1}{F} \textstyle\sum_j |x_{t,j}|
     \end{aligned}
     $$
 
-    and then, for all three,
+    and then, for all of them,
 
     $$
     c_t = \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g), \qquad
@@ -48,20 +51,25 @@ class LSTM(StackedRNNMixin, nn.LSTM):
 
     `"joint"` normalises the summed input of each gate as Ba et al. do for a recurrent layer (their eq. 4)
     and TensorFlow's `LayerNormBasicLSTMCell` does for the LSTM: the input keeps its scale relative to the
-    recurrent term. `"separate"` (haste's `LayerNormLSTM`; what `True` means) normalises `W_ih x_t`
-    on its own, which keeps only its direction: with one or a few input features the module is nearly blind
-    to the input's magnitude. `"recurrent"` leaves the input projection as torch has it. The cell state `c_t`
-    is carried un-normalised; only its read-out is normalised. `layer_norm=True` means `"separate"`, which
-    trained best on the stability suite (`benchmarks/results/stability`); pass `"joint"` for univariate or
-    few-feature regression inputs such as forecasting (`benchmarks/results/layer_norm_variants.md`).
+    recurrent term. `"separate"` (haste's `LayerNormLSTM`) normalises `W_ih x_t` on its own, which keeps
+    only its direction: with one or a few input features the module is nearly blind to the input's magnitude
+    (one feature: only its sign is left). `"scaled"` (what `True` means) multiplies that normalised
+    projection by the mean absolute value $\bar{x}_t$ of the `F` input features, so it scales with the input
+    as torch's `W_ih x_t` does (`rnn_stability.nn.layer_norm.scaled_gate_layer_norm`) while an input of unit
+    scale still gets a projection of unit scale. `"recurrent"` leaves the input projection as torch has it.
+    The cell state `c_t` is carried un-normalised; only its read-out is normalised. `"scaled"` trained as
+    well as `"separate"` on the stability suite (`benchmarks/results/stability`), where `"joint"` lost most
+    adding and digit runs, and forecasts a univariate series about as well as torch and `"joint"`
+    (`benchmarks/results/layer_norm_variants.md`).
 
     Parameters (`_reverse` suffix for the backward direction), gains starting at 1 and shifts at 0:
-    $\gamma$ is `layer_norm_gates_l{k}.weight`, $\gamma_{ih}$ and $\gamma_{hh}$ are
-    `layer_norm_ih_l{k}.weight` and `layer_norm_hh_l{k}.weight` (shape `(4, hidden_size)` each), and
-    $\gamma_c, \beta_c$ are `layer_norm_cell_l{k}.weight` / `.bias` (no $\beta_c$ when `bias=False`). Only
-    `"separate"` has `layer_norm_ih_*`: its checkpoints load into `layer_norm="separate"`, and loading them
-    into another variant warns which one to pick. A plain torch `state_dict` loads with `strict=False`
-    reporting only the layer-norm parameters as missing. The input projection (and for `"separate"` its
+    $\gamma$ is `layer_norm_gates_l{k}.weight`, $\gamma_{ih}$ is `layer_norm_ih_l{k}.weight` (`"separate"`)
+    or `layer_norm_input_l{k}.weight` (`"scaled"`), $\gamma_{hh}$ is `layer_norm_hh_l{k}.weight` (shape
+    `(4, hidden_size)` each), and $\gamma_c, \beta_c$ are `layer_norm_cell_l{k}.weight` / `.bias` (no
+    $\beta_c$ when `bias=False`). The gain names tell the variants apart: a checkpoint loads into the
+    variant that saved it, and loading it into another one warns which to pick (checkpoints saved when
+    `True` meant `"separate"` load with `layer_norm="separate"`). A plain torch `state_dict` loads with
+    `strict=False` reporting only the layer-norm parameters as missing. The input projection (and its
     normalisation) is computed for all time steps at once; only the recurrent part runs step by step.
 
     How the layer-norm path runs: for input whose sequences all have the same length, each layer and direction
@@ -102,8 +110,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         proj_size: if > 0, project `h` to this size (LSTM with projections).
         device: device of the parameters.
         dtype: dtype of the parameters.
-        layer_norm: `"joint"`, `"recurrent"` or `"separate"`: normalise gate pre-activations and the cell
-            read-out as above; `True` is `"separate"`, `False` (default) turns it off.
+        layer_norm: `"scaled"`, `"separate"`, `"joint"` or `"recurrent"`: normalise gate pre-activations
+            and the cell read-out as above; `True` is `"scaled"`, `False` (default) turns it off.
         residual: add each width-preserving layer's input to its output.
         weight_dropout: DropConnect probability on every `weight_hh_l{k}` (one mask per forward pass).
         recurrent_dropout: variational dropout probability on `h_{t-1}` entering `W_hh` (one mask per
@@ -117,7 +125,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         TypeError: if `layer_norm` is neither a bool nor a string, `residual` or `batch_norm` not a bool, a
             probability not a number (`zoneout`: nor a pair), or for torch's own type checks.
         ValueError: for another string as `layer_norm`, a probability outside `[0, 1)`, `batch_norm` with
-            `layer_norm="separate"` (or `True`), and torch's own checks (sizes, `dropout`, `proj_size`).
+            `layer_norm="scaled"` (or `True`) or `"separate"`, and torch's own checks (sizes, `dropout`,
+            `proj_size`).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -130,7 +139,7 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         >>> isinstance(lstm, torch.nn.LSTM)
         True
         >>> lstm.layer_norm_variant, LSTM(1, 4, layer_norm="recurrent").layer_norm_hh_l0.weight.shape
-        ('separate', torch.Size([4, 4]))
+        ('scaled', torch.Size([4, 4]))
     """
 
     num_gates = 4
