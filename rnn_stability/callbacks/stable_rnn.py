@@ -39,7 +39,7 @@ class StableRNN(Callback):
     Args:
         layer_norm: turn on layer normalisation (Ba, Kiros & Hinton (2016), "Layer Normalization"): `True`
             (the default variant, `rnn_stability.nn.layer_norm.DEFAULT_LAYER_NORM`) or a variant name,
-            `"joint"`, `"recurrent"` or `"separate"`, as the modules' `layer_norm` takes.
+            `"scaled"`, `"separate"`, `"joint"` or `"recurrent"`, as the modules' `layer_norm` takes.
         residual: turn on residual connections between width-preserving layers (layers only).
         include: module names or fnmatch patterns (as in `named_modules`) to convert; `None`: all.
         exclude: module names or patterns to leave alone.

@@ -255,10 +255,11 @@ def convert_rnn(
             matching recurrent modules are converted. `None` (default): all.
         exclude: names or patterns of recurrent modules to leave alone (applied after `include`).
         **options: our constructors' keyword options, e.g. `layer_norm` (`True` or a variant name:
-            `"joint"`, `"recurrent"`, `"separate"`; see `rnn_stability.nn.LSTM`), `residual` and the
-            regularisers `weight_dropout`, `recurrent_dropout`, `input_dropout`, `zoneout`, `batch_norm`
-            (cells take only the options they have: `layer_norm`, `zoneout`). Reconverting to another variant keeps the gains both have
-            (`layer_norm_hh_*` between `"recurrent"` and `"separate"`) and makes fresh ones for the rest.
+            `"scaled"`, `"separate"`, `"joint"`, `"recurrent"`; see `rnn_stability.nn.LSTM`), `residual` and
+            the regularisers `weight_dropout`, `recurrent_dropout`, `input_dropout`, `zoneout`, `batch_norm`
+            (cells take only the options they have: `layer_norm`, `zoneout`). Reconverting to another
+            variant keeps the gains both have (`layer_norm_hh_*` among `"recurrent"`, `"separate"` and
+            `"scaled"`) and makes fresh ones for the rest.
 
     Returns:
         `module`, converted.
@@ -272,7 +273,7 @@ def convert_rnn(
         >>> model = nn.Sequential(nn.LSTM(3, 4))
         >>> model = convert_rnn(model, layer_norm=True)
         >>> type(model[0]).__module__, model[0].layer_norm, model[0].layer_norm_variant
-        ('rnn_stability.nn.lstm', True, 'separate')
+        ('rnn_stability.nn.lstm', True, 'scaled')
     """
     convert_rnn_modules(module, include=include, exclude=exclude, **options)
     return module

@@ -185,15 +185,11 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
     def _native_loop_applies(self, masks: LayerMasks) -> bool:
         """Whether a layer may run the C++ loops of `rnn_stability.nn.native` / `native_gru` (on a CPU build).
 
-        They take no recurrent-dropout or zoneout masks and no `batch_norm` (they compute `W_ih x` themselves),
-        and do not implement the `"scaled"` variant's input magnitude yet: those run the PyTorch loops.
+        They take no recurrent-dropout or zoneout masks and no `batch_norm` (they compute `W_ih x` themselves):
+        those run the PyTorch loops.
         """
         return bool(
-            self.layer_norm
-            and self.layer_norm_variant != "scaled"
-            and masks.recurrent is None
-            and not any(self.zoneout)
-            and not self.batch_norm
+            self.layer_norm and masks.recurrent is None and not any(self.zoneout) and not self.batch_norm
         )
 
     def _needs_loop(self, masks: LayerMasks) -> bool:
