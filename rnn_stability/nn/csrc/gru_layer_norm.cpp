@@ -15,6 +15,7 @@
 #include "gru_rows.h"
 #include "loop_common.h"
 #include "matmul.h"
+#include "regularization_rows.h"
 #include "workspace.h"
 
 #include <algorithm>
@@ -87,7 +88,8 @@ Norm gru_norm(c10::string_view name, const std::optional<Tensor>& gain_ih, bool*
 std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, const std::optional<Tensor>& gain_ih,
                                    const std::optional<Tensor>& shift, const std::optional<Tensor>& bias_hn,
                                    const Tensor& h0_in, const Tensor& weight_hh, const Tensor& gain_hh, double eps,
-                                   bool reverse, bool save, c10::string_view normalization) {
+                                   bool reverse, bool save, c10::string_view normalization,
+                                   const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h) {
   bool scaled = false;
   const Norm norm = gru_norm(normalization, gain_ih, &scaled);
   TORCH_CHECK(x_in.dim() == 3 && weight_hh.size(0) % 3 == 0, "gru_ln_forward: x must be (T, B, in)");
@@ -97,23 +99,29 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
   const Tensor in_scale = scaled ? x.abs().mean(-1).contiguous() : Tensor();  // "scaled": (T, B)
   const Tensor xp = Linear(weight_ih.contiguous(), T_ * B)(x.view({T_ * B, x.size(2)})).view({T_, B, 3 * H});
   GruBuffers buf(save ? T_ : 1, B, H, norm, opts);
-  Tensor out = at::empty({T_, B, H}, opts);
+  Tensor out = at::empty({T_, B, H}, opts), u_buf = at::empty({B, 3 * H}, opts);
   const Linear u_of(weight_hh, B);
   const GruParamTensors pt = gru_param_tensors(gain_ih, shift, bias_hn, gain_hh, H, opts);
   Tensor h = h0;
+  // Recurrent dropout (the masked state enters W_hh only) and zoneout (regularization_rows.h).
+  const Tensor rec = recurrent_mask(rec_mask, B, H, opts);
+  const Zone zh(zone_h, T_, B, H, opts);
+  Tensor h_rec = at::empty({rec.defined() ? B : 0, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_ln_forward", [&] {
     const auto p = gru_params<scalar_t>(pt, H, eps, norm);
     const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0;
-      const Tensor u = u_of(h);
+      const Tensor u = u_of.into(u_buf, rec.defined() ? at::mul_out(h_rec, h, rec) : h);
       const scalar_t *xp_p = xp.data_ptr<scalar_t>(), *u_p = u.data_ptr<scalar_t>(), *h_p = h.data_ptr<scalar_t>();
       scalar_t* out_p = out[t].data_ptr<scalar_t>();
+      const scalar_t* kh_p = zh.on() ? zh.step<scalar_t>(t) : nullptr;
       at::parallel_for(0, B, gru_row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           gru_forward_row<scalar_t>(p, xp_p + (t * B + b) * 3 * H, u_p + b * 3 * H, h_p + b * H,
                                     buf.row<scalar_t>(slot, b, scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
                                     out_p + b * H);
+          if (kh_p != nullptr) zone_blend(out_p + b * H, h_p + b * H, kh_p + b * H, H);
         }
       });
       h = out[t];
@@ -132,7 +140,8 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
                                     const std::optional<Tensor>& gain_ih, const std::optional<Tensor>& shift,
                                     const std::optional<Tensor>& bias_hn, const Tensor& h0_in,
                                     const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& out,
-                                    at::TensorList saved, double eps, bool reverse, c10::string_view normalization) {
+                                    at::TensorList saved, double eps, bool reverse, c10::string_view normalization,
+                                    const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h) {
   bool scaled = false;
   const Norm norm = gru_norm(normalization, gain_ih, &scaled);
   const GruBuffers buf(saved.vec());
@@ -153,6 +162,11 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
   const GruParamTensors pt = gru_param_tensors(gain_ih, shift, bias_hn, gain_hh, H, opts);
   Tensor du_later, dh_later;
   int64_t later = -1, processed = 0;
+  // Recurrent dropout and zoneout: the masks and dL/dh_t of the zoned state (two slots alternating; dh_bufs
+  // then hold the gradients of the new states, which the row kernels read).
+  const Tensor rec = recurrent_mask(rec_mask, B, H, opts);
+  const Zone zh(zone_h, T_, B, H, opts);
+  Tensor d_state = at::empty({zh.on() ? 2 : 0, B, H}, opts);
   const int64_t chunks = (T_ + K - 1) / K;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "gru_ln_backward", [&] {
     const auto p = gru_params<scalar_t>(pt, H, eps, norm);
@@ -175,8 +189,15 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
       for (int64_t i = 0; i < b - a; ++i) {
         const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
         Tensor dh = dh_bufs[processed % 2];  // dh_later is the other one
+        Tensor ds = zh.on() ? d_state[processed % 2] : dh;
         if (later < 0) {
-          at::add_out(dh, grad_out[t], grad_hn);
+          at::add_out(ds, grad_out[t], grad_hn);
+        } else if (zh.on() || rec.defined()) {  // the later step read m h_t (m = 1 without recurrent dropout)
+          if (rec.defined()) {
+            at::addcmul_out(ds, grad_out[t], dh_of(du_later), rec);
+          } else {
+            dh_of.add_out(ds, grad_out[t], du_later);
+          }
         } else {
           dh_of.add_out(dh, grad_out[t], du_later);
         }
@@ -186,12 +207,25 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
         const scalar_t* dh_later_p = later < 0 ? nullptr : dh_later.data_ptr<scalar_t>();
         scalar_t *dh_p = dh.data_ptr<scalar_t>(), *gxp_p = gxp[t - a].data_ptr<scalar_t>();
         scalar_t* gu_p = gu[t - a].data_ptr<scalar_t>();
+        // Zoneout: the state's gradient gets the later step's update-gate path and carry here, then gives the
+        // new state's to the row kernel (which then adds nothing).
+        scalar_t* ds_p = zh.on() ? ds.data_ptr<scalar_t>() : nullptr;
+        const scalar_t* ds_later_p = zh.on() && later >= 0 ? d_state[(processed + 1) % 2].data_ptr<scalar_t>() : nullptr;
+        const scalar_t* kh_later = ds_later_p != nullptr ? zh.step<scalar_t>(later) : nullptr;
+        const scalar_t* kh_p = zh.on() ? zh.step<scalar_t>(t) : nullptr;
         at::parallel_for(0, B, gru_row_grain(H), [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
+            if (ds_p != nullptr) {
+              if (ds_later_p != nullptr) {
+                add_product(ds_p + r * H, dh_later_p + r * H, z_later + r * 3 * H, H);
+              }
+              zone_split(ds_p + r * H, ds_later_p == nullptr ? nullptr : ds_later_p + r * H,
+                         kh_later == nullptr ? nullptr : kh_later + r * H, kh_p + r * H, dh_p + r * H, H);
+            }
             const GruAcc<scalar_t> acc{acc3_p + r * 3 * H, acc3_p + (B + r) * 3 * H, acc3_p + (2 * B + r) * 3 * H,
                                        acc_hn_p + r * H};
             gru_backward_row<scalar_t>(p, dh_p + r * H, dh_later_p == nullptr ? nullptr : dh_later_p + r * H,
-                                       z_later == nullptr ? nullptr : z_later + r * 3 * H,
+                                       z_later == nullptr || ds_p != nullptr ? nullptr : z_later + r * 3 * H,
                                        xp_p == nullptr ? nullptr : xp_p + ((t - a) * B + r) * 3 * H,
                                        h_prev + r * H,
                                        buf.row<scalar_t>(t, r, scaled ? scale_p[t * B + r] : scalar_t(1),
@@ -206,7 +240,8 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
         ++processed;
       }
       const int64_t rows = (b - a) * B;
-      add_transposed_product(grad_w_hh, gu.reshape({rows, 3 * H}), previous_states(out, h0, a, b, reverse));
+      add_transposed_product(grad_w_hh, gu.reshape({rows, 3 * H}),
+                             masked_rows(previous_states(out, h0, a, b, reverse), rec));
       const Tensor gxp_rows = gxp.reshape({rows, 3 * H});
       Tensor dx = grad_x.narrow(0, a, b - a).view({rows, in});
       dx_of.out(dx, gxp_rows);
@@ -218,6 +253,9 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
   });
   // dL/dh0: through the first step's recurrent product and its update gate.
   Tensor grad_h0 = dh_of(du_later).addcmul_(dh_later, buf.act[later].narrow(1, H, H));
+  // Recurrent dropout: W_hh read m h0; zoneout: h0 also reaches the first step's zoned state directly.
+  if (rec.defined()) grad_h0 = (dh_of(du_later) * rec).addcmul_(dh_later, buf.act[later].narrow(1, H, H));
+  if (zh.on()) grad_h0.addcmul_(d_state[(processed - 1) % 2], zh.at_step(later));
   Tensor acc3_sum = acc3.sum(1).view({3, 3, H});
   Tensor grad_gain_ih = norm == Norm::kSeparate ? acc3_sum[0] : at::empty({0}, opts);
   return {grad_x, grad_w_ih, grad_gain_ih, acc3_sum[1], acc_bias_hn.sum(0), grad_h0, grad_w_hh, acc3_sum[2]};
@@ -228,11 +266,13 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
 TORCH_LIBRARY_FRAGMENT(rnn_stability, m) {
   m.def(
       "gru_ln_forward(Tensor x, Tensor weight_ih, Tensor? gain_ih, Tensor? shift, Tensor? bias_hn, Tensor h0, "
-      "Tensor weight_hh, Tensor gain_hh, float eps, bool reverse, bool save, str normalization) -> Tensor[]");
+      "Tensor weight_hh, Tensor gain_hh, float eps, bool reverse, bool save, str normalization, "
+      "Tensor? rec_mask=None, Tensor? zone_h=None) -> Tensor[]");
   m.def(
       "gru_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor weight_ih, Tensor xp_saved, "
       "Tensor? gain_ih, Tensor? shift, Tensor? bias_hn, Tensor h0, Tensor weight_hh, Tensor gain_hh, Tensor out, "
-      "Tensor[] saved, float eps, bool reverse, str normalization) -> Tensor[]");
+      "Tensor[] saved, float eps, bool reverse, str normalization, Tensor? rec_mask=None, "
+      "Tensor? zone_h=None) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnn_stability, CPU, m) {

@@ -1,4 +1,5 @@
-// Matrix products of the C++ RNN loops: oneDNN's packed-weight linear where it pays, ATen's mm otherwise.
+// Matrix products of the C++ RNN loops: oneDNN's packed-weight linear where it pays, a plain loop for small
+// weights (where ATen's per-call cost exceeds the arithmetic), ATen's mm otherwise.
 //
 // On CPU ATen's fp32 mm calls MKL, which on AMD processors runs a generic code path; oneDNN (what torch's own
 // LSTM uses on CPU) packs the weight once into its blocked layout and runs its JIT kernels, 2-3x faster for the
@@ -11,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -35,6 +37,26 @@ struct OneDnnOps {
   }
 };
 
+// y (M, N) = init + x (M, K) W^T with W^T given as wt (K, N), row by row (init null: zeros): no allocation
+// and no dispatch, for weights of a few thousand values, where a step's product takes a microsecond or two.
+template <typename T>
+void small_product(const T* x, int64_t M, int64_t K, const T* wt, int64_t N, const T* init, T* y) {
+  for (int64_t m = 0; m < M; ++m) {
+    T* yr = y + m * N;
+    if (init != nullptr) {
+      std::copy(init + m * N, init + (m + 1) * N, yr);
+    } else {
+      std::fill(yr, yr + N, T(0));
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const T a = x[m * K + k];
+      const T* w = wt + k * N;
+#pragma omp simd
+      for (int64_t n = 0; n < N; ++n) yr[n] += a * w[n];
+    }
+  }
+}
+
 // y = x W^T for a fixed weight W (N, K) and inputs of M rows, through oneDNN when `use_onednn` says so.
 class Linear {
  public:
@@ -44,7 +66,10 @@ class Linear {
     if (!weight.defined()) return;
     const OneDnnOps& ops = OneDnnOps::get();
     onednn_ = use_onednn(weight, rows) && ops.linear && ops.linear_add && ops.reorder;
-    if (onednn_) {
+    small_ = !onednn_ && weight.numel() <= kSmall;
+    if (small_) {
+      weight_t_ = weight.t().contiguous();
+    } else if (onednn_) {
       torch::jit::Stack stack{weight.contiguous(), c10::IValue(rows)};
       ops.reorder->callBoxed(stack);
       packed_ = stack[0].toTensor();
@@ -63,6 +88,11 @@ class Linear {
 
   // x W^T, a new tensor.
   Tensor operator()(const Tensor& x) const {
+    if (small_) {
+      Tensor y = at::empty({x.size(0), weight_.size(0)}, x.options());
+      out(y, x);
+      return y;
+    }
     if (!onednn_) return at::mm(x, weight_t_);
     torch::jit::Stack stack{x.contiguous(), packed_, c10::IValue(), std::string("none"),
                             c10::List<std::optional<c10::Scalar>>(), c10::IValue()};
@@ -70,9 +100,18 @@ class Linear {
     return stack[0].toTensor();
   }
 
+  // x W^T into `buffer` (contiguous (M, N)) and returned, or a new tensor from oneDNN (saves a copy).
+  Tensor into(Tensor& buffer, const Tensor& x) const {
+    if (onednn_) return (*this)(x);
+    out(buffer, x);
+    return buffer;
+  }
+
   // y = x W^T into y (contiguous (M, N)).
   void out(Tensor& y, const Tensor& x) const {
-    if (!onednn_) {
+    if (small_) {
+      small(y, x, Tensor());
+    } else if (!onednn_) {
       at::mm_out(y, x, weight_t_);
     } else {
       y.copy_((*this)(x));
@@ -81,6 +120,10 @@ class Linear {
 
   // y = other + x W^T into y.
   void add_out(Tensor& y, const Tensor& other, const Tensor& x) const {
+    if (small_) {
+      small(y, x, other.contiguous());
+      return;
+    }
     if (!onednn_) {
       at::addmm_out(y, other, x, weight_t_);
       return;
@@ -91,8 +134,19 @@ class Linear {
   }
 
  private:
+  static constexpr int64_t kSmall = 64 * 256;  // weights up to 4H x H with H = 64
+
+  void small(Tensor& y, const Tensor& x_in, const Tensor& init) const {
+    const Tensor x = x_in.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_stability_small_product", [&] {
+      small_product<scalar_t>(x.data_ptr<scalar_t>(), x.size(0), x.size(1), weight_t_.data_ptr<scalar_t>(),
+                              weight_t_.size(1), init.defined() ? init.data_ptr<scalar_t>() : nullptr,
+                              y.data_ptr<scalar_t>());
+    });
+  }
+
   Tensor weight_, weight_t_, packed_;
-  bool onednn_ = false;
+  bool onednn_ = false, small_ = false;
 };
 
 // acc += a^T b (a: (M, N), b: (M, K), acc: (N, K)): a weight gradient summed over M rows (steps times batch).
