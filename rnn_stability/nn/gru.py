@@ -196,14 +196,22 @@ class GRU(StackedRNNMixin, nn.GRU):
         reverse: bool,
         masks: LayerMasks,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """The C++ loop of `rnn_stability.nn.native_gru` where it applies, else the PyTorch loops."""
+        """The C++ loop of `rnn_stability.nn.native_gru` where it applies, else the PyTorch loops.
+
+        The C++ loop also runs recurrent dropout and zoneout, with layer norm or without (its variant
+        `"none"`, torch's GRU step).
+        """
         if not self._native_loop_applies(masks):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
-        bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
-        params = [*weights, gain, *([] if gain_ih is None else [gain_ih])]
+        if self.layer_norm:
+            bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
+            params = [*weights, gain, *([] if gain_ih is None else [gain_ih])]
+            variant: str | None = self.layer_norm_variant
+        else:
+            bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
+            gain_ih, gain, params, variant = None, weights[1].new_empty(0), list(weights), "none"
         if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
-        variant = self.layer_norm_variant
         assert variant is not None
         shift, bias_hn = gru_shift(bias_ih, bias_hh)
         out, h = GRULayerNormLayerNative.apply(
@@ -219,6 +227,7 @@ class GRU(StackedRNNMixin, nn.GRU):
             reverse,
             variant,
             torch.is_grad_enabled(),
+            *self._native_masks(masks, step_sizes, 1),
         )
         return out.view(x.size(0), out.size(-1)), (h,)
 

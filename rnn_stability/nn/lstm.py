@@ -230,15 +230,27 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         reverse: bool,
         masks: LayerMasks,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """The C++ loop of `rnn_stability.nn.native` where it applies, else the PyTorch loops."""
+        """The C++ loop of `rnn_stability.nn.native` where it applies, else the PyTorch loops.
+
+        The C++ loop also runs recurrent dropout and zoneout, with layer norm or without (its variant
+        `"none"`, torch's LSTM step).
+        """
         if not self._native_loop_applies(masks):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
-        bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
-        cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
-        params = [*weights, gain, *cell_norm.parameters(), *([] if gain_ih is None else [gain_ih])]
+        if self.layer_norm:
+            bias_ih, bias_hh, gain_ih, gain = self._gate_parameters(weights, suffix)
+            cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
+            cell_weight: Tensor = cell_norm.weight
+            cell_bias: Tensor | None = cell_norm.bias
+            params = [*weights, gain, *cell_norm.parameters(), *([] if gain_ih is None else [gain_ih])]
+            variant: str | None = self.layer_norm_variant
+            shift = lstm_gate_shift(bias_ih, bias_hh, gain)
+        else:
+            gain_ih, cell_bias, params, variant = None, None, list(weights), "none"
+            gain = cell_weight = weights[1].new_empty(0)
+            shift = (weights[2] + weights[3]).view(4, -1) if self.bias else None
         if not (use_fused(step_sizes) and native_lstm_supported(x, *hx, *params)):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
-        variant = self.layer_norm_variant
         assert variant is not None
         weight_hr = weights[-1] if self.proj_size > 0 else None
         # The C++ op computes the input projection itself (one product for all steps) and its gradients a chunk
@@ -247,17 +259,18 @@ class LSTM(StackedRNNMixin, nn.LSTM):
             x.view(len(step_sizes), step_sizes[0], x.size(-1)),
             weights[0],
             gain_ih,
-            lstm_gate_shift(bias_ih, bias_hh, gain),
+            shift,
             *hx,
             weights[1],
             gain,
-            cell_norm.weight,
-            cell_norm.bias,
+            cell_weight,
+            cell_bias,
             weight_hr,
             self.layer_norm_eps,
             reverse,
             variant,
             torch.is_grad_enabled(),
+            *self._native_masks(masks, step_sizes, 2),
         )
         return out.view(x.size(0), out.size(-1)), (h, c)
 

@@ -36,6 +36,7 @@ __all__ = [
     "native_lstm_supported",
     "native_ops",
     "workspace_bytes",
+    "zoneout_argument",
 ]
 
 _ENV = "RNN_STABILITY_NATIVE"
@@ -104,6 +105,14 @@ def native_lstm_supported(*tensors: torch.Tensor) -> bool:
     )
 
 
+def zoneout_argument(keep: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A zoneout argument of the C++ ops: `(T, B, W)` keep masks as they are, a probability `p` (eval's
+    expectation) as a 0-dim tensor of `like`'s dtype, `None` (or `p = 0`) as `None`."""
+    if keep is None or isinstance(keep, torch.Tensor):
+        return keep
+    return torch.tensor(float(keep), dtype=like.dtype) if keep > 0 else None
+
+
 def _forward(
     ctx: Any,
     inputs: tuple[torch.Tensor | None, ...],
@@ -111,15 +120,19 @@ def _forward(
     reverse: bool,
     variant: str,
     grad: bool = True,
+    masks: tuple[torch.Tensor | None, ...] = (None, None, None),
 ) -> Any:
     """Run `lstm_ln_forward` on `inputs` (its tensor arguments, `x` to `weight_hr`) and save what the backward
     reads; nothing when no input needs a gradient or `grad` is false (gradients were off where the function
     was applied: inside `forward` they always are, and `needs_input_grad` still says what requires one), so
-    the loop keeps no per-step buffers for inference."""
+    the loop keeps no per-step buffers for inference. `masks`: the recurrent-dropout mask and the zoneout
+    arguments of the hidden and the cell state (constants: they get no gradient)."""
     save = grad and any(ctx.needs_input_grad)
     ops = native_ops()
     assert ops is not None
-    out, h_n, c_n, xp_saved, pre_proj, *per_step = ops.lstm_ln_forward(*inputs, eps, reverse, save, variant)
+    out, h_n, c_n, xp_saved, pre_proj, *per_step = ops.lstm_ln_forward(
+        *inputs, eps, reverse, save, variant, *masks
+    )
     if save:
         x, weight_ih, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr = inputs
         # In the order lstm_ln_backward takes them after the output gradients.
@@ -140,7 +153,7 @@ def _forward(
             pre_proj,
             *per_step,
         )
-    ctx.eps, ctx.reverse, ctx.variant = eps, reverse, variant
+    ctx.eps, ctx.reverse, ctx.variant, ctx.masks = eps, reverse, variant, masks
     ctx.ops = ops  # the backward runs the kernel that ran forward, whatever the environment says by then
     return out, h_n, c_n
 
@@ -149,7 +162,9 @@ def _backward(ctx: Any, grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor | 
     """Gradients of `_forward`'s tensor inputs (`None` for those not given or not needing one)."""
     saved = ctx.saved_tensors
     result: list[torch.Tensor | None] = list(
-        ctx.ops.lstm_ln_backward(*grads, *saved[:14], saved[14:], ctx.eps, ctx.reverse, ctx.variant)
+        ctx.ops.lstm_ln_backward(
+            *grads, *saved[:14], saved[14:], ctx.eps, ctx.reverse, ctx.variant, *ctx.masks
+        )
     )
     # saved[0:2] are x and weight_ih, saved[3:12] gain_ih ... weight_hr: the inputs in their order.
     given = [True, saved[1] is not None, *(t is not None for t in saved[3:12])]
@@ -207,8 +222,16 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
 
     The C++ op computes `xp = x W_ih^T` itself (through oneDNN where it is faster) and turns the gate gradients
     into `dx` and `dW_ih` a chunk of steps at a time, so the gradient of `xp` is never held for all steps; it
-    keeps `xp` for the backward only with the `"separate"` variant, the only one whose backward reads it. The
-    last argument, `grad`, is `torch.is_grad_enabled()` where it is applied: false keeps nothing for a backward.
+    keeps `xp` for the backward only with the `"separate"` variant, the only one whose backward reads it.
+    `grad` is `torch.is_grad_enabled()` where it is applied: false keeps nothing for a backward.
+
+    The variant `"none"` normalises nothing (torch's LSTM step: `gain_hh` and `cell_weight` are empty tensors,
+    `gain_ih` and `cell_bias` `None`), for the regularisers below without layer norm. Optional, all `None` by
+    default: `recurrent_mask`, a `(B, W)` recurrent-dropout mask on `h_{t-1}` where it enters `W_hh` (Gal &
+    Ghahramani 2016), and `zone_h` / `zone_c`, zoneout (Krueger et al. 2017) of the hidden and the cell
+    state: `(T, B, W)` 0/1 keep masks in time order, or the probability `p` (a float or 0-dim tensor: eval's
+    expectation `p s_{t-1} + (1 - p) s_t`); the formulas of `rnn_stability.nn.recurrence`. The masks get no
+    gradient.
     """
 
     @staticmethod
@@ -229,9 +252,13 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
         reverse: bool,
         variant: str,
         grad: bool,
+        recurrent_mask: torch.Tensor | None = None,
+        zone_h: torch.Tensor | float | None = None,
+        zone_c: torch.Tensor | float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = (x, weight_ih, gain_ih, shift, h0, c0, weight_hh, gain_hh, cell_weight, cell_bias, weight_hr)
-        return _forward(ctx, inputs, eps, reverse, variant, grad)  # type: ignore[no-any-return]
+        masks = (recurrent_mask, zoneout_argument(zone_h, x), zoneout_argument(zone_c, x))
+        return _forward(ctx, inputs, eps, reverse, variant, grad, masks)  # type: ignore[no-any-return]
 
     @staticmethod
     @once_differentiable
@@ -240,4 +267,4 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         grads = _backward(ctx, (grad_out, grad_hn, grad_cn))
         need = ctx.needs_input_grad
-        return tuple(g if n else None for g, n in zip(grads, need, strict=False)) + (None, None, None, None)
+        return tuple(g if n else None for g, n in zip(grads, need, strict=False)) + (None,) * 7

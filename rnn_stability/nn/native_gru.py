@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnn_stability.nn.native import native_ops
+from rnn_stability.nn.native import native_ops, zoneout_argument
 
 __all__ = ["GRULayerNormLayerNative", "gru_shift"]
 
@@ -37,6 +37,12 @@ class GRULayerNormLayerNative(torch.autograd.Function):
     variant and `grad`, `torch.is_grad_enabled()` where it is applied (false keeps nothing for a backward).
     The C++ op computes `x W_ih^T` itself and its gradients a chunk of steps at a time. First-order
     differentiable only (`once_differentiable`).
+
+    The variant `"none"` normalises nothing (torch's GRU step; `gain_hh` an empty tensor, `gain_ih` `None`),
+    for the regularisers without layer norm. Optional: `recurrent_mask`, a `(B, H)` recurrent-dropout mask on
+    `h_{t-1}` where it enters `W_hh` (Gal & Ghahramani 2016; the update `z h_{t-1}` keeps the unmasked state,
+    as in Keras), and `zone_h`, zoneout (Krueger et al. 2017): `(T, B, H)` 0/1 keep masks in time order or
+    the probability `p` (a float or 0-dim tensor: eval's expectation). The masks get no gradient.
     """
 
     @staticmethod
@@ -54,18 +60,21 @@ class GRULayerNormLayerNative(torch.autograd.Function):
         reverse: bool,
         variant: str,
         grad: bool,
+        recurrent_mask: torch.Tensor | None = None,
+        zone_h: torch.Tensor | float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         save = grad and any(ctx.needs_input_grad)
         ops = native_ops()
         assert ops is not None
         inputs = (x, weight_ih, gain_ih, shift, bias_hn, h0, weight_hh, gain_hh)
-        out, h_n, xp_saved, *per_step = ops.gru_ln_forward(*inputs, eps, reverse, save, variant)
+        masks = (recurrent_mask, zoneout_argument(zone_h, x))
+        out, h_n, xp_saved, *per_step = ops.gru_ln_forward(*inputs, eps, reverse, save, variant, *masks)
         if save:
             # In the order gru_ln_backward takes them after the output gradients.
             ctx.save_for_backward(
                 x, weight_ih, xp_saved, gain_ih, shift, bias_hn, h0, weight_hh, gain_hh, out, *per_step
             )
-        ctx.eps, ctx.reverse, ctx.variant = eps, reverse, variant
+        ctx.eps, ctx.reverse, ctx.variant, ctx.masks = eps, reverse, variant, masks
         ctx.ops = ops  # the backward runs the kernel that ran forward
         return out, h_n
 
@@ -74,7 +83,7 @@ class GRULayerNormLayerNative(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor, grad_hn: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
         grads = ctx.ops.gru_ln_backward(
-            grad_out, grad_hn, *saved[:10], saved[10:], ctx.eps, ctx.reverse, ctx.variant
+            grad_out, grad_hn, *saved[:10], saved[10:], ctx.eps, ctx.reverse, ctx.variant, *ctx.masks
         )
         # grads follow forward's tensor arguments; those not given (None) get None.
         given = (
@@ -91,4 +100,4 @@ class GRULayerNormLayerNative(torch.autograd.Function):
         result = tuple(
             g if n and present else None for g, n, present in zip(grads, need, given, strict=False)
         )
-        return result + (None, None, None, None)
+        return result + (None,) * 6

@@ -185,12 +185,26 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
     def _native_loop_applies(self, masks: LayerMasks) -> bool:
         """Whether a layer may run the C++ loops of `rnn_stability.nn.native` / `native_gru` (on a CPU build).
 
-        They take no recurrent-dropout or zoneout masks and no `batch_norm` (they compute `W_ih x` themselves):
-        those run the PyTorch loops.
+        They run layer norm, recurrent dropout and zoneout (with or without layer norm: the variant `"none"`),
+        but no `batch_norm` (they compute `W_ih x` themselves): that runs the PyTorch loops.
         """
         return bool(
-            self.layer_norm and masks.recurrent is None and not any(self.zoneout) and not self.batch_norm
+            (self.layer_norm or masks.recurrent is not None or any(self.zoneout)) and not self.batch_norm
         )
+
+    def _native_masks(
+        self, masks: LayerMasks, step_sizes: list[int], states: int
+    ) -> tuple[Tensor | float | None, ...]:
+        """The regularisers' arguments of the C++ loops for one direction (constant batch size): the
+        recurrent-dropout mask, then per state (`h`, and `c` for the LSTM) zoneout's `(T, B, W)` keep masks
+        in training, its probability in eval, or `None` when off."""
+        zone: list[Tensor | float | None] = []
+        for p, mask in zip(self.zoneout[:states], (masks.zone_h, masks.zone_c)[:states], strict=True):
+            if p == 0.0:
+                zone.append(None)
+            else:
+                zone.append(p if mask is None else mask.view(len(step_sizes), step_sizes[0], -1))
+        return (masks.recurrent, *zone)
 
     def _needs_loop(self, masks: LayerMasks) -> bool:
         """Whether a layer runs a time loop of ours: torch's kernel has no place for these."""

@@ -12,7 +12,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
 from rnn_stability.nn import GRU, LSTM, GRUCell, LSTMCell, convert_rnn
+from rnn_stability.nn.native import LSTMLayerNormLayerNative
+from rnn_stability.nn.native_gru import GRULayerNormLayerNative
 from rnn_stability.nn.regularization import draw_masks, dropout_mask, keep_mask
+from tests.helpers import native_kernel_or_skip
 from tests.nn.regularization_reference import regularized_reference
 
 ALL = {
@@ -105,6 +108,24 @@ def _check_parity(module: nn.RNNBase, packed: bool, with_h0: bool = True) -> Non
 def test_matches_reference_with_the_same_masks(lstm: bool, layer_norm, packed: bool, options: dict) -> None:
     module = build(lstm, layer_norm, bidirectional=True, proj=False, **options)
     _check_parity(module.train(), packed)
+
+
+@pytest.mark.parametrize("lstm", [True, False], ids=["lstm", "gru"])
+@pytest.mark.parametrize("native", [True, False], ids=["cpp", "pytorch"])
+def test_padded_parity_runs_the_cpp_loop(lstm: bool, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recurrent dropout and zoneout of equal-length sequences run the C++ loop (every layer norm and none),
+    and the PyTorch loops with `RNN_STABILITY_NATIVE=0`; both match the reference."""
+    native_kernel_or_skip()
+    monkeypatch.setenv("RNN_STABILITY_NATIVE", "1" if native else "0")
+    function = LSTMLayerNormLayerNative if lstm else GRULayerNormLayerNative
+    calls = []
+    monkeypatch.setattr(function, "apply", lambda *args, f=function.apply: calls.append(1) or f(*args))
+    for layer_norm in (False, "recurrent", "joint"):
+        options = {"recurrent_dropout": 0.4, "zoneout": (0.3, 0.2)}
+        module = build(lstm, layer_norm, bidirectional=True, proj=lstm, **options)
+        _check_parity(module.train(), packed=False)
+        _check_parity(module.eval(), packed=False)
+    assert len(calls) == (24 if native else 0)
 
 
 @pytest.mark.parametrize("layer_norm", [False, "joint"])

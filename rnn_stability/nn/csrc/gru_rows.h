@@ -90,6 +90,10 @@ void gru_forward_row(const GruParams<T>& p, const T* xp, const T* u, const T* h_
     for (int64_t k = 0; k < 3; ++k) {
       const T* uk = u + k * H;
       T* nk = normed + k * H;
+      if (p.norm == Norm::kNone) {  // no layer norm: normed holds u itself (with gain 1)
+        std::copy(uk, uk + H, nk);
+        continue;
+      }
       T m, rs;
       moments(uk, H, p.eps, m, rs);
       r.rstd[k] = rs;
@@ -114,12 +118,21 @@ void gru_forward_row(const GruParams<T>& p, const T* xp, const T* u, const T* h_
       }
     }
     const T *g = p.gain_hh;
+    if (p.norm == Norm::kNone) {
+#pragma omp simd
+      for (int64_t j = 0; j < 2 * H; ++j) act[j] += normed[j];
+      sigmoid_map(act, 2 * H);
+      const T *rg = act, *nn = normed + 2 * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) act[2 * H + j] += rg[j] * (nn[j] + p.bias_hn[j]);
+    } else {
 #pragma omp simd
     for (int64_t j = 0; j < 2 * H; ++j) act[j] += normed[j] * g[j];
     sigmoid_map(act, 2 * H);
     const T *rg = act, *nn = normed + 2 * H, *gn = g + 2 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) act[2 * H + j] += rg[j] * (nn[j] * gn[j] + p.bias_hn[j]);
+    }
   }
   tanh_map(act + 2 * H, H);
   const T *z = act + H, *n = act + 2 * H;
@@ -184,6 +197,25 @@ void gru_backward_row(const GruParams<T>& p, T* dh, const T* dh_later, const T* 
   // Recurrent / separate. dhn (gradient of gain_hh_n * LN(u)_n + b_hn) goes to scratch + 3H.
   T* dhn = scratch + 3 * H;
   const T *nn = normed + 2 * H, *gn = p.gain_hh + 2 * H;
+  if (p.norm == Norm::kNone) {  // no layer norm: hn = u_n + b_hn, and u gets the gate gradients
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T hn = nn[j] + p.bias_hn[j];
+      const T da_r = dn_pre[j] * hn * rg[j] * (T(1) - rg[j]);
+      const T dr = dn_pre[j] * rg[j];
+      acc.shift[j] += da_r;
+      acc.shift[H + j] += da[H + j];
+      acc.shift[2 * H + j] += dn_pre[j];
+      acc.bias_hn[j] += dr;
+      dxp[j] = da_r;
+      dxp[H + j] = da[H + j];
+      dxp[2 * H + j] = dn_pre[j];
+      dhh[j] = da_r;
+      dhh[H + j] = da[H + j];
+      dhh[2 * H + j] = dr;
+    }
+    return;
+  }
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T hn = nn[j] * gn[j] + p.bias_hn[j];

@@ -27,6 +27,7 @@
 #include "loop_common.h"
 #include "lstm_rows.h"
 #include "matmul.h"
+#include "regularization_rows.h"
 #include "workspace.h"
 
 #include <algorithm>
@@ -128,7 +129,9 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
                                     const Tensor& h0_in, const Tensor& c0_in, const Tensor& weight_hh,
                                     const Tensor& gain_hh, const Tensor& cell_weight,
                                     const std::optional<Tensor>& cell_bias, const std::optional<Tensor>& weight_hr,
-                                    double eps, bool reverse, bool save, c10::string_view normalization) {
+                                    double eps, bool reverse, bool save, c10::string_view normalization,
+                                    const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
+                                    const std::optional<Tensor>& zone_c) {
   bool scaled = false;
   const Norm norm = checked_norm(normalization, gain_ih, &scaled);
   const int64_t H = weight_hh.size(0) / 4;
@@ -143,39 +146,55 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   Buffers buf(save ? T_ : 1, save ? T_ : 2, B, H, norm == Norm::kSeparate, opts);
   Tensor pre_proj = workspace({w_hr.defined() ? (save ? T_ : 1) : 0, B, H}, opts);
   Tensor out = at::empty({T_, B, h0.size(-1)}, opts);
-  Tensor read_out = at::empty({B, 2 * H}, opts);
+  Tensor read_out = at::empty({B, 2 * H}, opts), hh_buf = at::empty({B, 4 * H}, opts);
   const Linear hh_of(weight_hh, B), proj(w_hr.defined() ? w_hr : Tensor(), B);
   Tensor h = h0, c = c0;
   const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
                             gain_hh.contiguous(), cell_weight.contiguous(), contiguous_or_zeros(cell_bias, {H}, opts)};
+  // Recurrent dropout and zoneout (regularization_rows.h): the masks, the masked state that enters W_hh, and
+  // the zoned cells (the state the next step reads; buf.cell keeps the new cells, which the read-out normalised).
+  const int64_t W = h0.size(-1);
+  const Tensor rec = recurrent_mask(rec_mask, B, W, opts);
+  const Zone zh(zone_h, T_, B, W, opts), zc(zone_c, T_, B, H, opts);
+  Tensor h_rec = at::empty({rec.defined() ? B : 0, W}, opts);
+  Tensor zcell = workspace({zc.on() ? (save ? T_ : 2) : 0, B, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
     scalar_t* read_out_p = read_out.data_ptr<scalar_t>();
     const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0, cell_slot = save ? t : s % 2;
-      const Tensor hh = hh_of(h);
+      const Tensor hh = hh_of.into(hh_buf, rec.defined() ? at::mul_out(h_rec, h, rec) : h);
       Tensor out_t = out[t];
       Tensor h_pre = w_hr.defined() ? pre_proj[slot] : out_t;
       const scalar_t* c_prev = c.data_ptr<scalar_t>();
       const scalar_t *xp_p = xp.data_ptr<scalar_t>(), *hh_p = hh.data_ptr<scalar_t>();
       scalar_t* h_p = h_pre.data_ptr<scalar_t>();
+      // Zoneout of this step: keep values, the previous state, the zoned cell and the new one.
+      const scalar_t* kh_p = zh.on() ? zh.step<scalar_t>(t) : nullptr;
+      const scalar_t* kc_p = zc.on() ? zc.step<scalar_t>(t) : nullptr;
+      const scalar_t *h_prev_p = h.data_ptr<scalar_t>(), *c_new_p = buf.cell[cell_slot].data_ptr<scalar_t>();
+      scalar_t* zc_p = zc.on() ? zcell[cell_slot].data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           forward_row<scalar_t>(p, xp_p + (t * B + b) * 4 * H, hh_p + b * 4 * H, c_prev + b * H,
                                 buf.row<scalar_t>(slot, cell_slot, b, read_out_p + b * 2 * H,
                                                   scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
                                 h_p + b * H);
+          if (zc_p != nullptr) zone_blend_into(zc_p + b * H, c_new_p + b * H, c_prev + b * H, kc_p + b * H, H);
+          if (kh_p != nullptr && !w_hr.defined()) zone_blend(h_p + b * H, h_prev_p + b * W, kh_p + b * W, W);
         }
       });
       if (w_hr.defined()) proj.out(out_t, h_pre);
+      if (kh_p != nullptr && w_hr.defined()) zone_blend(out_t.data_ptr<scalar_t>(), h_prev_p, kh_p, B * W);
       h = out_t;
-      c = buf.cell[cell_slot];
+      c = zc.on() ? zcell[cell_slot] : buf.cell[cell_slot];
     }
   });
   const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate && !recompute_xp(x_in.size(2), H);
   std::vector<Tensor> result{out, h.clone(), c.clone(), keep_xp ? xp : at::empty({0}, opts), pre_proj};
   for (const Tensor& t : buf.list()) result.push_back(t);
+  if (zc.on()) result.push_back(zcell);  // read by the backward as saved[8]
   return result;
 }
 
@@ -190,7 +209,9 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
                                      const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& cell_weight,
                                      const std::optional<Tensor>& cell_bias, const std::optional<Tensor>& weight_hr,
                                      const Tensor& out, const Tensor& pre_proj, at::TensorList saved, double eps,
-                                     bool reverse, c10::string_view normalization) {
+                                     bool reverse, c10::string_view normalization,
+                                     const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
+                                     const std::optional<Tensor>& zone_c) {
   bool scaled = false;
   const Norm norm = checked_norm(normalization, gain_ih, &scaled);
   const Tensor w_ih = contiguous_or_undefined(weight_ih), c0 = c0_in.contiguous();
@@ -205,6 +226,13 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   const int64_t T_ = out.size(0), B = out.size(1), H = weight_hh.size(0) / 4;
   const auto opts = out.options();
   const int64_t K = chunk_steps(T_, B);
+  // Recurrent dropout and zoneout: the masks, the zoned cells the forward kept, dL/dh_t of the zoned hidden
+  // state (two slots alternating: the later step's is carried past its zoneout) and the rows' cell carry.
+  const int64_t W = out.size(-1);
+  const Tensor rec = recurrent_mask(rec_mask, B, W, opts);
+  const Zone zh(zone_h, T_, B, W, opts), zc(zone_c, T_, B, H, opts);
+  const Tensor zcell = zc.on() ? saved[8] : Tensor();
+  Tensor d_state = at::empty({zh.on() ? 2 : 0, B, W}, opts), c_carry = at::empty({zc.on() ? B : 0, H}, opts);
   // Gradients of xp (all steps when xp was given, else a chunk at a time, two chunks alternating so that the
   // step after a chunk still reads the last dL/d(W_hh h)), and of W_hh h (joint: the same buffer).
   Tensor grad_xp = projected ? workspace({2, K, B, 4, H}, opts) : workspace({T_, B, 4, H}, opts);
@@ -255,7 +283,23 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
       for (int64_t i = 0; i < b - a; ++i) {
         const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
         Tensor dh = grad_h[w_hr.defined() ? t : 0];
-        if (later < 0) {
+        if (zh.on() || rec.defined()) {
+          // dL/dh_t of the state: the output's, the later step's W_hh (m h_t) and, with zoneout, its carry.
+          const int64_t done = reverse ? t : T_ - 1 - t;  // steps processed before this one
+          Tensor ds = zh.on() ? d_state[done % 2] : dh;
+          if (later < 0) {
+            at::add_out(ds, grad_out[t], grad_hn);
+          } else if (rec.defined()) {
+            at::addcmul_out(ds, grad_out[t], dh_of(dhh_later), rec);
+          } else {
+            dh_of.add_out(ds, grad_out[t], dhh_later);
+          }
+          if (zh.on()) {
+            const scalar_t* ds_later = later < 0 ? nullptr : d_state[(done + 1) % 2].data_ptr<scalar_t>();
+            zone_split(ds.data_ptr<scalar_t>(), ds_later, later < 0 ? nullptr : zh.step<scalar_t>(later),
+                       zh.step<scalar_t>(t), dh.data_ptr<scalar_t>(), B * W);
+          }
+        } else if (later < 0) {
           at::add_out(dh, grad_out[t], grad_hn);
         } else {
           dh_of.add_out(dh, grad_out[t], dhh_later);
@@ -263,14 +307,20 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
         if (w_hr.defined()) dm_of.out(dm, dh);
         const scalar_t* dm_p = (w_hr.defined() ? dm : dh).data_ptr<scalar_t>();
         const bool first = earlier < 0 || earlier >= T_;
-        const scalar_t* c_prev = (first ? c0 : buf.cell[earlier]).data_ptr<scalar_t>();
-        const scalar_t* f_next = later < 0 ? nullptr : buf.act.data_ptr<scalar_t>() + later * B * 4 * H + H;
+        const scalar_t* c_prev = (first ? c0 : (zc.on() ? zcell : buf.cell)[earlier]).data_ptr<scalar_t>();
+        const scalar_t* kc_p = zc.on() ? zc.step<scalar_t>(t) : nullptr;
+        const scalar_t* f_now = buf.act.data_ptr<scalar_t>() + t * B * 4 * H + H;
+        scalar_t* carry_p = zc.on() ? c_carry.data_ptr<scalar_t>() : nullptr;
+        // With the cell's zoneout the forget gate is applied after the row (zone_carry_out), not before.
+        const scalar_t* f_next =
+            later < 0 || zc.on() ? nullptr : buf.act.data_ptr<scalar_t>() + later * B * 4 * H + H;
         scalar_t *gxp_p = gxp[t - a].data_ptr<scalar_t>(), *ghh_p = ghh[t - a].data_ptr<scalar_t>();
         at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
             const Acc<scalar_t> acc{acc4_p + r * 4 * H, acc4_p + (B + r) * 4 * H, acc4_p + (2 * B + r) * 4 * H,
                                     acc1_p + r * H, acc1_p + (B + r) * H};
             scalar_t* row_scratch = scratch_p + r * 7 * H;
+            if (carry_p != nullptr) zone_carry_in(dc_p + r * H, kc_p + r * H, carry_p + r * H, H);
             backward_row<scalar_t>(p, dm_p + r * H, xp_p == nullptr ? nullptr : xp_p + ((t - a) * B + r) * 4 * H,
                                    c_prev + r * H, f_next == nullptr ? nullptr : f_next + r * 4 * H,
                                    buf.row<scalar_t>(t, t, r, row_scratch + 5 * H,
@@ -278,6 +328,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
                                                      scaled ? d_scale_p + (t - a) * B + r : nullptr),
                                    dc_p + r * H,
                                    gxp_p + r * 4 * H, ghh_p + r * 4 * H, acc, row_scratch);
+            if (carry_p != nullptr) zone_carry_out(dc_p + r * H, f_now + r * 4 * H, carry_p + r * H, H);
           }
         });
         dhh_later = ghh[t - a].view({B, 4 * H});
@@ -285,7 +336,8 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
       }
       // Weight gradients of the chunk: dW_hh += dhh^T h_{t-1}, and with the projection dx and dW_ih.
       const int64_t rows = (b - a) * B;
-      add_transposed_product(grad_w_hh, ghh.reshape({rows, 4 * H}), previous_states(out, h0, a, b, reverse));
+      add_transposed_product(grad_w_hh, ghh.reshape({rows, 4 * H}),
+                             masked_rows(previous_states(out, h0, a, b, reverse), rec));
       if (projected) {
         const Tensor gxp_rows = gxp.reshape({rows, 4 * H});
         Tensor dx = grad_x.narrow(0, a, b - a).view({rows, x.size(2)});
@@ -299,6 +351,10 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   });
   Tensor grad_h0 = dh_of(dhh_later);
   Tensor grad_c0 = dc * buf.act[later].view({B, 4, H}).select(1, 1);
+  // Recurrent dropout: W_hh read m h0; zoneout: h0 and c0 also reach the first step's zoned states directly.
+  if (rec.defined()) grad_h0.mul_(rec);
+  if (zh.on()) grad_h0.addcmul_(d_state[(T_ - 1) % 2], zh.at_step(later));
+  if (zc.on()) grad_c0 = dc;
   Tensor grad_w_hr = w_hr.defined() ? at::mm(grad_h.view({T_ * B, grad_h.size(-1)}).t(), pre_proj.reshape({T_ * B, H}))
                                     : at::empty({0}, opts);
   Tensor acc4_sum = acc4.sum(1).view({3, 4, H}), acc1_sum = acc1.sum(1);
@@ -314,12 +370,14 @@ TORCH_LIBRARY(rnn_stability, m) {
   m.def(
       "lstm_ln_forward(Tensor x, Tensor? weight_ih, Tensor? gain_ih, Tensor? shift, Tensor h0, Tensor c0, "
       "Tensor weight_hh, Tensor gain_hh, Tensor cell_weight, Tensor? cell_bias, Tensor? weight_hr, float eps, "
-      "bool reverse, bool save, str normalization) -> Tensor[]");
+      "bool reverse, bool save, str normalization, Tensor? rec_mask=None, Tensor? zone_h=None, "
+      "Tensor? zone_c=None) -> Tensor[]");
   m.def(
       "lstm_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor? weight_ih, "
       "Tensor xp_saved, Tensor? gain_ih, Tensor? shift, Tensor h0, Tensor c0, Tensor weight_hh, Tensor gain_hh, "
       "Tensor cell_weight, Tensor? cell_bias, Tensor? weight_hr, Tensor out, Tensor pre_proj, Tensor[] saved, "
-      "float eps, bool reverse, str normalization) -> Tensor[]");
+      "float eps, bool reverse, str normalization, Tensor? rec_mask=None, Tensor? zone_h=None, "
+      "Tensor? zone_c=None) -> Tensor[]");
   m.def("empty_cache() -> ()", &empty_cache);
   m.def("workspace_bytes() -> int", &workspace_bytes);
 }

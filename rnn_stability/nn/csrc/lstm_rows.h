@@ -47,6 +47,10 @@ inline void cell_read_out(const Params<T>& p, const Row<T>& r, T mean, T rstd) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t H = p.H;
   const T *cw = p.cell_weight, *cb = p.cell_bias;
+  if (p.norm == Norm::kNone) {  // no cell read-out norm: tanh(c_t)
+    at::vec::map([](Vec v) { return v.tanh(); }, r.tc, r.cell, H);
+    return;
+  }
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     r.cell_xhat[j] = (r.cell[j] - mean) * rstd;
@@ -63,7 +67,10 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
     const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H, *sk = p.shift + k * H;
     T *nk = r.normed + k * H, *ak = r.act + k * H;
     T hm, hr;
-    if (p.norm == Norm::kJoint) {
+    if (p.norm == Norm::kNone) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) ak[j] = xk[j] + hk[j] + sk[j];
+    } else if (p.norm == Norm::kJoint) {
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) nk[j] = xk[j] + hk[j];
       moments(nk, H, p.eps, hm, hr);
@@ -104,8 +111,8 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
   const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) r.cell[j] = f[j] * c_prev[j] + i[j] * g[j];
-  T mean, rstd;
-  moments(r.cell, H, p.eps, mean, rstd);
+  T mean = 0, rstd = 1;
+  if (p.norm != Norm::kNone) moments(r.cell, H, p.eps, mean, rstd);
   *r.cell_mean = mean;
   *r.cell_rstd = rstd;
   cell_read_out(p, r, mean, rstd);
@@ -131,6 +138,14 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
   const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
   T *dg = scratch, *d_cell = scratch + 4 * H;
   cell_read_out(p, r, *r.cell_mean, *r.cell_rstd);
+  if (p.norm == Norm::kNone) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T t = r.tc[j];
+      d_cell[j] = dm[j] * o[j] * (T(1) - t * t);
+      dg[3 * H + j] = dm[j] * t * o[j] * (T(1) - o[j]);
+    }
+  } else {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T t = r.tc[j];
@@ -141,6 +156,7 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
     dg[3 * H + j] = dm[j] * t * o[j] * (T(1) - o[j]);
   }
   layer_norm_input_grad(d_cell, r.cell_xhat, H, *r.cell_rstd);
+  }
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T d = d_cell[j] + dc[j] * (f_next != nullptr ? f_next[j] : T(1));
@@ -153,6 +169,15 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
     const int64_t o4 = k * H;
     const T *d = dg + o4, *normed = r.normed + o4, *gh = p.gain_hh + o4;
     T *acc_shift = acc.shift + o4, *acc_gh = acc.gain_hh + o4, *dh = dhh + o4, *dx = dxp + o4;
+    if (p.norm == Norm::kNone) {  // gates = xp + W_hh h + shift: all three get the gate gradient
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        acc_shift[j] += d[j];
+        dh[j] = d[j];
+        dx[j] = d[j];
+      }
+      continue;
+    }
     if (p.norm == Norm::kSeparate) {
       const T xm = r.x_mean[k], xr = r.x_rstd[k], *xk = xp + o4, *gi = p.gain_ih + o4;
       T *xhat = d_cell, *acc_gi = acc.gain_ih + o4;  // d_cell reused: (H) normalised input block

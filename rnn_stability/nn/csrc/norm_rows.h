@@ -43,15 +43,17 @@ inline void layer_norm_input_grad(T* dy, const T* xhat, int64_t n, T rstd) {
 
 // Which pre-activations are normalised (the `layer_norm` choices of rnn_stability/nn/layer_norm.py). "scaled"
 // is kSeparate with the normalised input projection multiplied by the input's mean absolute value, a per-row
-// scalar (Row::in_scale; 1 for "separate", which multiplies exactly).
-enum class Norm { kRecurrent, kJoint, kSeparate };
+// scalar (Row::in_scale; 1 for "separate", which multiplies exactly). kNone normalises nothing: torch's own
+// LSTM / GRU step (the loops of the recurrent regularisers without layer norm; no gains, no cell read-out norm).
+enum class Norm { kRecurrent, kJoint, kSeparate, kNone };
 
 inline Norm parse_norm(c10::string_view name, bool* scaled = nullptr) {
   if (scaled != nullptr) *scaled = name == "scaled";
   if (name == "recurrent") return Norm::kRecurrent;
   if (name == "joint") return Norm::kJoint;
+  if (name == "none") return Norm::kNone;
   TORCH_CHECK(name == "separate" || name == "scaled",
-              "rnn_stability: normalization must be recurrent, joint, separate or scaled, got ", name);
+              "rnn_stability: normalization must be recurrent, joint, separate, scaled or none, got ", name);
   return Norm::kSeparate;
 }
 
