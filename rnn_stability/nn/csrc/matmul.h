@@ -66,7 +66,7 @@ class Linear {
     if (!weight.defined()) return;
     const OneDnnOps& ops = OneDnnOps::get();
     onednn_ = use_onednn(weight, rows) && ops.linear && ops.linear_add && ops.reorder;
-    small_ = !onednn_ && weight.numel() <= kSmall;
+    small_ = !onednn_ && weight.numel() <= kSmall && rows <= kSmallRows;
     if (small_) {
       weight_t_ = weight.t().contiguous();
     } else if (onednn_) {
@@ -135,6 +135,7 @@ class Linear {
 
  private:
   static constexpr int64_t kSmall = 64 * 256;  // weights up to 4H x H with H = 64
+  static constexpr int64_t kSmallRows = 64;    // a step's batch; products over all steps go to ATen (MKL)
 
   void small(Tensor& y, const Tensor& x_in, const Tensor& init) const {
     const Tensor x = x_in.contiguous();
