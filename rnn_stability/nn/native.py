@@ -1,19 +1,22 @@
-"""Just-in-time build of the C++ time loop of the layer-normalised LSTM (`csrc/lstm_layer_norm.cpp`).
+"""Just-in-time build of the C++ time loops of the layer-normalised LSTM and GRU (`csrc/*.cpp`, one library).
 
-The first `LSTM(layer_norm=True)` forward on CPU compiles the kernel (a C++ compiler with OpenMP, such as
-gcc, and `ninja`, a dependency of this package, are needed). This takes about 20 s once and says so on
-stderr; the build is cached per environment (`rnn_stability.nn.native_build`: cache folder, lock,
-validation), and `rnn-stability build-native` builds it ahead of time. If the build fails, or another
-process's build holds the lock for longer than `RNN_STABILITY_NATIVE_LOCK_TIMEOUT` seconds, a warning says
-why and the module keeps running the pure-PyTorch loop of `rnn_stability.nn.fused`, which computes the same
-values more slowly. Set the environment variable `RNN_STABILITY_NATIVE=0` to skip the build and always use
-the PyTorch loop.
+The first `LSTM(layer_norm=True)` or `GRU(layer_norm=True)` forward on CPU compiles the kernels (a C++
+compiler with OpenMP, such as gcc, and `ninja`, a dependency of this package, are needed). This takes about
+20 s once and says so on stderr; the build is cached per environment (`rnn_stability.nn.native_build`: cache
+folder, lock, validation), and `rnn-stability build-native` builds it ahead of time. If the build fails, or
+another process's build holds the lock for longer than `RNN_STABILITY_NATIVE_LOCK_TIMEOUT` seconds, a warning
+says why and the modules keep running the pure-PyTorch loops of `rnn_stability.nn.fused`, which compute the
+same values more slowly. Set the environment variable `RNN_STABILITY_NATIVE=0` to skip the build and always
+use the PyTorch loops. This module holds the LSTM's autograd binding; `rnn_stability.nn.native_gru` the GRU's.
 
-The kernel keeps its large per-step buffers (those saved for the backward, and the gradient scratch) in a
-process-wide pool and reuses a buffer once nothing references it, as torch's CUDA caching allocator does:
-on CPU, fresh multi-megabyte allocations come from the OS page by page, and faulting them in cost more than
-the loop's arithmetic. Up to 1 GiB of unused buffers is kept; `empty_cache` releases them all and
-`workspace_bytes` reports what is held.
+The loops compute the input projection themselves and run the matrix products through oneDNN's packed-weight
+linear in float32 where torch has it (`csrc/matmul.h`: 2-3x MKL's speed on AMD CPUs), keep for the backward
+only what it cannot cheaply recompute, turn gate gradients into input and weight gradients a chunk of steps
+at a time, and keep nothing when no gradient is needed. Their large per-step buffers live in a process-wide
+pool that reuses a buffer once nothing references it, as torch's CUDA caching allocator does: on CPU, fresh
+multi-megabyte allocations come from the OS page by page, and faulting them in cost more than the loop's
+arithmetic. Up to 1 GiB of unused buffers is kept; `empty_cache` releases them all and `workspace_bytes`
+reports what is held.
 """
 
 from __future__ import annotations
