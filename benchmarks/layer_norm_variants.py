@@ -1,11 +1,12 @@
-"""Torch's modules against the three `layer_norm` variants, for LSTM and GRU.
+"""Torch's modules against the `layer_norm` variants, for LSTM and GRU.
 
 Part of the evidence behind `rnn_stability.nn.layer_norm.DEFAULT_LAYER_NORM` (the rest is the stability suite,
 `benchmarks/stability`, which decided it), in four parts:
 
 1. Input scale: `max |out(x) - out(3 x)|` of freshly initialised modules (standard normal input, hidden 32,
    20 steps, mean over seeds) for `input_size` 1 to 64. Normalising `W_ih x` on its own ("separate") makes
-   a module blind to the scale of its input: with one input feature only the sign of `x_t` is left.
+   a module blind to the scale of its input: with one input feature only the sign of `x_t` is left;
+   "scaled" (what `True` means) multiplies it back by the input's magnitude.
 2. Univariate forecasting as darts does it: a series min-max scaled to [0, 1] with the statistics of its
    training part, windows of `window` steps, the next value predicted from the last hidden state (hidden
    16, Adam, full batch). Test MAE in scaled units against the seasonal-naive forecast. Series: a generated
