@@ -8,6 +8,8 @@ another process's build holds the lock for longer than `RNN_STABILITY_NATIVE_LOC
 says why and the modules keep running the pure-PyTorch loops of `rnn_stability.nn.fused`, which compute the
 same values more slowly. Set the environment variable `RNN_STABILITY_NATIVE=0` to skip the build and always
 use the PyTorch loops. This module holds the LSTM's autograd binding; `rnn_stability.nn.native_gru` the GRU's.
+The loops also run the `recurrent_dropout` and `zoneout` options, with layer norm or without (the variant
+`"none"`: torch's own step), so those build the kernels on their first forward too.
 
 The loops compute the input projection themselves and run the matrix products through oneDNN's packed-weight
 linear in float32 where torch has it (`csrc/matmul.h`: 2-3x MKL's speed on AMD CPUs), keep for the backward

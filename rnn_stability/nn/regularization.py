@@ -104,11 +104,19 @@ def keep_mask(
 ) -> Tensor:
     """Zoneout mask: 1 (keep the previous value) with probability `p`, else 0.
 
+    A uniform draw compared with `p` in place (in float32 at least, so `p` keeps 24 bits): zoneout draws a
+    value per unit and step, and this takes half the time of `bernoulli_` on CPU.
+
     Examples:
         >>> keep_mask((4,), 0.0, torch.empty(0)).tolist()
         [0.0, 0.0, 0.0, 0.0]
+        >>> m = keep_mask((1000, 1000), 0.25, torch.empty(0), torch.Generator().manual_seed(0))
+        >>> abs(float(m.mean()) - 0.25) < 3e-3
+        True
     """
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(p, generator=generator)
+    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    mask = torch.rand(shape, dtype=dtype, device=like.device, generator=generator).lt_(p)
+    return mask.to(like.dtype)
 
 
 class LayerMasks(NamedTuple):

@@ -2,11 +2,13 @@
 
 With both options off the modules call torch's native kernel (`super().forward`) unchanged. Otherwise the
 stack is run one layer at a time, so that residual connections can be added between layers: with
-`layer_norm=False` each layer still runs torch's native one-layer kernel; with layer norm on each layer and
-direction computes its input projection (and, for `"separate"` and `"scaled"`, its layer norm) for all steps
-at once, then runs the recurrent part step by step: `rnn_stability.nn.fused` (hand-written backward) when all
-sequences have one length (the LSTM runs the C++ loop of `rnn_stability.nn.native` instead where it can), the
-autograd loops of `rnn_stability.nn.recurrence` otherwise.
+`layer_norm=False` each layer still runs torch's native one-layer kernel (unless recurrent dropout, zoneout or
+batch norm act); with layer norm on each layer and direction computes its input projection (and, for
+`"separate"` and `"scaled"`, its layer norm) for all steps at once, then runs the recurrent part step by step:
+`rnn_stability.nn.fused` (hand-written backward) when all sequences have one length (the C++ loops of
+`rnn_stability.nn.native` / `native_gru` instead where they can: CPU, float32 or float64; they also run
+recurrent dropout and zoneout, with layer norm or without), the autograd loops of
+`rnn_stability.nn.recurrence` otherwise.
 """
 
 from __future__ import annotations
@@ -257,7 +259,8 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         """One direction run by our loops (layer norm, batch norm, recurrent dropout or zoneout).
 
         `_layer_norm_function` for a constant batch size without recurrent dropout or zoneout, else the loop
-        of `rnn_stability.nn.recurrence` (which also runs the layers without layer norm).
+        of `rnn_stability.nn.recurrence` (which also runs the layers without layer norm). The subclasses run
+        the C++ loops first where they apply (`_native_loop_applies`).
         """
         gates, args = self._layer_norm_inputs(x, weights, suffix)
         zoneout = loop_zoneout(self, masks, step_sizes, len(hx))
