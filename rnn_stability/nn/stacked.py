@@ -205,7 +205,7 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
             if p == 0.0:
                 zone.append(None)
             else:
-                zone.append(p if mask is None else mask.view(len(step_sizes), step_sizes[0], -1))
+                zone.append(p if mask is None else mask.view(len(step_sizes), step_sizes[0], mask.size(-1)))
         return (masks.recurrent, *zone)
 
     def _needs_loop(self, masks: LayerMasks) -> bool:

@@ -237,3 +237,22 @@ def test_eval_zoneout_is_the_expectation_in_float32(cls) -> None:
         mp.setenv(ENV, "0")
         want = module(x)[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_edge_cases_match_the_pytorch_loops(cls, layer_norm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One step, an empty batch, a training-mode forward without gradients, eval under inference mode."""
+    module = cls(3, 5, num_layers=2, layer_norm=layer_norm, dtype=DT, recurrent_dropout=0.3, zoneout=0.2)
+    cases = [(torch.randn(1, 2, 3, dtype=DT), True), (torch.randn(4, 0, 3, dtype=DT), True)]
+    cases += [(torch.randn(4, 2, 3, dtype=DT), True), (torch.randn(4, 2, 3, dtype=DT), False)]
+    for k, (x, training) in enumerate(cases):
+        module.train(training)
+        outs = []
+        for native in ("1", "0"):
+            monkeypatch.setenv(ENV, native)
+            module.mask_generator = torch.Generator().manual_seed(k)
+            context = torch.no_grad() if training else torch.inference_mode()
+            with context:
+                outs.append(module(x)[0])
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=1e-9)
