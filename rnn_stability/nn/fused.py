@@ -12,6 +12,8 @@ tensors in cache. Formulas are those of
 candidate block is normalised after the reset gate (`rnn_stability.nn.fused_joint`). Like torch's cuDNN RNN
 kernels they are differentiable once (no double backward). On CPU in float32/float64 the LSTM runs the C++ loop of `rnn_stability.nn.native`
 instead; this one serves the other devices and dtypes and the case where the C++ loop cannot be built.
+Both loops here also take the recurrent-dropout mask and zoneout's keep masks (or, in eval, its probability)
+of `rnn_stability.nn.fused_masks`, forward and backward.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from rnn_stability.nn.fused_masks import (
+    Zone,
+    add_kept_,
+    blend_,
+    blend_into,
+    keep_at,
+    masked_states,
+    new_state_grad,
+)
 
 __all__ = ["GRULayerNormFunction", "LSTMLayerNormFunction"]
 
@@ -124,6 +136,9 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         eps: float,
         joint: bool,
         reverse: bool,
+        recurrent: Tensor | None = None,
+        zone_h: Zone = None,
+        zone_c: Zone = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         steps, batch, _, hidden = x_gates.shape
         needs_grad = any(ctx.needs_input_grad)
@@ -155,9 +170,13 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         mean_c: list[Tensor] = [one] * steps
         rstd_c: list[Tensor] = [one] * steps
         h, c = h0, c0
+        # Recurrent dropout and zoneout (`rnn_stability.nn.fused_masks`): the masked state, the zoned cells.
+        h_rec = new(batch, h0.size(-1)) if recurrent is not None else None
+        zoned = (new(batch, hidden), new(batch, hidden)) if zone_c is not None else ()
         shape = [hidden]
-        for t in _steps(steps, reverse):
-            torch.mm(h, w_hh_t, out=hh_flat)
+        for k, t in enumerate(_steps(steps, reverse)):
+            h_prev = h
+            torch.mm(h if recurrent is None else torch.mul(h, recurrent, out=h_rec), w_hh_t, out=hh_flat)
             if joint:
                 hh.add_(x_s[t])
             normed_t, _, rstd[t] = torch.native_layer_norm(hh, shape, None, None, eps)
@@ -187,6 +206,11 @@ class LSTMLayerNormFunction(torch.autograd.Function):
                 torch.mul(tc, sd_o, out=coef_s[3][t])
                 torch.mul(o, torch.addcmul(one, tc, tc, value=-1, out=read), out=coef_read_s[t])
                 forget_s[t].copy_(f)
+            if zone_h is not None:
+                h = blend_(h, h_prev, keep_at(zone_h, t))
+            if zone_c is not None:
+                c = blend_into(zoned[k % 2], c, c_prev, keep_at(zone_c, t))
+        ctx.masks = (recurrent, zone_h, zone_c)
         ctx.save_for_backward(
             out, h0, weight_hh, gain_hh, cell_weight, weight_hr, cells, coef, coef_read, forget, pre_proj
         )
@@ -226,8 +250,27 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         dc = new(batch, hidden)
         dc_gates = dc.unsqueeze(1)
         f_next: Tensor | None = None
-        for t in _steps(steps, not reverse):
-            if dhh is None:
+        # Recurrent dropout and zoneout: dL/dh_t and dL/dc_t of the zoned states (ds, dcs; two slots each,
+        # the later step's is carried past its zoneout); grad_h_s then holds the new states' dL/dh_t.
+        recurrent, zone_h, zone_c = ctx.masks
+        regular = recurrent is not None or zone_h is not None
+        ds_bufs = (new(batch, out.size(-1)), new(batch, out.size(-1))) if zone_h is not None else ()
+        dcs_bufs = (new(batch, hidden), new(batch, hidden)) if zone_c is not None else ()
+        ds = dcs = torch.empty(0)
+        later = -1
+        for k, t in enumerate(_steps(steps, not reverse)):
+            if regular:
+                ds = ds_bufs[k % 2] if zone_h is not None else grad_h_s[t]
+                if dhh is None:
+                    torch.add(grad_hn, grad_out_s[t], out=ds)
+                elif recurrent is not None:
+                    torch.addcmul(grad_out_s[t], torch.mm(dhh, weight_hh), recurrent, out=ds)
+                else:
+                    torch.addmm(grad_out_s[t], dhh, weight_hh, out=ds)
+                if zone_h is not None and later >= 0:
+                    add_kept_(ds, keep_at(zone_h, later), ds_bufs[(k + 1) % 2])
+                dh_t = ds if zone_h is None else new_state_grad(grad_h_s[t], ds, keep_at(zone_h, t))
+            elif dhh is None:
                 dh_t = torch.add(grad_hn, grad_out_s[t], out=grad_h_s[t])
             else:
                 dh_t = torch.addmm(grad_out_s[t], dhh, weight_hh, out=grad_h_s[t])
@@ -236,11 +279,20 @@ class LSTMLayerNormFunction(torch.autograd.Function):
             d_cell = _LN_BACKWARD(
                 d_read, cells_s[t], shape, mean_c[t], rstd_c[t], cell_weight, None, _INPUT_GRAD_ONLY
             )[0]
-            if f_next is None:
+            if zone_c is not None:  # dcs: dL/dc_t of the zoned cell; dc: that of the new cell
+                dcs = dcs_bufs[k % 2]
+                if f_next is None:
+                    dcs.copy_(grad_cn)
+                else:
+                    torch.mul(dcs_bufs[(k + 1) % 2], keep_at(zone_c, later), out=dcs).addcmul_(dc, f_next)
+                d_cell = d_cell + new_state_grad(dc, dcs, keep_at(zone_c, t))
+                dc.copy_(d_cell)
+            elif f_next is None:
                 torch.add(d_cell, grad_cn, out=dc)
             else:
                 torch.addcmul(d_cell, dc, f_next, out=dc)
             f_next = forget_s[t]
+            later = t
             torch.mul(dc_gates, coef_cell_s[t], out=dg_cell_s[t])
             torch.mul(dm, coef_o_s[t], out=dg_o_s[t])
             dg = grad_gates_s[t]
@@ -253,10 +305,16 @@ class LSTMLayerNormFunction(torch.autograd.Function):
         assert dhh is not None and f_next is not None
         grad_h0 = torch.mm(dhh, weight_hh)
         grad_c0 = dc * f_next
+        if recurrent is not None:
+            grad_h0.mul_(recurrent)
+        if zone_h is not None:
+            add_kept_(grad_h0, keep_at(zone_h, later), ds)
+        if zone_c is not None:
+            grad_c0 = torch.mul(dcs, keep_at(zone_c, later)).addcmul_(dc, f_next)
         need = ctx.needs_input_grad
         grad_w_hh = grad_gain = grad_shift = grad_cell_w = grad_cell_b = grad_w_hr = None
         if need[3]:
-            grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, out, h0, reverse)
+            grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, *masked_states(out, h0, recurrent), reverse)
         if need[4]:
             grad_gain = gain_acc.sum(0)
         if need[5]:
@@ -281,6 +339,9 @@ class LSTMLayerNormFunction(torch.autograd.Function):
             grad_cell_w,
             grad_cell_b,
             grad_w_hr,
+            None,
+            None,
+            None,
             None,
             None,
             None,
@@ -309,6 +370,8 @@ class GRULayerNormFunction(torch.autograd.Function):
         eps: float,
         joint: bool,
         reverse: bool,
+        recurrent: Tensor | None = None,
+        zone_h: Zone = None,
     ) -> tuple[Tensor, Tensor]:
         assert shift is None and not joint, "the joint GRU runs GRUJointLayerNormFunction"
         steps, batch, _, hidden = x_gates.shape
@@ -337,8 +400,10 @@ class GRULayerNormFunction(torch.autograd.Function):
         rstd: list[Tensor] = [one] * steps
         shape = [hidden]
         h = h0
+        h_rec = new(batch, hidden) if recurrent is not None else None  # recurrent dropout: m h enters W_hh
         for t in _steps(steps, reverse):
-            torch.mm(h, w_hh_t, out=hh_flat)
+            h_prev = h
+            torch.mm(h if recurrent is None else torch.mul(h, recurrent, out=h_rec), w_hh_t, out=hh_flat)
             normed_t, _, rstd[t] = torch.native_layer_norm(hh, shape, None, None, eps)
             normed[t] = normed_t
             torch.mul(normed_t, gain_hh, out=a)
@@ -356,6 +421,9 @@ class GRULayerNormFunction(torch.autograd.Function):
                 torch.mul(torch.mul(coef_n, hn, out=scratch), sd_r, out=coef_r_s[t])
                 torch.mul(diff, sd_z, out=coef_z_s[t])
                 torch.mul(coef_n, r, out=coef_nr_s[t])
+            if zone_h is not None:
+                h = blend_(h, h_prev, keep_at(zone_h, t))
+        ctx.masks = (recurrent, zone_h)
         ctx.save_for_backward(out, h0, weight_hh, gain_hh, rz, coef, coef_nr)
         # Intermediate results (never returned), kept per step as the backward reads them per step.
         ctx.steps_saved = (normed, rstd)
@@ -387,8 +455,29 @@ class GRULayerNormFunction(torch.autograd.Function):
         coef_s, coef_nr_s, z_s = coef.unbind(0), coef_nr.unbind(0), rz[:, :, 1].unbind(0)
         dhh: Tensor | None = None
         dh_prev = z_next = grad_hn
+        # Recurrent dropout and zoneout: ds is dL/dh_t of the zoned state (two slots, the later step's carried
+        # past its zoneout); dh_bufs then hold the new states' dL/dh_t.
+        recurrent, zone_h = ctx.masks
+        ds_bufs = (new(batch, hidden), new(batch, hidden)) if zone_h is not None else ()
+        ds = torch.empty(0)
+        later = -1
         for k, t in enumerate(_steps(steps, not reverse)):
-            dh = _gru_grad_h(dh_bufs[k % 2], grad_hn, grad_out_s[t], dhh, dh_prev, z_next, weight_hh)
+            if recurrent is None and zone_h is None:
+                dh = _gru_grad_h(dh_bufs[k % 2], grad_hn, grad_out_s[t], dhh, dh_prev, z_next, weight_hh)
+            else:
+                ds = ds_bufs[k % 2] if zone_h is not None else dh_bufs[k % 2]
+                if dhh is None:
+                    torch.add(grad_hn, grad_out_s[t], out=ds)
+                else:
+                    torch.addcmul(grad_out_s[t], dh_prev, z_next, out=ds)
+                    if recurrent is not None:
+                        ds.addcmul_(torch.mm(dhh, weight_hh), recurrent)
+                    else:
+                        ds.addmm_(dhh, weight_hh)
+                    if zone_h is not None:
+                        add_kept_(ds, keep_at(zone_h, later), ds_bufs[(k + 1) % 2])
+                dh = ds if zone_h is None else new_state_grad(dh_bufs[k % 2], ds, keep_at(zone_h, t))
+            later = t
             torch.mul(dh_gates[k % 2], coef_s[t], out=grad_gates_s[t])
             grad_a_rz.copy_(grad_gates_rz_s[t])
             torch.mul(dh, coef_nr_s[t], out=grad_a_n)
@@ -403,12 +492,16 @@ class GRULayerNormFunction(torch.autograd.Function):
             dh_prev, z_next = dh, z_s[t]
         assert dhh is not None
         grad_h0 = torch.addmm(dh_prev * z_next, dhh, weight_hh)
+        if recurrent is not None:
+            grad_h0 = torch.addcmul(dh_prev * z_next, torch.mm(dhh, weight_hh), recurrent)
+        if zone_h is not None:
+            add_kept_(grad_h0, keep_at(zone_h, later), ds)
         need = ctx.needs_input_grad
         grad_w_hh = grad_gain = grad_bias_hn = None
         if need[2]:
-            grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, out, h0, reverse)
+            grad_w_hh = _recurrent_weight_grad(grad_hh, dhh, *masked_states(out, h0, recurrent), reverse)
         if need[3]:
             grad_gain = gain_acc.sum(0)
         if bias_acc is not None and need[5]:
             grad_bias_hn = bias_acc.sum(0)
-        return grad_gates, grad_h0, grad_w_hh, grad_gain, None, grad_bias_hn, None, None, None
+        return grad_gates, grad_h0, grad_w_hh, grad_gain, None, grad_bias_hn, None, None, None, None, None

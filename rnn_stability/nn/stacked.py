@@ -258,15 +258,20 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """One direction run by our loops (layer norm, batch norm, recurrent dropout or zoneout).
 
-        `_layer_norm_function` for a constant batch size without recurrent dropout or zoneout, else the loop
-        of `rnn_stability.nn.recurrence` (which also runs the layers without layer norm). The subclasses run
-        the C++ loops first where they apply (`_native_loop_applies`).
+        `_layer_norm_function` (hand-written backward, with the recurrent-dropout and zoneout masks but for
+        the joint GRU's) for a constant batch size, else the loop of `rnn_stability.nn.recurrence` (which also
+        runs the layers without layer norm). The subclasses run the C++ loops first where they apply
+        (`_native_loop_applies`).
         """
         gates, args = self._layer_norm_inputs(x, weights, suffix)
         zoneout = loop_zoneout(self, masks, step_sizes, len(hx))
-        if self.layer_norm and use_fused(step_sizes) and masks.recurrent is None and not any(zoneout):
-            joint = self.layer_norm_variant == "joint"
+        joint = self.layer_norm_variant == "joint"
+        regularized = masks.recurrent is not None or any(z is not None for z in zoneout)
+        # The hand-written-backward loops take the masks (`rnn_stability.nn.fused_masks`) but the joint GRU's.
+        takes_masks = not (joint and self.mode == "GRU")
+        if self.layer_norm and use_fused(step_sizes) and (takes_masks or not regularized):
             function = self._joint_layer_norm_function if joint else self._layer_norm_function
+            extra = self._native_masks(masks, step_sizes, len(hx)) if regularized else ()
             # Under autocast an un-normalised input projection comes out in the lower precision; the loop's
             # preallocated buffers and `out=` products take the state's dtype, as with the normalised one.
             out, *final = function.apply(
@@ -274,6 +279,7 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
                 *hx,
                 *args,
                 reverse,
+                *extra,
             )
             out = out.view(x.size(0), out.size(-1))
         else:

@@ -4,8 +4,9 @@ Op level: given the same masks, the C++ LSTM and GRU loops match the autograd st
 `rnn_stability.nn.recurrence` in float64 (outputs, final states and every gradient) for every variant,
 `"none"` (no layer norm) included, with and without a projection, in both directions, in training (0/1 keep
 masks) and in eval (zoneout's probability); gradcheck with the mask arguments given. Module level: which loop
-runs, and the variants the naive reference does not cover (`"separate"`, `"scaled"`) against the PyTorch
-loops with the C++ build disabled.
+runs (with the C++ build disabled: the hand-written-backward loops of `rnn_stability.nn.fused` with layer
+norm, which take the masks too), and the variants the naive reference does not cover (`"separate"`,
+`"scaled"`) against the PyTorch loops.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rnn_stability.nn import GRU, LSTM
+from rnn_stability.nn.fused import GRULayerNormFunction, LSTMLayerNormFunction
 from rnn_stability.nn.native import LSTMLayerNormLayerNative
 from rnn_stability.nn.native_gru import GRULayerNormLayerNative, gru_shift
 from rnn_stability.nn.recurrence import (
@@ -165,7 +167,7 @@ def test_gradcheck_with_masks(lstm: bool, variant: str) -> None:
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    calls = {"native": 0, "loop": 0}
+    calls = {"native": 0, "fused": 0, "loop": 0}
 
     def wrap(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
@@ -176,6 +178,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     for function in (LSTMLayerNormLayerNative, GRULayerNormLayerNative):
         monkeypatch.setattr(function, "apply", wrap("native", function.apply))
+    for function in (LSTMLayerNormFunction, GRULayerNormFunction):
+        monkeypatch.setattr(function, "apply", wrap("fused", function.apply))
     for cls in (LSTM, GRU):
         monkeypatch.setattr(cls, "_layer_norm_sequence", staticmethod(wrap("loop", cls._layer_norm_sequence)))
     return calls
@@ -192,11 +196,13 @@ def test_which_loop_runs(
     calls = _spy(monkeypatch)
     module(torch.randn(5, 2, 3))
     plain_eval = not training and "recurrent_dropout" in options and not layer_norm  # torch's own kernel
-    assert calls == {"native": 0 if plain_eval else 4, "loop": 0}
+    assert calls == {"native": 0 if plain_eval else 4, "fused": 0, "loop": 0}
+    # Without the C++ build: the hand-written-backward loops with layer norm, the autograd loop without.
     monkeypatch.setenv(ENV, "0")
-    calls["native"] = 0
+    calls.update(native=0, fused=0, loop=0)
     module(torch.randn(5, 2, 3))
-    assert calls["native"] == 0
+    runs = 0 if plain_eval else 4
+    assert calls == {"native": 0, "fused": runs if layer_norm else 0, "loop": 0 if layer_norm else runs}
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
