@@ -22,7 +22,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnn_stability.nn.fused import _gain_folded_ln_backward, _gru_grad_h, _recurrent_weight_grad, _steps
+from rnn_stability.nn.fused_common import (
+    _gain_folded_ln_backward,
+    _gru_grad_h,
+    _recurrent_weight_grad,
+    _steps,
+)
 
 __all__ = ["GRUJointLayerNormFunction"]
 
