@@ -30,28 +30,14 @@ from rnn_stability.nn.layer_norm import (
     LayerNormVariant,
     check_layer_norm,
 )
-from rnn_stability.nn.regularization import (
-    REGULARIZERS,
-    LayerMasks,
-    apply_locked,
-    check_probability,
-    check_zoneout,
-    draw_masks,
-    loop_zoneout,
-)
+from rnn_stability.nn.regularization import REGULARIZERS, LayerMasks, apply_locked, draw_masks, loop_zoneout
+from rnn_stability.nn.regularized import RegularizedRNNMixin, check_flag
 from rnn_stability.nn.scripting import torch_module_for_scripting
 
 __all__ = ["StackedRNNMixin", "check_flag", "split_steps", "use_fused"]
 
 
-def check_flag(name: str, value: Any) -> bool:
-    """Return `value` if it is a bool, else raise `TypeError` naming the argument."""
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool (True or False), got {value!r}")
-    return value
-
-
-class StackedRNNMixin(LayerNormOption, nn.RNNBase):
+class StackedRNNMixin(LayerNormOption, RegularizedRNNMixin, nn.RNNBase):
     """Adds `layer_norm` / `residual` and the regularisers of `rnn_stability.nn.regularization` to a torch RNN
     class; listed before it in the bases.
 
@@ -68,15 +54,6 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
     _layer_norm_sequence: ClassVar[Callable[..., tuple[Tensor, ...]]]
     layer_norm: bool | LayerNormVariant
     residual: bool
-    weight_dropout: float
-    recurrent_dropout: float
-    input_dropout: float
-    zoneout: tuple[float, float]
-    batch_norm: bool
-    layer_norm_eps: float = 1e-5
-    #: Where the regularisers' masks come from: `None` is torch's global generator (what
-    #: `seed_everything` seeds); set a `torch.Generator` to draw them apart (see `draw_masks`).
-    mask_generator: torch.Generator | None = None
 
     def __init__(
         self,
@@ -93,15 +70,7 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.layer_norm = check_layer_norm(layer_norm)
         self.residual = check_flag("residual", residual)
-        self.weight_dropout = check_probability("weight_dropout", weight_dropout)
-        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
-        self.input_dropout = check_probability("input_dropout", input_dropout)
-        if self.mode != "LSTM" and isinstance(zoneout, (tuple, list)):
-            raise TypeError(
-                f"`zoneout` of a {self.mode} must be a float (it has no cell state), got {zoneout!r}"
-            )
-        self.zoneout = check_zoneout(zoneout)
-        self.batch_norm = check_flag("batch_norm", batch_norm)
+        self._set_regularizers(weight_dropout, recurrent_dropout, input_dropout, zoneout, batch_norm)
         variant = self.layer_norm_variant
         if self.batch_norm and variant in INPUT_NORMS:
             raise ValueError(
@@ -112,10 +81,7 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         weight = self._flat_weights[0]
         assert isinstance(weight, Tensor)
         factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
-        if self.batch_norm:
-            for suffix in self._direction_suffixes():
-                norm = nn.BatchNorm1d(self.num_gates * self.hidden_size, eps=self.layer_norm_eps, **factory)
-                setattr(self, f"batch_norm_ih{suffix}", norm)
+        self._add_batch_norms(self._direction_suffixes(), factory)
         if variant is not None:
             for suffix in self._direction_suffixes():
                 for name in GATE_NORMS[variant]:
@@ -160,11 +126,7 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
             s += f", layer_norm={self.layer_norm!r}"
         if self.residual:
             s += ", residual=True"
-        for name, off in REGULARIZERS.items():
-            value = getattr(self, name)
-            if value != off:
-                s += f", {name}={value[0] if name == 'zoneout' and value[0] == value[1] else value!r}"
-        return s
+        return s + self._regularizer_repr()
 
     def __prepare_scriptable__(self) -> nn.Module:
         """For `torch.jit.script`: torch's module with the same state (see `rnn_stability.nn.scripting`)."""
@@ -177,40 +139,6 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
         self.__dict__.setdefault("residual", False)
         for name, off in REGULARIZERS.items():
             self.__dict__.setdefault(name, off)
-
-    def _regularized(self) -> bool:
-        """Whether a regulariser acts in the current mode (the dropouts do nothing in `eval()`)."""
-        dropouts = self.weight_dropout or self.recurrent_dropout or self.input_dropout
-        zoneout = self.zoneout[0] or (self.mode == "LSTM" and self.zoneout[1])
-        return bool((self.training and dropouts) or zoneout or self.batch_norm)
-
-    def _native_loop_applies(self, masks: LayerMasks) -> bool:
-        """Whether a layer may run the C++ loops of `rnn_stability.nn.native` / `native_gru` (on a CPU build).
-
-        They run layer norm, recurrent dropout and zoneout (with or without layer norm: the variant `"none"`),
-        but no `batch_norm` (they compute `W_ih x` themselves): that runs the PyTorch loops.
-        """
-        return bool(
-            (self.layer_norm or masks.recurrent is not None or any(self.zoneout)) and not self.batch_norm
-        )
-
-    def _native_masks(
-        self, masks: LayerMasks, step_sizes: list[int], states: int
-    ) -> tuple[Tensor | float | None, ...]:
-        """The regularisers' arguments of the C++ loops for one direction (constant batch size): the
-        recurrent-dropout mask, then per state (`h`, and `c` for the LSTM) zoneout's `(T, B, W)` keep masks
-        in training, its probability in eval, or `None` when off."""
-        zone: list[Tensor | float | None] = []
-        for p, mask in zip(self.zoneout[:states], (masks.zone_h, masks.zone_c)[:states], strict=True):
-            if p == 0.0:
-                zone.append(None)
-            else:
-                zone.append(p if mask is None else mask.view(len(step_sizes), step_sizes[0], mask.size(-1)))
-        return (masks.recurrent, *zone)
-
-    def _needs_loop(self, masks: LayerMasks) -> bool:
-        """Whether a layer runs a time loop of ours: torch's kernel has no place for these."""
-        return bool(self.layer_norm or self.batch_norm or masks.recurrent is not None or any(self.zoneout))
 
     # ---- mode-specific hooks --------------------------------------------------------------------------------
     def _state_tuple(self, hx: Any, is_batched: bool) -> tuple[Tensor, ...]:
@@ -287,10 +215,6 @@ class StackedRNNMixin(LayerNormOption, nn.RNNBase):
                 split_steps(gates, step_sizes), *hx, args, reverse, masks.recurrent, zoneout
             )
         return out, tuple(final)
-
-    def _input_norm(self, suffix: str) -> nn.BatchNorm1d | None:
-        """The batch norm of `W_ih x` of one layer and direction (`batch_norm=True`), else `None`."""
-        return getattr(self, f"batch_norm_ih{suffix}") if self.batch_norm else None
 
     # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None) -> Any:
