@@ -40,15 +40,71 @@ struct Row {
   T* d_scale;    // backward, "scaled" only: dL/d(in_scale) is added here (else null)
 };
 
+// In-place sigmoid and tanh of n values, vectorised. float's tanh is a rational approximation (the
+// clamped odd 13/6 minimax form of Eigen's and TensorFlow's fast tanh: within 7 ulp, 4e-7 absolute, of tanh,
+// with |x| < 4e-4 passed through), a fraction of the cost of Sleef's tanh, and the sigmoid from it; double
+// keeps Sleef's tanh and exp (1 ulp).
+template <typename T>
+inline at::vec::Vectorized<T> sigmoid_vec(at::vec::Vectorized<T> v) {
+  using Vec = at::vec::Vectorized<T>;
+  return Vec(T(1)) / (Vec(T(1)) + v.neg().exp());
+}
+
+template <typename T>
+inline at::vec::Vectorized<T> tanh_vec(at::vec::Vectorized<T> v) {
+  return v.tanh();
+}
+
+template <>
+inline at::vec::Vectorized<float> tanh_vec<float>(at::vec::Vectorized<float> v) {
+  using Vec = at::vec::Vectorized<float>;
+  const Vec x = at::vec::clamp(v, Vec(-7.90531110763549805f), Vec(7.90531110763549805f)), x2 = x * x;
+  Vec p(-2.76076847742355e-16f);
+  p = at::vec::fmadd(p, x2, Vec(2.00018790482477e-13f));
+  p = at::vec::fmadd(p, x2, Vec(-8.60467152213735e-11f));
+  p = at::vec::fmadd(p, x2, Vec(5.12229709037114e-08f));
+  p = at::vec::fmadd(p, x2, Vec(1.48572235717979e-05f));
+  p = at::vec::fmadd(p, x2, Vec(6.37261928875436e-04f));
+  p = at::vec::fmadd(p, x2, Vec(4.89352455891786e-03f));
+  Vec q(1.19825839466702e-06f);
+  q = at::vec::fmadd(q, x2, Vec(1.18534705686654e-04f));
+  q = at::vec::fmadd(q, x2, Vec(2.26843463243900e-03f));
+  q = at::vec::fmadd(q, x2, Vec(4.89352518554385e-03f));
+  const Vec y = Vec::blendv(x * p / q, v, v.abs() < Vec(0.0004f));
+  return Vec::blendv(y, v, v.isnan());
+}
+
+// float: sigmoid(x) = (1 + tanh(x / 2)) / 2 with the rational tanh above (within 4e-7 of sigmoid).
+template <>
+inline at::vec::Vectorized<float> sigmoid_vec<float>(at::vec::Vectorized<float> v) {
+  using Vec = at::vec::Vectorized<float>;
+  return at::vec::fmadd(tanh_vec<float>(v * Vec(0.5f)), Vec(0.5f), Vec(0.5f));
+}
+
+template <typename T, typename F>
+inline void map_inplace(T* x, int64_t n, const F& f) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  int64_t j = 0;
+  for (; j + V <= n; j += V) f(Vec::loadu(x + j)).store(x + j);
+  if (j < n) f(Vec::loadu(x + j, n - j)).store(x + j, n - j);
+}
+
+template <typename T>
+inline void sigmoid_inplace(T* x, int64_t n) { map_inplace(x, n, sigmoid_vec<T>); }
+
+template <typename T>
+inline void tanh_inplace(T* x, int64_t n) { map_inplace(x, n, tanh_vec<T>); }
+
 // cell_xhat and tc of a row from its cell, mean and rstd: what forward_row computes, in the same order (the
 // backward's recomputation gives the same bits).
 template <typename T>
 inline void cell_read_out(const Params<T>& p, const Row<T>& r, T mean, T rstd) {
-  using Vec = at::vec::Vectorized<T>;
   const int64_t H = p.H;
   const T *cw = p.cell_weight, *cb = p.cell_bias;
   if (p.norm == Norm::kNone) {  // no cell read-out norm: tanh(c_t)
-    at::vec::map([](Vec v) { return v.tanh(); }, r.tc, r.cell, H);
+    std::copy(r.cell, r.cell + H, r.tc);
+    tanh_inplace(r.tc, H);
     return;
   }
 #pragma omp simd
@@ -56,12 +112,11 @@ inline void cell_read_out(const Params<T>& p, const Row<T>& r, T mean, T rstd) {
     r.cell_xhat[j] = (r.cell[j] - mean) * rstd;
     r.tc[j] = r.cell_xhat[j] * cw[j] + cb[j];
   }
-  at::vec::map([](Vec v) { return v.tanh(); }, r.tc, r.tc, H);
+  tanh_inplace(r.tc, H);
 }
 
 template <typename T>
 void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, const Row<T>& r, T* h) {
-  using Vec = at::vec::Vectorized<T>;
   const int64_t H = p.H;
   for (int64_t k = 0; k < 4; ++k) {
     const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H, *sk = p.shift + k * H;
@@ -103,9 +158,9 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
       }
     }
     if (k == 2) {
-      at::vec::map([](Vec v) { return v.tanh(); }, ak, ak, H);
+      tanh_inplace(ak, H);
     } else {
-      at::vec::map([](Vec v) { return Vec(T(1)) / (Vec(T(1)) + v.neg().exp()); }, ak, ak, H);
+      sigmoid_inplace(ak, H);
     }
   }
   const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;

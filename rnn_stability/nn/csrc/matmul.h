@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <optional>
@@ -39,20 +41,38 @@ struct OneDnnOps {
 
 // y (M, N) = init + x (M, K) W^T with W^T given as wt (K, N), row by row (init null: zeros): no allocation
 // and no dispatch, for weights of a few thousand values, where a step's product takes a microsecond or two.
+// Blocks of up to 4 vectors of a row's outputs stay in registers over the K inputs (each output is still the
+// sum over k in order, from its init).
 template <typename T>
 void small_product(const T* x, int64_t M, int64_t K, const T* wt, int64_t N, const T* init, T* y) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
   for (int64_t m = 0; m < M; ++m) {
+    const T* xr = x + m * K;
     T* yr = y + m * N;
-    if (init != nullptr) {
-      std::copy(init + m * N, init + (m + 1) * N, yr);
-    } else {
-      std::fill(yr, yr + N, T(0));
+    const T* ir = init == nullptr ? nullptr : init + m * N;
+    int64_t n = 0;
+    for (; n + 4 * V <= N; n += 4 * V) {
+      Vec a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+      if (ir != nullptr) {
+        a0 = Vec::loadu(ir + n), a1 = Vec::loadu(ir + n + V), a2 = Vec::loadu(ir + n + 2 * V);
+        a3 = Vec::loadu(ir + n + 3 * V);
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const Vec a(xr[k]);
+        const T* w = wt + k * N + n;
+        a0 = at::vec::fmadd(a, Vec::loadu(w), a0);
+        a1 = at::vec::fmadd(a, Vec::loadu(w + V), a1);
+        a2 = at::vec::fmadd(a, Vec::loadu(w + 2 * V), a2);
+        a3 = at::vec::fmadd(a, Vec::loadu(w + 3 * V), a3);
+      }
+      a0.store(yr + n), a1.store(yr + n + V), a2.store(yr + n + 2 * V), a3.store(yr + n + 3 * V);
     }
-    for (int64_t k = 0; k < K; ++k) {
-      const T a = x[m * K + k];
-      const T* w = wt + k * N;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) yr[n] += a * w[n];
+    for (; n < N; n += V) {
+      const int64_t c = std::min<int64_t>(V, N - n);
+      Vec acc = ir != nullptr ? Vec::loadu(ir + n, c) : Vec(T(0));
+      for (int64_t k = 0; k < K; ++k) acc = at::vec::fmadd(Vec(xr[k]), Vec::loadu(wt + k * N + n, c), acc);
+      acc.store(yr + n, c);
     }
   }
 }
@@ -79,6 +99,15 @@ class Linear {
   }
 
   bool defined() const { return weight_.defined(); }
+
+  // Whether the product runs small_product (raw pointers, no dispatch: see small_raw).
+  bool is_small() const { return small_; }
+
+  // y (M, N) = init + x (M, K) W^T on raw contiguous rows (init null: zeros); is_small() only.
+  template <typename T>
+  void small_raw(const T* x, int64_t M, const T* init, T* y) const {
+    small_product<T>(x, M, weight_t_.size(0), weight_t_.data_ptr<T>(), weight_t_.size(1), init, y);
+  }
 
   // Whether oneDNN beats MKL for (rows x K) times (K x N): float32 only, enough rows and a large enough weight.
   static bool use_onednn(const Tensor& weight, int64_t rows) {
