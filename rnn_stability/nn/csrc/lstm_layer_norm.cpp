@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include "loop_common.h"
+#include "lstm_buffers.h"
 #include "lstm_rows.h"
 #include "matmul.h"
 #include "regularization_rows.h"
@@ -43,60 +44,6 @@ using namespace rnn_stability;
 
 // Batch rows per task of at::parallel_for: a row is only a few microseconds of work.
 inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 8192 / (4 * H)); }
-
-// Per-step buffers, (slots, B, ...) each. With save == false a step reuses slot 0 (cells alternate between two
-// slots, as a step reads the previous step's cell).
-struct Buffers {
-  Tensor x_mean, x_rstd, normed, rstd, act, cell, cell_mean, cell_rstd;
-
-  Buffers(int64_t slots, int64_t cell_slots, int64_t B, int64_t H, bool separate, const at::TensorOptions& opts)
-      : x_mean(workspace({separate ? slots : 0, B, 4}, opts)),
-        x_rstd(workspace({separate ? slots : 0, B, 4}, opts)),
-        normed(workspace({slots, B, 4 * H}, opts)),
-        rstd(workspace({slots, B, 4}, opts)),
-        act(workspace({slots, B, 4 * H}, opts)),
-        cell(workspace({cell_slots, B, H}, opts)),
-        cell_mean(workspace({slots, B}, opts)),
-        cell_rstd(workspace({slots, B}, opts)) {}
-
-  explicit Buffers(const std::vector<Tensor>& t)
-      : x_mean(t[0]), x_rstd(t[1]), normed(t[2]), rstd(t[3]), act(t[4]), cell(t[5]), cell_mean(t[6]),
-        cell_rstd(t[7]) {}
-
-  std::vector<Tensor> list() const { return {x_mean, x_rstd, normed, rstd, act, cell, cell_mean, cell_rstd}; }
-
-  // Row b of a slot; its cell read-out goes to `read_out` (2H scratch values of the row).
-  template <typename T>
-  Row<T> row(int64_t slot, int64_t cell_slot, int64_t b, T* read_out, T in_scale = 1, T* d_scale = nullptr) const {
-    const int64_t B = act.size(1), H = cell.size(2), s = slot * B + b;
-    T* xm = x_mean.numel() > 0 ? x_mean.data_ptr<T>() + s * 4 : nullptr;
-    T* xr = x_rstd.numel() > 0 ? x_rstd.data_ptr<T>() + s * 4 : nullptr;
-    return Row<T>{xm,
-                  xr,
-                  normed.data_ptr<T>() + s * 4 * H,
-                  rstd.data_ptr<T>() + s * 4,
-                  act.data_ptr<T>() + s * 4 * H,
-                  cell.data_ptr<T>() + (cell_slot * B + b) * H,
-                  cell_mean.data_ptr<T>() + s,
-                  cell_rstd.data_ptr<T>() + s,
-                  read_out,
-                  read_out + H,
-                  in_scale,
-                  d_scale};
-  }
-};
-
-// Contiguous copies (where needed) of the layer-norm parameters, owned for as long as Params points into them.
-struct LayerNormParams {
-  Tensor gain_ih, shift, gain_hh, cell_weight, cell_bias;
-};
-
-template <typename T>
-Params<T> params(const LayerNormParams& t, int64_t H, double eps, Norm norm) {
-  auto ptr = [](const Tensor& x) { return x.defined() ? x.data_ptr<T>() : nullptr; };
-  return Params<T>{ptr(t.gain_ih),   ptr(t.shift), ptr(t.gain_hh), ptr(t.cell_weight),
-                   ptr(t.cell_bias), H,            static_cast<T>(eps), norm};
-}
 
 // gain_ih must be given exactly for the separate (and scaled) normalisation.
 Norm checked_norm(c10::string_view name, const std::optional<Tensor>& gain_ih, bool* scaled) {
@@ -148,7 +95,6 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   Tensor out = at::empty({T_, B, h0.size(-1)}, opts);
   Tensor read_out = at::empty({B, 2 * H}, opts), hh_buf = at::empty({B, 4 * H}, opts);
   const Linear hh_of(weight_hh, B), proj(w_hr.defined() ? w_hr : Tensor(), B);
-  Tensor h = h0, c = c0;
   const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
                             gain_hh.contiguous(), cell_weight.contiguous(), contiguous_or_zeros(cell_bias, {H}, opts)};
   // Recurrent dropout and zoneout (regularization_rows.h): the masks, the masked state that enters W_hh, and
@@ -158,39 +104,64 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   const Zone zh(zone_h, T_, B, W, opts), zc(zone_c, T_, B, H, opts);
   Tensor h_rec = at::empty({rec.defined() ? B : 0, W}, opts);
   Tensor zcell = workspace({zc.on() ? (save ? T_ : 2) : 0, B, H}, opts);
+  // The loop touches no tensor per step (raw pointers; the products of the small path take pointers too).
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
-    scalar_t* read_out_p = read_out.data_ptr<scalar_t>();
-    const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
+    const auto rows = buf.bases<scalar_t>();
+    scalar_t *read_out_p = read_out.data_ptr<scalar_t>(), *out_p = out.data_ptr<scalar_t>();
+    const scalar_t *scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr, *xp_p = xp.data_ptr<scalar_t>();
+    scalar_t *pre_p = w_hr.defined() ? pre_proj.data_ptr<scalar_t>() : nullptr, *hh_buf_p = hh_buf.data_ptr<scalar_t>();
+    scalar_t* h_rec_p = rec.defined() ? h_rec.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* rec_p = rec.defined() ? rec.data_ptr<scalar_t>() : nullptr;
+    scalar_t* zcell_p = zc.on() ? zcell.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *h_prev_p = h0.data_ptr<scalar_t>(), *c_prev = c0.data_ptr<scalar_t>();
+    int64_t h_step = -1;  // the step whose output h_prev_p points into (-1: h0)
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0, cell_slot = save ? t : s % 2;
-      const Tensor hh = hh_of.into(hh_buf, rec.defined() ? at::mul_out(h_rec, h, rec) : h);
-      Tensor out_t = out[t];
-      Tensor h_pre = w_hr.defined() ? pre_proj[slot] : out_t;
-      const scalar_t* c_prev = c.data_ptr<scalar_t>();
-      const scalar_t *xp_p = xp.data_ptr<scalar_t>(), *hh_p = hh.data_ptr<scalar_t>();
-      scalar_t* h_p = h_pre.data_ptr<scalar_t>();
-      // Zoneout of this step: keep values, the previous state, the zoned cell and the new one.
+      const scalar_t* h_in = h_prev_p;
+      if (rec_p != nullptr) {
+        mul_into(h_rec_p, h_prev_p, rec_p, B * W);
+        h_in = h_rec_p;
+      }
+      const scalar_t* hh_p = hh_buf_p;
+      Tensor hh;
+      if (hh_of.is_small()) {
+        hh_of.small_raw<scalar_t>(h_in, B, nullptr, hh_buf_p);
+      } else {
+        hh = hh_of.into(hh_buf, rec_p != nullptr ? h_rec : (h_step < 0 ? h0 : out.select(0, h_step)));
+        hh_p = hh.data_ptr<scalar_t>();
+      }
+      scalar_t* out_t_p = out_p + t * B * W;
+      scalar_t* h_p = w_hr.defined() ? pre_p + slot * B * H : out_t_p;
+      // Zoneout of this step: keep values, the zoned cell and the new one.
       const scalar_t* kh_p = zh.on() ? zh.step<scalar_t>(t) : nullptr;
       const scalar_t* kc_p = zc.on() ? zc.step<scalar_t>(t) : nullptr;
-      const scalar_t *h_prev_p = h.data_ptr<scalar_t>(), *c_new_p = buf.cell[cell_slot].data_ptr<scalar_t>();
-      scalar_t* zc_p = zc.on() ? zcell[cell_slot].data_ptr<scalar_t>() : nullptr;
+      const scalar_t* c_new_p = rows.cell + cell_slot * B * H;
+      scalar_t* zc_p = zc.on() ? zcell_p + cell_slot * B * H : nullptr;
       at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           forward_row<scalar_t>(p, xp_p + (t * B + b) * 4 * H, hh_p + b * 4 * H, c_prev + b * H,
-                                buf.row<scalar_t>(slot, cell_slot, b, read_out_p + b * 2 * H,
-                                                  scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
+                                rows.row(slot, cell_slot, b, read_out_p + b * 2 * H,
+                                         scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
                                 h_p + b * H);
           if (zc_p != nullptr) zone_blend_into(zc_p + b * H, c_new_p + b * H, c_prev + b * H, kc_p + b * H, H);
           if (kh_p != nullptr && !w_hr.defined()) zone_blend(h_p + b * H, h_prev_p + b * W, kh_p + b * W, W);
         }
       });
-      if (w_hr.defined()) proj.out(out_t, h_pre);
-      if (kh_p != nullptr && w_hr.defined()) zone_blend(out_t.data_ptr<scalar_t>(), h_prev_p, kh_p, B * W);
-      h = out_t;
-      c = zc.on() ? zcell[cell_slot] : buf.cell[cell_slot];
+      if (w_hr.defined()) {
+        Tensor out_t = out.select(0, t);
+        proj.out(out_t, pre_proj.select(0, slot));
+      }
+      if (kh_p != nullptr && w_hr.defined()) zone_blend(out_t_p, h_prev_p, kh_p, B * W);
+      h_prev_p = out_t_p;
+      h_step = t;
+      c_prev = zc.on() ? zc_p : c_new_p;
     }
   });
+  // The final state: the last step's output and (zoned) cell.
+  const int64_t last = reverse ? 0 : T_ - 1, last_cell = save ? last : (T_ - 1) % 2;
+  const Tensor h = T_ == 0 ? h0 : out.select(0, last);
+  const Tensor c = T_ == 0 ? c0 : (zc.on() ? zcell : buf.cell).select(0, last_cell);
   const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate && !recompute_xp(x_in.size(2), H);
   std::vector<Tensor> result{out, h.clone(), c.clone(), keep_xp ? xp : at::empty({0}, opts), pre_proj};
   for (const Tensor& t : buf.list()) result.push_back(t);
@@ -261,6 +232,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   };
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_ln_backward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
+    const auto rows = buf.bases<scalar_t>();
     const scalar_t* scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t* d_scale_p = scaled ? d_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
@@ -323,9 +295,8 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
             if (carry_p != nullptr) zone_carry_in(dc_p + r * H, kc_p + r * H, carry_p + r * H, H);
             backward_row<scalar_t>(p, dm_p + r * H, xp_p == nullptr ? nullptr : xp_p + ((t - a) * B + r) * 4 * H,
                                    c_prev + r * H, f_next == nullptr ? nullptr : f_next + r * 4 * H,
-                                   buf.row<scalar_t>(t, t, r, row_scratch + 5 * H,
-                                                     scaled ? scale_p[t * B + r] : scalar_t(1),
-                                                     scaled ? d_scale_p + (t - a) * B + r : nullptr),
+                                   rows.row(t, t, r, row_scratch + 5 * H, scaled ? scale_p[t * B + r] : scalar_t(1),
+                                            scaled ? d_scale_p + (t - a) * B + r : nullptr),
                                    dc_p + r * H,
                                    gxp_p + r * 4 * H, ghh_p + r * 4 * H, acc, row_scratch);
             if (carry_p != nullptr) zone_carry_out(dc_p + r * H, f_now + r * 4 * H, carry_p + r * H, H);

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -11,16 +13,30 @@ namespace rnn_stability {
 // Mean and 1 / sqrt(var + eps) of n values (biased variance) in one pass, shifted by the first value: the sums
 // of d = x - x[0] and d^2 give the variance without the cancellation of E[x^2] - E[x]^2 when the mean is large
 // against the spread (the "shifted data" algorithm; x[0] is within a few standard deviations of the mean).
+// Two vector accumulators each: the sums are latency-bound chains otherwise.
 template <typename T>
 inline void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
   const T k = x[0];
-  T s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t j = 0; j < n; ++j) {
-    const T d = x[j] - k;
-    s1 += d;
-    s2 += d * d;
+  const Vec kv(k), zero(T(0));
+  Vec s1a = zero, s1b = zero, s2a = zero, s2b = zero;
+  int64_t j = 0;
+  for (; j + 2 * V <= n; j += 2 * V) {
+    const Vec d0 = Vec::loadu(x + j) - kv, d1 = Vec::loadu(x + j + V) - kv;
+    s1a = s1a + d0;
+    s1b = s1b + d1;
+    s2a = at::vec::fmadd(d0, d0, s2a);
+    s2b = at::vec::fmadd(d1, d1, s2b);
   }
+  for (; j < n; j += V) {
+    const int64_t c = std::min<int64_t>(V, n - j);
+    const Vec d = Vec::set(zero, Vec::loadu(x + j, c) - kv, c);
+    s1a = s1a + d;
+    s2a = at::vec::fmadd(d, d, s2a);
+  }
+  auto add = [](Vec a, Vec b) { return a + b; };
+  const T s1 = at::vec::vec_reduce_all<T>(add, s1a + s1b), s2 = at::vec::vec_reduce_all<T>(add, s2a + s2b);
   const T m = s1 / T(n);
   mean = k + m;
   rstd = T(1) / std::sqrt(std::max(s2 / T(n) - m * m, T(0)) + eps);

@@ -55,6 +55,13 @@ inline void zone_blend(T* y, const T* old, const T* k, int64_t n) {
   for (int64_t j = 0; j < n; ++j) y[j] += k[j] * (old[j] - y[j]);
 }
 
+// y = a b (n values).
+template <typename T>
+inline void mul_into(T* y, const T* a, const T* b, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) y[j] = a[j] * b[j];
+}
+
 // y += a b (n values).
 template <typename T>
 inline void add_product(T* y, const T* a, const T* b, int64_t n) {
