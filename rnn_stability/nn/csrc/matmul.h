@@ -41,7 +41,7 @@ struct OneDnnOps {
 
 // y (M, N) = init + x (M, K) W^T with W^T given as wt (K, N), row by row (init null: zeros): no allocation
 // and no dispatch, for weights of a few thousand values, where a step's product takes a microsecond or two.
-// Blocks of up to 4 vectors of a row's outputs stay in registers over the K inputs (each output is still the
+// Blocks of up to 8 vectors of a row's outputs stay in registers over the K inputs (each output is still the
 // sum over k in order, from its init).
 template <typename T>
 void small_product(const T* x, int64_t M, int64_t K, const T* wt, int64_t N, const T* init, T* y) {
@@ -52,21 +52,15 @@ void small_product(const T* x, int64_t M, int64_t K, const T* wt, int64_t N, con
     T* yr = y + m * N;
     const T* ir = init == nullptr ? nullptr : init + m * N;
     int64_t n = 0;
-    for (; n + 4 * V <= N; n += 4 * V) {
-      Vec a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-      if (ir != nullptr) {
-        a0 = Vec::loadu(ir + n), a1 = Vec::loadu(ir + n + V), a2 = Vec::loadu(ir + n + 2 * V);
-        a3 = Vec::loadu(ir + n + 3 * V);
-      }
+    for (; n + 8 * V <= N; n += 8 * V) {
+      Vec acc[8];
+      for (int64_t u = 0; u < 8; ++u) acc[u] = ir != nullptr ? Vec::loadu(ir + n + u * V) : Vec(T(0));
       for (int64_t k = 0; k < K; ++k) {
         const Vec a(xr[k]);
         const T* w = wt + k * N + n;
-        a0 = at::vec::fmadd(a, Vec::loadu(w), a0);
-        a1 = at::vec::fmadd(a, Vec::loadu(w + V), a1);
-        a2 = at::vec::fmadd(a, Vec::loadu(w + 2 * V), a2);
-        a3 = at::vec::fmadd(a, Vec::loadu(w + 3 * V), a3);
+        for (int64_t u = 0; u < 8; ++u) acc[u] = at::vec::fmadd(a, Vec::loadu(w + u * V), acc[u]);
       }
-      a0.store(yr + n), a1.store(yr + n + V), a2.store(yr + n + 2 * V), a3.store(yr + n + 3 * V);
+      for (int64_t u = 0; u < 8; ++u) acc[u].store(yr + n + u * V);
     }
     for (; n < N; n += V) {
       const int64_t c = std::min<int64_t>(V, N - n);
@@ -86,7 +80,9 @@ class Linear {
     if (!weight.defined()) return;
     const OneDnnOps& ops = OneDnnOps::get();
     onednn_ = use_onednn(weight, rows) && ops.linear && ops.linear_add && ops.reorder;
-    small_ = !onednn_ && weight.numel() <= kSmall && rows <= kSmallRows;
+    // A batch of 1-3 rows (a matrix-vector product) also runs small_product: MKL's generic gemv on AMD CPUs
+    // reaches a fraction of its bandwidth.
+    small_ = !onednn_ && ((weight.numel() <= kSmall && rows <= kSmallRows) || rows < 4);
     if (small_) {
       weight_t_ = weight.t().contiguous();
     } else if (onednn_) {
