@@ -219,8 +219,11 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   Tensor d_scale = at::empty({scaled ? K : 0, B}, opts);
   const Linear dh_of(weight_hh.t(), B), dm_of(w_hr.defined() ? w_hr.t() : Tensor(), B);
   const Linear dx_of(projected ? w_ih.t() : Tensor(), K * B), xp_of(recompute ? w_ih : Tensor(), K * B);
-  Tensor dhh_later;  // dL/d(W_hh h) of the step processed just before this one (the next one in time order)
-  int64_t later = -1;
+  // dL/d(W_hh h) of the step processed just before this one (the next one in time order): its pointer, and
+  // its chunk buffer and index there for the products that take tensors.
+  Tensor later_chunk;
+  int64_t later = -1, later_index = 0;
+  auto dhh_later_of = [&] { return later_chunk[later_index].view({B, 4 * H}); };
   const LayerNormParams lnp{contiguous_or_undefined(gain_ih), contiguous_or_zeros(shift, {4, H}, opts),
                             gain_hh.contiguous(), cell_weight.contiguous(), contiguous_or_zeros(cell_bias, {H}, opts)};
   // Steps [a, b) of chunk k, in time order; chunks are processed from the last step backward (or the first).
@@ -237,6 +240,12 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
     scalar_t* d_scale_p = scaled ? d_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
     scalar_t *dc_p = dc.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
+    // The step loop reads raw pointers: dL/dh rows, the output gradient (contiguous), the cells.
+    scalar_t* grad_h_p = grad_h.data_ptr<scalar_t>();
+    const Tensor go = grad_out.contiguous();
+    const scalar_t *go_p = go.data_ptr<scalar_t>(), *c0_p = c0.data_ptr<scalar_t>();
+    const scalar_t* cell_p = (zc.on() ? zcell : buf.cell).data_ptr<scalar_t>();
+    const scalar_t* dhh_later_p = nullptr;
     for (int64_t k = 0; k < chunks; ++k) {
       int64_t a, b;
       std::tie(a, b) = chunk_range(k);
@@ -251,42 +260,48 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
         xp_chunk = xp.narrow(0, a, b - a);
       }
       const scalar_t* xp_p = xp_chunk.defined() ? xp_chunk.data_ptr<scalar_t>() : nullptr;
+      scalar_t *gxp_base = gxp.data_ptr<scalar_t>(), *ghh_base = ghh.data_ptr<scalar_t>();
       if (scaled) d_scale.zero_();
       for (int64_t i = 0; i < b - a; ++i) {
         const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
-        Tensor dh = grad_h[w_hr.defined() ? t : 0];
-        if (zh.on() || rec.defined()) {
-          // dL/dh_t of the state: the output's, the later step's W_hh (m h_t) and, with zoneout, its carry.
-          const int64_t done = reverse ? t : T_ - 1 - t;  // steps processed before this one
-          Tensor ds = zh.on() ? d_state[done % 2] : dh;
-          if (later < 0) {
-            at::add_out(ds, grad_out[t], grad_hn);
-          } else if (rec.defined()) {
-            at::addcmul_out(ds, grad_out[t], dh_of(dhh_later), rec);
-          } else {
-            dh_of.add_out(ds, grad_out[t], dhh_later);
-          }
-          if (zh.on()) {
-            const scalar_t* ds_later = later < 0 ? nullptr : d_state[(done + 1) % 2].data_ptr<scalar_t>();
-            zone_split(ds.data_ptr<scalar_t>(), ds_later, later < 0 ? nullptr : zh.step<scalar_t>(later),
-                       zh.step<scalar_t>(t), dh.data_ptr<scalar_t>(), B * W);
-          }
-        } else if (later < 0) {
-          at::add_out(dh, grad_out[t], grad_hn);
+        scalar_t* dh_p = grad_h_p + (w_hr.defined() ? t : 0) * B * W;
+        if (later >= 0 && !zh.on() && !rec.defined() && dh_of.is_small()) {
+          dh_of.small_raw<scalar_t>(dhh_later_p, B, go_p + t * B * W, dh_p);  // no tensor touched
         } else {
-          dh_of.add_out(dh, grad_out[t], dhh_later);
+          Tensor dh = grad_h[w_hr.defined() ? t : 0];
+          const Tensor dhh_later = later < 0 ? Tensor() : dhh_later_of();
+          if (zh.on() || rec.defined()) {
+            // dL/dh_t of the state: the output's, the later step's W_hh (m h_t) and, with zoneout, its carry.
+            const int64_t done = reverse ? t : T_ - 1 - t;  // steps processed before this one
+            Tensor ds = zh.on() ? d_state[done % 2] : dh;
+            if (later < 0) {
+              at::add_out(ds, grad_out[t], grad_hn);
+            } else if (rec.defined()) {
+              at::addcmul_out(ds, grad_out[t], dh_of(dhh_later), rec);
+            } else {
+              dh_of.add_out(ds, grad_out[t], dhh_later);
+            }
+            if (zh.on()) {
+              const scalar_t* ds_later = later < 0 ? nullptr : d_state[(done + 1) % 2].data_ptr<scalar_t>();
+              zone_split(ds.data_ptr<scalar_t>(), ds_later, later < 0 ? nullptr : zh.step<scalar_t>(later),
+                         zh.step<scalar_t>(t), dh_p, B * W);
+            }
+          } else if (later < 0) {
+            at::add_out(dh, grad_out[t], grad_hn);
+          } else {
+            dh_of.add_out(dh, grad_out[t], dhh_later);
+          }
         }
-        if (w_hr.defined()) dm_of.out(dm, dh);
-        const scalar_t* dm_p = (w_hr.defined() ? dm : dh).data_ptr<scalar_t>();
+        if (w_hr.defined()) dm_of.out(dm, grad_h[t]);
+        const scalar_t* dm_p = w_hr.defined() ? dm.data_ptr<scalar_t>() : dh_p;
         const bool first = earlier < 0 || earlier >= T_;
-        const scalar_t* c_prev = (first ? c0 : (zc.on() ? zcell : buf.cell)[earlier]).data_ptr<scalar_t>();
+        const scalar_t* c_prev = first ? c0_p : cell_p + earlier * B * H;
         const scalar_t* kc_p = zc.on() ? zc.step<scalar_t>(t) : nullptr;
-        const scalar_t* f_now = buf.act.data_ptr<scalar_t>() + t * B * 4 * H + H;
+        const scalar_t* f_now = rows.act + t * B * 4 * H + H;
         scalar_t* carry_p = zc.on() ? c_carry.data_ptr<scalar_t>() : nullptr;
         // With the cell's zoneout the forget gate is applied after the row (zone_carry_out), not before.
-        const scalar_t* f_next =
-            later < 0 || zc.on() ? nullptr : buf.act.data_ptr<scalar_t>() + later * B * 4 * H + H;
-        scalar_t *gxp_p = gxp[t - a].data_ptr<scalar_t>(), *ghh_p = ghh[t - a].data_ptr<scalar_t>();
+        const scalar_t* f_next = later < 0 || zc.on() ? nullptr : rows.act + later * B * 4 * H + H;
+        scalar_t *gxp_p = gxp_base + (t - a) * B * 4 * H, *ghh_p = ghh_base + (t - a) * B * 4 * H;
         at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
             const Acc<scalar_t> acc{acc4_p + r * 4 * H, acc4_p + (B + r) * 4 * H, acc4_p + (2 * B + r) * 4 * H,
@@ -302,7 +317,9 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
             if (carry_p != nullptr) zone_carry_out(dc_p + r * H, f_now + r * 4 * H, carry_p + r * H, H);
           }
         });
-        dhh_later = ghh[t - a].view({B, 4 * H});
+        dhh_later_p = ghh_p;
+        later_chunk = ghh;
+        later_index = t - a;
         later = t;
       }
       // Weight gradients of the chunk: dW_hh += dhh^T h_{t-1}, and with the projection dx and dW_ih.
@@ -320,7 +337,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
       }
     }
   });
-  Tensor grad_h0 = dh_of(dhh_later);
+  Tensor grad_h0 = dh_of(later < 0 ? Tensor() : dhh_later_of());
   Tensor grad_c0 = dc * buf.act[later].view({B, 4, H}).select(1, 1);
   // Recurrent dropout: W_hh read m h0; zoneout: h0 and c0 also reach the first step's zoned states directly.
   if (rec.defined()) grad_h0.mul_(rec);
