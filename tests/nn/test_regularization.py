@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
-from rnn_stability.nn import GRU, LSTM, GRUCell, LSTMCell, convert_rnn
+from rnn_stability.nn import GRU, LSTM, GRUCell, LSTMCell, convert_rnn, regularization
 from rnn_stability.nn.native import LSTMLayerNormLayerNative
 from rnn_stability.nn.native_gru import GRULayerNormLayerNative
-from rnn_stability.nn.regularization import draw_masks, dropout_mask, keep_mask
+from rnn_stability.nn.regularization import draw_masks, dropout_mask, keep_mask, quantized_probability
 from tests.helpers import native_kernel_or_skip
 from tests.nn.regularization_reference import regularized_reference
 
@@ -180,9 +180,42 @@ def test_mask_statistics() -> None:
         m = dropout_mask((1000, 1000), p, like, gen)
         assert abs(float((m == 0).float().mean()) - p) < 3e-3
         assert abs(float(m.mean()) - 1.0) < 1e-2
-        assert torch.equal(m.unique(), torch.tensor([0.0, 1.0 / (1.0 - p)]))
+        assert torch.equal(m.unique(), torch.tensor([0.0, 1.0 / (1.0 - quantized_probability(p))]))
         k = keep_mask((1000, 1000), p, like, gen)
         assert abs(float(k.mean()) - p) < 3e-3
+
+
+def test_masks_apply_p_in_steps_of_2_to_the_minus_16() -> None:
+    """Exact multiples of 2**-8 (8 random bits a value) and of 2**-16 (16 bits), odd sizes, the extremes."""
+    like = torch.empty(0, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    assert quantized_probability(0.1) == 6554 / 2**16 and quantized_probability(0.25) == 0.25
+    for p in (0.25, 0.5, 0.1, 0.3):
+        k = keep_mask((999, 1001), p, like, gen)
+        assert k.dtype == torch.float64 and k.shape == (999, 1001) and set(k.unique().tolist()) <= {0.0, 1.0}
+        assert abs(float(k.mean()) - p) < 2e-3
+        m = dropout_mask((999, 1001), p, like, gen)
+        assert abs(float(m.mean()) - 1.0) < 5e-3
+    assert keep_mask((3, 5), 1e-6, like).eq(0).all() and keep_mask((3, 5), 1 - 1e-6, like).eq(1).all()
+    assert dropout_mask((3, 5), 1e-6, like).eq(1).all() and dropout_mask((3, 5), 1 - 1e-6, like).eq(0).all()
+    assert keep_mask((0, 4), 0.1, like).shape == (0, 4) and keep_mask((7,), 0.1, like).shape == (7,)
+    first = keep_mask((8, 3), 0.1, like, torch.Generator().manual_seed(5))
+    assert torch.equal(first, keep_mask((8, 3), 0.1, like, torch.Generator().manual_seed(5)))
+
+
+def test_masks_drawn_in_chunks_are_one_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the random words come in chunks through a scratch buffer: the same bits as one draw (what
+    `torch.compile` runs), in inference mode too."""
+    words = torch.empty(1000, dtype=torch.int64).random_(
+        -(2**63), None, generator=torch.Generator().manual_seed(3)
+    )
+    monkeypatch.setattr(regularization, "_SCRATCH_WORDS", 64)
+    monkeypatch.setattr(regularization._scratch, "words", None, raising=False)
+    with torch.inference_mode():
+        keep = keep_mask((3999,), 0.1, torch.empty(0), torch.Generator().manual_seed(3))
+    assert torch.equal(keep, words.view(torch.int16)[:3999].lt(6554 - 2**15).float())
+    drop = dropout_mask((7, 1000), 0.5, torch.empty(0), torch.Generator().manual_seed(3))
+    assert torch.equal(drop.flatten(), words.view(torch.uint8)[:7000].lt(128).float() * 2)
 
 
 def test_masks_shapes_and_sharing_over_time() -> None:
