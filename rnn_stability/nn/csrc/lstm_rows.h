@@ -81,68 +81,91 @@ inline at::vec::Vectorized<float> sigmoid_vec<float>(at::vec::Vectorized<float> 
   return at::vec::fmadd(tanh_vec<float>(v * Vec(0.5f)), Vec(0.5f), Vec(0.5f));
 }
 
+// f(j, c) for the vectors of n values: c = Vec::size() but for a shorter last one.
 template <typename T, typename F>
-inline void map_inplace(T* x, int64_t n, const F& f) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
+inline void for_vectors(int64_t n, const F& f) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
   int64_t j = 0;
-  for (; j + V <= n; j += V) f(Vec::loadu(x + j)).store(x + j);
-  if (j < n) f(Vec::loadu(x + j, n - j)).store(x + j, n - j);
+  for (; j + V <= n; j += V) f(j, V);
+  if (j < n) f(j, n - j);
 }
 
 template <typename T>
-inline void sigmoid_inplace(T* x, int64_t n) { map_inplace(x, n, sigmoid_vec<T>); }
+inline at::vec::Vectorized<T> load(const T* x, int64_t j, int64_t c) {
+  using Vec = at::vec::Vectorized<T>;
+  return c == Vec::size() ? Vec::loadu(x + j) : Vec::loadu(x + j, c);
+}
 
 template <typename T>
-inline void tanh_inplace(T* x, int64_t n) { map_inplace(x, n, tanh_vec<T>); }
+inline void store(at::vec::Vectorized<T> v, T* x, int64_t j, int64_t c) {
+  if (c == at::vec::Vectorized<T>::size()) {
+    v.store(x + j);
+  } else {
+    v.store(x + j, c);
+  }
+}
 
-// cell_xhat and tc of a row from its cell, mean and rstd: what forward_row computes, in the same order (the
-// backward's recomputation gives the same bits).
+// The cell read-out of a row from its cell, mean and rstd, in one pass: xhat = LN(c_t) before its gain and tc
+// its tanh (each stored where not null) and h = o * tc (where h is not null). The forward and the backward's
+// recomputation run this same code, so they give the same bits.
+template <typename T>
+inline void cell_read_out(const Params<T>& p, const T* cell, T mean, T rstd, T* xhat, T* tc, const T* o, T* h) {
+  using Vec = at::vec::Vectorized<T>;
+  const T *cw = p.cell_weight, *cb = p.cell_bias;
+  const bool none = p.norm == Norm::kNone;  // no cell read-out norm: tanh(c_t)
+  const Vec vm(mean), vr(rstd);
+  for_vectors<T>(p.H, [&](int64_t j, int64_t c) {
+    Vec pre = load(cell, j, c);
+    if (!none) {
+      const Vec xh = (pre - vm) * vr;
+      if (xhat != nullptr) store(xh, xhat, j, c);
+      pre = at::vec::fmadd(xh, load(cw, j, c), load(cb, j, c));
+    }
+    const Vec t = tanh_vec(pre);
+    if (tc != nullptr) store(t, tc, j, c);
+    if (h != nullptr) store(load(o, j, c) * t, h, j, c);
+  });
+}
+
 template <typename T>
 inline void cell_read_out(const Params<T>& p, const Row<T>& r, T mean, T rstd) {
-  const int64_t H = p.H;
-  const T *cw = p.cell_weight, *cb = p.cell_bias;
-  if (p.norm == Norm::kNone) {  // no cell read-out norm: tanh(c_t)
-    std::copy(r.cell, r.cell + H, r.tc);
-    tanh_inplace(r.tc, H);
-    return;
-  }
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) {
-    r.cell_xhat[j] = (r.cell[j] - mean) * rstd;
-    r.tc[j] = r.cell_xhat[j] * cw[j] + cb[j];
-  }
-  tanh_inplace(r.tc, H);
+  cell_read_out(p, r.cell, mean, rstd, r.cell_xhat, r.tc, static_cast<const T*>(nullptr), static_cast<T*>(nullptr));
 }
 
+// One row of a step: each gate's normalisation, gain, shift and non-linearity in one vector pass over H, then
+// the cell update and the read-out.
 template <typename T>
 void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, const Row<T>& r, T* h) {
+  using Vec = at::vec::Vectorized<T>;
   const int64_t H = p.H;
   for (int64_t k = 0; k < 4; ++k) {
     const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H, *sk = p.shift + k * H;
     T *nk = r.normed + k * H, *ak = r.act + k * H;
-    T hm, hr;
+    auto act = [k](Vec a) { return k == 2 ? tanh_vec(a) : sigmoid_vec(a); };
+    T hm = 0, hr = 1;
     if (p.norm == Norm::kNone) {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) ak[j] = xk[j] + hk[j] + sk[j];
+      for_vectors<T>(H, [&](int64_t j, int64_t c) {
+        store(act(load(xk, j, c) + load(hk, j, c) + load(sk, j, c)), ak, j, c);
+      });
     } else if (p.norm == Norm::kJoint) {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) nk[j] = xk[j] + hk[j];
+      for_vectors<T>(H, [&](int64_t j, int64_t c) { store(load(xk, j, c) + load(hk, j, c), nk, j, c); });
       moments(nk, H, p.eps, hm, hr);
       r.rstd[k] = hr;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        nk[j] = (nk[j] - hm) * hr;
-        ak[j] = nk[j] * gh[j] + sk[j];
-      }
+      const Vec vm(hm), vr(hr);
+      for_vectors<T>(H, [&](int64_t j, int64_t c) {
+        const Vec n = (load(nk, j, c) - vm) * vr;
+        store(n, nk, j, c);
+        store(act(n * load(gh, j, c) + load(sk, j, c)), ak, j, c);
+      });
     } else if (p.norm == Norm::kRecurrent) {
       moments(hk, H, p.eps, hm, hr);
       r.rstd[k] = hr;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        nk[j] = (hk[j] - hm) * hr;
-        ak[j] = xk[j] + nk[j] * gh[j] + sk[j];
-      }
+      const Vec vm(hm), vr(hr);
+      for_vectors<T>(H, [&](int64_t j, int64_t c) {
+        const Vec n = (load(hk, j, c) - vm) * vr;
+        store(n, nk, j, c);
+        store(act(load(xk, j, c) + n * load(gh, j, c) + load(sk, j, c)), ak, j, c);
+      });
     } else {
       const T* gi = p.gain_ih + k * H;
       T xm, xr;
@@ -151,16 +174,13 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
       r.x_mean[k] = xm;
       r.x_rstd[k] = xr;
       r.rstd[k] = hr;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        nk[j] = (hk[j] - hm) * hr;
-        ak[j] = (xk[j] - xm) * xr * gi[j] * r.in_scale + nk[j] * gh[j] + sk[j];
-      }
-    }
-    if (k == 2) {
-      tanh_inplace(ak, H);
-    } else {
-      sigmoid_inplace(ak, H);
+      const Vec vm(hm), vr(hr), vxm(xm), vxr(xr), vs(r.in_scale);
+      for_vectors<T>(H, [&](int64_t j, int64_t c) {
+        const Vec n = (load(hk, j, c) - vm) * vr;
+        store(n, nk, j, c);
+        const Vec a = (load(xk, j, c) - vxm) * vxr * load(gi, j, c) * vs + n * load(gh, j, c) + load(sk, j, c);
+        store(act(a), ak, j, c);
+      });
     }
   }
   const T *i = r.act, *f = r.act + H, *g = r.act + 2 * H, *o = r.act + 3 * H;
@@ -170,9 +190,7 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
   if (p.norm != Norm::kNone) moments(r.cell, H, p.eps, mean, rstd);
   *r.cell_mean = mean;
   *r.cell_rstd = rstd;
-  cell_read_out(p, r, mean, rstd);
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * r.tc[j];
+  cell_read_out(p, r.cell, mean, rstd, static_cast<T*>(nullptr), static_cast<T*>(nullptr), o, h);
 }
 
 // Gradient accumulators of one row, summed over rows at the end: gain_ih, shift, gain_hh (4H each), then
