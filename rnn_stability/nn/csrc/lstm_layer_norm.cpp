@@ -242,8 +242,9 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
     scalar_t *dc_p = dc.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
     // The step loop reads raw pointers: dL/dh rows, the output gradient (contiguous), the cells.
     scalar_t* grad_h_p = grad_h.data_ptr<scalar_t>();
-    const Tensor go = grad_out.contiguous();
-    const scalar_t *go_p = go.data_ptr<scalar_t>(), *c0_p = c0.data_ptr<scalar_t>();
+    Tensor go = grad_out;  // read through go_p by the small products only (an expanded gradient: a pooled copy)
+    if (dh_of.is_small() && !go.is_contiguous()) go = workspace(grad_out.sizes(), opts).copy_(grad_out);
+    const scalar_t *go_p = dh_of.is_small() ? go.data_ptr<scalar_t>() : nullptr, *c0_p = c0.data_ptr<scalar_t>();
     const scalar_t* cell_p = (zc.on() ? zcell : buf.cell).data_ptr<scalar_t>();
     const scalar_t* dhh_later_p = nullptr;
     for (int64_t k = 0; k < chunks; ++k) {

@@ -18,6 +18,8 @@
 #include <optional>
 #include <string>
 
+#include "workspace.h"
+
 namespace rnn_stability {
 
 using at::Tensor;
@@ -182,7 +184,11 @@ inline void add_transposed_product(Tensor& acc, const Tensor& a, const Tensor& b
     return;
   }
   // oneDNN's linear wants row-major operands: x = a^T (N, M), weight = b^T (K, M), unpacked (used once).
-  torch::jit::Stack stack{a.t().contiguous(), b.t().contiguous(), c10::IValue(), std::string("none"),
+  // The transposed copies go to pooled buffers: fresh multi-megabyte ones cost page faults at every call.
+  Tensor at_ = workspace({a.size(1), a.size(0)}, a.options()), bt = workspace({b.size(1), b.size(0)}, b.options());
+  at_.copy_(a.t());
+  bt.copy_(b.t());
+  torch::jit::Stack stack{at_, bt, c10::IValue(), std::string("none"),
                           c10::List<std::optional<c10::Scalar>>(), c10::IValue()};
   OneDnnOps::get().linear->callBoxed(stack);
   acc.add_(stack[0].toTensor());
