@@ -86,10 +86,17 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   TORCH_CHECK(!scaled || w_ih.defined(), "lstm_ln_forward: the scaled normalization needs x and weight_ih");
   // "scaled": the mean absolute value of each row's input features, (T, B).
   const Tensor in_scale = scaled ? x_in.abs().mean(-1).contiguous() : Tensor();
-  const Tensor xp = input_projection(x_in, w_ih, H), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  // Without a backward (inference) the input projection runs a chunk of steps at a time into a buffer that
+  // stays in cache, instead of one (T, B, 4H) product in fresh pages.
+  const bool chunked = !save && w_ih.defined() && x_in.size(0) > 1;
+  const int64_t C = chunked ? chunk_steps(x_in.size(0), x_in.size(1)) : x_in.size(0);
+  const Tensor x_c = chunked ? x_in.contiguous() : Tensor();
+  const Linear xp_of(chunked ? w_ih : Tensor(), C * x_in.size(1));
+  const Tensor xp = chunked ? Tensor() : input_projection(x_in, w_ih, H);
+  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
-  const int64_t T_ = xp.size(0), B = xp.size(1);
-  const auto opts = xp.options();
+  const int64_t T_ = x_in.size(0), B = x_in.size(1);
+  const auto opts = x_in.options();
   Buffers buf(save ? T_ : 1, save ? T_ : 2, B, H, norm == Norm::kSeparate, opts);
   Tensor pre_proj = workspace({w_hr.defined() ? (save ? T_ : 1) : 0, B, H}, opts);
   Tensor out = at::empty({T_, B, h0.size(-1)}, opts);
@@ -105,11 +112,14 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   Tensor h_rec = at::empty({rec.defined() ? B : 0, W}, opts);
   Tensor zcell = workspace({zc.on() ? (save ? T_ : 2) : 0, B, H}, opts);
   // The loop touches no tensor per step (raw pointers; the products of the small path take pointers too).
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_ln_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "lstm_ln_forward", [&] {
     const auto p = params<scalar_t>(lnp, H, eps, norm);
     const auto rows = buf.bases<scalar_t>();
     scalar_t *read_out_p = read_out.data_ptr<scalar_t>(), *out_p = out.data_ptr<scalar_t>();
-    const scalar_t *scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr, *xp_p = xp.data_ptr<scalar_t>();
+    const scalar_t *scale_p = scaled ? in_scale.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* xp_p = chunked ? nullptr : xp.data_ptr<scalar_t>();  // xp of step xp_t0 (chunked: its chunk)
+    int64_t xp_t0 = 0;
+    Tensor xp_chunk;
     scalar_t *pre_p = w_hr.defined() ? pre_proj.data_ptr<scalar_t>() : nullptr, *hh_buf_p = hh_buf.data_ptr<scalar_t>();
     scalar_t* h_rec_p = rec.defined() ? h_rec.data_ptr<scalar_t>() : nullptr;
     const scalar_t* rec_p = rec.defined() ? rec.data_ptr<scalar_t>() : nullptr;
@@ -118,6 +128,12 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
     int64_t h_step = -1;  // the step whose output h_prev_p points into (-1: h0)
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s, slot = save ? t : 0, cell_slot = save ? t : s % 2;
+      if (chunked && s % C == 0) {  // the steps [xp_t0, xp_t0 + n) processed next
+        const int64_t n = std::min(C, T_ - s);
+        xp_t0 = reverse ? T_ - s - n : s;
+        xp_chunk = xp_of(x_c.narrow(0, xp_t0, n).view({n * B, x_c.size(2)}));
+        xp_p = xp_chunk.data_ptr<scalar_t>();
+      }
       const scalar_t* h_in = h_prev_p;
       if (rec_p != nullptr) {
         mul_into(h_rec_p, h_prev_p, rec_p, B * W);
@@ -140,7 +156,7 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
       scalar_t* zc_p = zc.on() ? zcell_p + cell_slot * B * H : nullptr;
       at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
-          forward_row<scalar_t>(p, xp_p + (t * B + b) * 4 * H, hh_p + b * 4 * H, c_prev + b * H,
+          forward_row<scalar_t>(p, xp_p + ((t - xp_t0) * B + b) * 4 * H, hh_p + b * 4 * H, c_prev + b * H,
                                 rows.row(slot, cell_slot, b, read_out_p + b * 2 * H,
                                          scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
                                 h_p + b * H);
