@@ -227,7 +227,7 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
 
     The C++ op computes `xp = x W_ih^T` itself (through oneDNN where it is faster) and turns the gate gradients
     into `dx` and `dW_ih` a chunk of steps at a time, so the gradient of `xp` is never held for all steps; it
-    keeps `xp` for the backward only with the `"separate"` variant, the only one whose backward reads it.
+    keeps `xp` for the backward only with the `"separate"` and `"scaled"` variants, whose backward reads it.
     `grad` is `torch.is_grad_enabled()` where it is applied: false keeps nothing for a backward.
 
     The variant `"none"` normalises nothing (torch's LSTM step: `gain_hh` and `cell_weight` are empty tensors,

@@ -32,7 +32,7 @@ class GRULayerNormLayerNative(torch.autograd.Function):
     """One layer-normalised GRU direction in C++ from the layer input; returns `(out, h_n)`.
 
     Takes `x` `(T, B, in)` (all sequences of one length), `weight_ih` `(3H, in)`, `gain_ih` (`"separate"`
-    only, else `None`), `shift` and `bias_hn` of `gru_shift` (or `None`), `h0` `(B, H)`, `weight_hh`,
+    and `"scaled"`, else `None`), `shift` and `bias_hn` of `gru_shift` (or `None`), `h0` `(B, H)`, `weight_hh`,
     `gain_hh` (the gain of `LN(W_hh h)`, or of the normalised sums for `"joint"`), `eps`, `reverse`, the
     variant and `grad`, `torch.is_grad_enabled()` where it is applied (false keeps nothing for a backward).
     The C++ op computes `x W_ih^T` itself and its gradients a chunk of steps at a time. First-order
