@@ -73,7 +73,7 @@ class _LayerNormCellMixin(LayerNormOption, nn.RNNCellBase):
             self, "layer_norm_gates" if self.layer_norm_variant == "joint" else "layer_norm_hh"
         )
         variant = self.layer_norm_variant
-        name = INPUT_NORMS.get(variant) if variant is not None else None
+        name = INPUT_NORMS.get(variant)
         norm_ih: GateLayerNorm | None = None if name is None else getattr(self, name, None)
         return None if norm_ih is None else norm_ih.weight, norm.weight
 

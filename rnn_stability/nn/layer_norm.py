@@ -57,7 +57,8 @@ GATE_NORMS: dict[LayerNormVariant, tuple[str, ...]] = {
     "scaled": ("layer_norm_input", "layer_norm_hh"),
 }
 #: The gate norm of `W_ih x`, by the variants that have one.
-INPUT_NORMS: dict[LayerNormVariant, str] = {"separate": "layer_norm_ih", "scaled": "layer_norm_input"}
+#: Keyed by `LayerNormOption.layer_norm_variant`, so `None` (layer norm off) looks up to nothing as well.
+INPUT_NORMS: dict[LayerNormVariant | None, str] = {"separate": "layer_norm_ih", "scaled": "layer_norm_input"}
 
 
 def check_layer_norm(value: object) -> bool | LayerNormVariant:

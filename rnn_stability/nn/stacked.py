@@ -170,7 +170,7 @@ class StackedRNNMixin(LayerNormOption, RegularizedRNNMixin, nn.RNNBase):
         bias_ih, bias_hh = (weights[2], weights[3]) if self.bias else (None, None)
         variant = self.layer_norm_variant
         gain = getattr(self, f"layer_norm_{'gates' if variant == 'joint' else 'hh'}{suffix}").weight
-        name = INPUT_NORMS.get(variant) if variant is not None else None
+        name = INPUT_NORMS.get(variant)
         norm_ih = None if name is None else getattr(self, f"{name}{suffix}", None)
         return bias_ih, bias_hh, None if norm_ih is None else norm_ih.weight, gain
 
