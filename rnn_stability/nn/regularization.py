@@ -111,8 +111,9 @@ def _bernoulli(
     like: Tensor,
     generator: torch.Generator | None,
     hit: float = 1.0,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """`hit` with probability `q / 2**16`, else 0, in `like`'s dtype and device.
+    """`hit` with probability `q / 2**16`, else 0, in `dtype` (default: `like`'s) on `like`'s device.
 
     Every value compares 16 uniformly random bits with `q` (4 values per full-range 64-bit draw of the
     generator, `random_` on an int64 tensor viewed as int16), or 8 when `q` is a multiple of 256 (8 per draw).
@@ -120,15 +121,16 @@ def _bernoulli(
     for a float uniform per value (`rand < p`), and a 1024x256 DropConnect mask 0.13-0.21 ms against 2.5 ms
     for `bernoulli_`: zoneout draws a value per unit and step, and the draw is most of what it costs.
     """
+    dtype = like.dtype if dtype is None else dtype
     if q == 0 or q == 2**MASK_BITS:
-        return torch.full(shape, hit if q else 0.0, dtype=like.dtype, device=like.device)
+        return torch.full(shape, hit if q else 0.0, dtype=dtype, device=like.device)
     if q % 2 ** (MASK_BITS - 8) == 0:  # unsigned bytes below q / 256
         lane, threshold = torch.uint8, q >> (MASK_BITS - 8)
     else:  # signed 16-bit values below q - 2**15
         lane, threshold = torch.int16, q - 2 ** (MASK_BITS - 1)
     per_word, n = 8 // torch.empty(0, dtype=lane).element_size(), math.prod(shape)
     words = -(-n // per_word)
-    mask = torch.empty(words * per_word, dtype=like.dtype, device=like.device)
+    mask = torch.empty(words * per_word, dtype=dtype, device=like.device)
 
     def compare(buffer: Tensor, out: Tensor) -> None:
         torch.lt(buffer.random_(-(2**63), None, generator=generator).view(lane), threshold, out=out)
@@ -182,9 +184,15 @@ def dropout_mask(
 
 
 def keep_mask(
-    shape: tuple[int, ...] | torch.Size, p: float, like: Tensor, generator: torch.Generator | None = None
+    shape: tuple[int, ...] | torch.Size,
+    p: float,
+    like: Tensor,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Zoneout mask: 1 (keep the previous value) with probability `q`, else 0, in `like`'s dtype and device.
+    """Zoneout mask: 1 (keep the previous value) with probability `q`, else 0, in `dtype` (default: `like`'s)
+    on `like`'s device. The modules draw `torch.bool` masks (`draw_masks`): the comparison writes them
+    directly, where a float mask costs a conversion pass and four times the memory.
 
     `q = quantized_probability(p)`: `p` rounded to a multiple of `2**-16`, off by `2**-17` at most
     (`p = 0.1` keeps with probability `6554 / 65536 = 0.1000061`; a multiple of `2**-8`, such as 0.25 or
@@ -197,7 +205,7 @@ def keep_mask(
         >>> abs(float(m.mean()) - 0.25) < 3e-3
         True
     """
-    return _bernoulli(shape, round(p * 2**MASK_BITS), like, generator)
+    return _bernoulli(shape, round(p * 2**MASK_BITS), like, generator, dtype=dtype)
 
 
 class LayerMasks(NamedTuple):
@@ -205,8 +213,8 @@ class LayerMasks(NamedTuple):
 
     `weight_hh`: shape of `weight_hh`; `input`: `(B, input width)`; `recurrent`: `(B, hidden width)` (the
     width of `h`, `proj_size` if set); `zone_h` / `zone_c`: `(rows, width)` in the packed time-major layout
-    of the layer's input (`rows = sum(step sizes)`), for the hidden and the cell state. Batch rows are in the
-    order the layer sees them: a `PackedSequence`'s sorted order.
+    of the layer's input (`rows = sum(step sizes)`), for the hidden and the cell state, `torch.bool` (true: keep
+    the previous value). Batch rows are in the order the layer sees them: a `PackedSequence`'s sorted order.
     """
 
     weight_hh: Tensor | None = None
@@ -217,7 +225,7 @@ class LayerMasks(NamedTuple):
 
 
 def zoneout_blend(new: Tensor, old: Tensor, keep: Tensor | float) -> Tensor:
-    """`keep * old + (1 - keep) * new`: zoneout's update with a 0/1 mask, or its expectation with `p`."""
+    """`keep * old + (1 - keep) * new`: zoneout's update with a 0/1 (or bool) mask, or its expectation with `p`."""
     if isinstance(keep, float):
         return torch.lerp(new, old, keep) if keep > 0 else new
     return torch.addcmul(new, keep, old - new)
@@ -258,7 +266,7 @@ def draw_masks(
     def draw(p: float, shape: tuple[int, ...], keep: bool = False) -> Tensor | None:
         if p == 0.0:
             return None
-        return (keep_mask if keep else dropout_mask)(shape, p, like, generator)
+        return keep_mask(shape, p, like, generator, torch.bool) if keep else dropout_mask(shape, p, like, generator)
 
     masks = []
     for layer in range(module.num_layers):

@@ -118,10 +118,10 @@ def regularized_reference(
                     h_rec = h if m.recurrent is None else h * m.recurrent[pos]
                     h_new, c_new = _step(module, suffix, proj[t], h, c, h_rec, w_hh)
                     row = offsets[t] + pos
-                    keep_h = p_h if m.zone_h is None else m.zone_h[row]
+                    keep_h = p_h if m.zone_h is None else m.zone_h[row].to(h.dtype)
                     h = keep_h * h + (1 - keep_h) * h_new
                     if c is not None and c_new is not None:
-                        keep_c = p_c if m.zone_c is None else m.zone_c[row]
+                        keep_c = p_c if m.zone_c is None else m.zone_c[row].to(c.dtype)
                         c = keep_c * c + (1 - keep_c) * c_new
                     hs[t] = h
                 outs[b].append(torch.stack([hs[t] for t in range(lengths[b])]))

@@ -115,13 +115,13 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
       const Tensor u = u_of.into(u_buf, rec.defined() ? at::mul_out(h_rec, h, rec) : h);
       const scalar_t *xp_p = xp.data_ptr<scalar_t>(), *u_p = u.data_ptr<scalar_t>(), *h_p = h.data_ptr<scalar_t>();
       scalar_t* out_p = out[t].data_ptr<scalar_t>();
-      const scalar_t* kh_p = zh.on() ? zh.step<scalar_t>(t) : nullptr;
+      const Keep<scalar_t> kh = zh.step<scalar_t>(t);
       at::parallel_for(0, B, gru_row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           gru_forward_row<scalar_t>(p, xp_p + (t * B + b) * 3 * H, u_p + b * 3 * H, h_p + b * H,
                                     buf.row<scalar_t>(slot, b, scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
                                     out_p + b * H);
-          if (kh_p != nullptr) zone_blend(out_p + b * H, h_p + b * H, kh_p + b * H, H);
+          if (zh.on()) zone_blend(out_p + b * H, h_p + b * H, kh.at(b * H), H);
         }
       });
       h = out[t];
@@ -211,16 +211,15 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
         // new state's to the row kernel (which then adds nothing).
         scalar_t* ds_p = zh.on() ? ds.data_ptr<scalar_t>() : nullptr;
         const scalar_t* ds_later_p = zh.on() && later >= 0 ? d_state[(processed + 1) % 2].data_ptr<scalar_t>() : nullptr;
-        const scalar_t* kh_later = ds_later_p != nullptr ? zh.step<scalar_t>(later) : nullptr;
-        const scalar_t* kh_p = zh.on() ? zh.step<scalar_t>(t) : nullptr;
+        const Keep<scalar_t> kh_later = zh.step<scalar_t>(later < 0 ? t : later), kh = zh.step<scalar_t>(t);
         at::parallel_for(0, B, gru_row_grain(H), [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
             if (ds_p != nullptr) {
               if (ds_later_p != nullptr) {
                 add_product(ds_p + r * H, dh_later_p + r * H, z_later + r * 3 * H, H);
               }
-              zone_split(ds_p + r * H, ds_later_p == nullptr ? nullptr : ds_later_p + r * H,
-                         kh_later == nullptr ? nullptr : kh_later + r * H, kh_p + r * H, dh_p + r * H, H);
+              zone_split(ds_p + r * H, ds_later_p == nullptr ? nullptr : ds_later_p + r * H, kh_later.at(r * H),
+                         kh.at(r * H), dh_p + r * H, H);
             }
             const GruAcc<scalar_t> acc{acc3_p + r * 3 * H, acc3_p + (B + r) * 3 * H, acc3_p + (2 * B + r) * 3 * H,
                                        acc_hn_p + r * H};
@@ -255,7 +254,7 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
   Tensor grad_h0 = dh_of(du_later).addcmul_(dh_later, buf.act[later].narrow(1, H, H));
   // Recurrent dropout: W_hh read m h0; zoneout: h0 also reaches the first step's zoned state directly.
   if (rec.defined()) grad_h0 = (dh_of(du_later) * rec).addcmul_(dh_later, buf.act[later].narrow(1, H, H));
-  if (zh.on()) grad_h0.addcmul_(d_state[(processed - 1) % 2], zh.at_step(later));
+  if (zh.on()) grad_h0.addcmul_(d_state[(processed - 1) % 2], zh.at_step(later, opts));
   Tensor acc3_sum = acc3.sum(1).view({3, 3, H});
   Tensor grad_gain_ih = norm == Norm::kSeparate ? acc3_sum[0] : at::empty({0}, opts);
   return {grad_x, grad_w_ih, grad_gain_ih, acc3_sum[1], acc_bias_hn.sum(0), grad_h0, grad_w_hh, acc3_sum[2]};

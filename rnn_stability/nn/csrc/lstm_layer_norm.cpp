@@ -150,8 +150,7 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
       scalar_t* out_t_p = out_p + t * B * W;
       scalar_t* h_p = w_hr.defined() ? pre_p + slot * B * H : out_t_p;
       // Zoneout of this step: keep values, the zoned cell and the new one.
-      const scalar_t* kh_p = zh.on() ? zh.step<scalar_t>(t) : nullptr;
-      const scalar_t* kc_p = zc.on() ? zc.step<scalar_t>(t) : nullptr;
+      const Keep<scalar_t> kh = zh.step<scalar_t>(t), kc = zc.step<scalar_t>(t);
       const scalar_t* c_new_p = rows.cell + cell_slot * B * H;
       scalar_t* zc_p = zc.on() ? zcell_p + cell_slot * B * H : nullptr;
       at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
@@ -160,15 +159,15 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
                                 rows.row(slot, cell_slot, b, read_out_p + b * 2 * H,
                                          scale_p == nullptr ? scalar_t(1) : scale_p[t * B + b]),
                                 h_p + b * H);
-          if (zc_p != nullptr) zone_blend_into(zc_p + b * H, c_new_p + b * H, c_prev + b * H, kc_p + b * H, H);
-          if (kh_p != nullptr && !w_hr.defined()) zone_blend(h_p + b * H, h_prev_p + b * W, kh_p + b * W, W);
+          if (zc_p != nullptr) zone_blend_into(zc_p + b * H, c_new_p + b * H, c_prev + b * H, kc.at(b * H), H);
+          if (zh.on() && !w_hr.defined()) zone_blend(h_p + b * H, h_prev_p + b * W, kh.at(b * W), W);
         }
       });
       if (w_hr.defined()) {
         Tensor out_t = out.select(0, t);
         proj.out(out_t, pre_proj.select(0, slot));
       }
-      if (kh_p != nullptr && w_hr.defined()) zone_blend(out_t_p, h_prev_p, kh_p, B * W);
+      if (zh.on() && w_hr.defined()) zone_blend(out_t_p, h_prev_p, kh, B * W);
       h_prev_p = out_t_p;
       h_step = t;
       c_prev = zc.on() ? zc_p : c_new_p;
@@ -300,7 +299,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
             }
             if (zh.on()) {
               const scalar_t* ds_later = later < 0 ? nullptr : d_state[(done + 1) % 2].data_ptr<scalar_t>();
-              zone_split(ds.data_ptr<scalar_t>(), ds_later, later < 0 ? nullptr : zh.step<scalar_t>(later),
+              zone_split(ds.data_ptr<scalar_t>(), ds_later, zh.step<scalar_t>(later < 0 ? t : later),
                          zh.step<scalar_t>(t), dh_p, B * W);
             }
           } else if (later < 0) {
@@ -313,7 +312,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
         const scalar_t* dm_p = w_hr.defined() ? dm.data_ptr<scalar_t>() : dh_p;
         const bool first = earlier < 0 || earlier >= T_;
         const scalar_t* c_prev = first ? c0_p : cell_p + earlier * B * H;
-        const scalar_t* kc_p = zc.on() ? zc.step<scalar_t>(t) : nullptr;
+        const Keep<scalar_t> kc = zc.step<scalar_t>(t);
         const scalar_t* f_now = rows.act + t * B * 4 * H + H;
         scalar_t* carry_p = zc.on() ? c_carry.data_ptr<scalar_t>() : nullptr;
         // With the cell's zoneout the forget gate is applied after the row (zone_carry_out), not before.
@@ -324,7 +323,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
             const Acc<scalar_t> acc{acc4_p + r * 4 * H, acc4_p + (B + r) * 4 * H, acc4_p + (2 * B + r) * 4 * H,
                                     acc1_p + r * H, acc1_p + (B + r) * H};
             scalar_t* row_scratch = scratch_p + r * 7 * H;
-            if (carry_p != nullptr) zone_carry_in(dc_p + r * H, kc_p + r * H, carry_p + r * H, H);
+            if (carry_p != nullptr) zone_carry_in(dc_p + r * H, kc.at(r * H), carry_p + r * H, H);
             backward_row<scalar_t>(p, dm_p + r * H, xp_p == nullptr ? nullptr : xp_p + ((t - a) * B + r) * 4 * H,
                                    c_prev + r * H, f_next == nullptr ? nullptr : f_next + r * 4 * H,
                                    rows.row(t, t, r, row_scratch + 5 * H, scaled ? scale_p[t * B + r] : scalar_t(1),
@@ -358,7 +357,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   Tensor grad_c0 = dc * buf.act[later].view({B, 4, H}).select(1, 1);
   // Recurrent dropout: W_hh read m h0; zoneout: h0 and c0 also reach the first step's zoned states directly.
   if (rec.defined()) grad_h0.mul_(rec);
-  if (zh.on()) grad_h0.addcmul_(d_state[(T_ - 1) % 2], zh.at_step(later));
+  if (zh.on()) grad_h0.addcmul_(d_state[(T_ - 1) % 2], zh.at_step(later, opts));
   if (zc.on()) grad_c0 = dc;
   Tensor grad_w_hr = w_hr.defined() ? at::mm(grad_h.view({T_ * B, grad_h.size(-1)}).t(), pre_proj.reshape({T_ * B, H}))
                                     : at::empty({0}, opts);

@@ -12,47 +12,82 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <optional>
 
 namespace rnn_stability {
 
 using at::Tensor;
 
-// Zoneout keep values of one state: (T, B, W) masks, or one probability broadcast to every step.
+// The keep values of one step's rows, from a 0/1 mask (bytes: a bool tensor) or one probability (eval's
+// expectation): keep(j) is T(mask[j]) or p. Masks are drawn as bool (1 byte per value: a float mask costs a
+// conversion pass after the draw and four times the memory; rnn_stability/nn/regularization.py keep_mask).
+template <typename T>
+struct Keep {
+  const uint8_t* mask = nullptr;  // null: every value keeps p
+  T p = T(0);
+
+  // The keep values from row offset n on.
+  Keep at(int64_t n) const { return {mask == nullptr ? nullptr : mask + n, p}; }
+};
+
+// Calls f(j, k_j) for j < n with k_j the keep value of j, as one vectorisable loop.
+template <typename T, typename F>
+inline void each_keep(const Keep<T>& k, int64_t n, F&& f) {
+  if (k.mask != nullptr) {
+    const uint8_t* m = k.mask;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) f(j, T(m[j]));
+  } else {
+    const T p = k.p;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) f(j, p);
+  }
+}
+
+// Zoneout keep values of one state: (T, B, W) 0/1 masks, or one probability for every step.
 struct Zone {
-  Tensor keep;              // (T, B, W) or (1, B, W) with step_stride 0; undefined when off
+  Tensor mask;  // (T, B, W) bool; undefined with a probability or when off
+  double p = 0.0;
+  bool enabled = false;
   int64_t step_stride = 0;  // values between consecutive steps
 
   Zone() = default;
 
-  // `given`: undefined / absent (off), a 0-dim tensor (the probability, eval) or (T, B, W) masks.
-  Zone(const std::optional<Tensor>& given, int64_t T, int64_t B, int64_t W, const at::TensorOptions& opts) {
+  // `given`: undefined / absent (off), a 0-dim tensor (the probability, eval) or (T, B, W) masks (bool, or
+  // 0/1 values of any dtype, as tests inject them).
+  Zone(const std::optional<Tensor>& given, int64_t T, int64_t B, int64_t W, const at::TensorOptions& /*opts*/) {
     if (!given.has_value() || !given->defined()) return;
+    enabled = true;
     if (given->dim() == 0) {
-      keep = at::full({1, B, W}, given->item<double>(), opts);
-    } else {
-      TORCH_CHECK(given->dim() == 3 && given->size(0) == T && given->size(1) == B && given->size(2) == W,
-                  "rnn_stability: zoneout masks must be (T, B, W) = (", T, ", ", B, ", ", W, ") or a 0-dim p");
-      keep = given->to(opts.dtype()).contiguous();
-      step_stride = B * W;
+      p = given->item<double>();
+      return;
     }
+    TORCH_CHECK(given->dim() == 3 && given->size(0) == T && given->size(1) == B && given->size(2) == W,
+                "rnn_stability: zoneout masks must be (T, B, W) = (", T, ", ", B, ", ", W, ") or a 0-dim p");
+    mask = (given->scalar_type() == at::kBool ? *given : given->ne(0)).contiguous();
+    step_stride = B * W;
   }
 
-  bool on() const { return keep.defined(); }
+  bool on() const { return enabled; }
 
   // The (B, W) keep values of step t.
   template <typename T>
-  const T* step(int64_t t) const { return keep.data_ptr<T>() + t * step_stride; }
+  Keep<T> step(int64_t t) const {
+    if (!mask.defined()) return {nullptr, T(p)};
+    return {reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) + t * step_stride, T(0)};
+  }
 
-  // The (B, W) keep values of step t as a tensor.
-  Tensor at_step(int64_t t) const { return keep[step_stride == 0 ? 0 : t]; }
+  // The (B, W) keep values of step t as a tensor (bool), or p as a 0-dim tensor of `opts`.
+  Tensor at_step(int64_t t, const at::TensorOptions& opts) const {
+    return mask.defined() ? mask[t] : at::scalar_tensor(p, opts);
+  }
 };
 
 // y = y + k (old - y), in place (y holds the new state): the zoneout update of n values.
 template <typename T>
-inline void zone_blend(T* y, const T* old, const T* k, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) y[j] += k[j] * (old[j] - y[j]);
+inline void zone_blend(T* y, const T* old, const Keep<T>& k, int64_t n) {
+  each_keep(k, n, [=](int64_t j, T kj) { y[j] += kj * (old[j] - y[j]); });
 }
 
 // y = a b (n values).
@@ -71,9 +106,8 @@ inline void add_product(T* y, const T* a, const T* b, int64_t n) {
 
 // y = new + k (old - new) into y.
 template <typename T>
-inline void zone_blend_into(T* y, const T* new_value, const T* old, const T* k, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) y[j] = new_value[j] + k[j] * (old[j] - new_value[j]);
+inline void zone_blend_into(T* y, const T* new_value, const T* old, const Keep<T>& k, int64_t n) {
+  each_keep(k, n, [=](int64_t j, T kj) { y[j] = new_value[j] + kj * (old[j] - new_value[j]); });
 }
 
 // The LSTM cell's zoneout in the backward, around a row's backward_row (which reads dc as the gradient of the
@@ -81,12 +115,11 @@ inline void zone_blend_into(T* y, const T* new_value, const T* old, const T* k, 
 // cell on entry; zone_carry_in keeps k dc (the path to c_{t-1} past the step) in carry and leaves (1 - k) dc;
 // after backward_row, zone_carry_out makes dc = carry + f dc, dL/dc_{t-1}.
 template <typename T>
-inline void zone_carry_in(T* dc, const T* k, T* carry, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    carry[j] = k[j] * dc[j];
+inline void zone_carry_in(T* dc, const Keep<T>& k, T* carry, int64_t n) {
+  each_keep(k, n, [=](int64_t j, T kj) {
+    carry[j] = kj * dc[j];
     dc[j] -= carry[j];
-  }
+  });
 }
 
 template <typename T>
@@ -98,13 +131,9 @@ inline void zone_carry_out(T* dc, const T* f, const T* carry, int64_t n) {
 // Backward of zone_blend for a state s (ds: dL/ds_t, to which the carry k_later ds_later of the later step's
 // zoneout is added first when ds_later is given): dnew = (1 - k) ds, the gradient of the new value.
 template <typename T>
-inline void zone_split(T* ds, const T* ds_later, const T* k_later, const T* k, T* dnew, int64_t n) {
-  if (ds_later != nullptr) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) ds[j] += k_later[j] * ds_later[j];
-  }
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dnew[j] = ds[j] - k[j] * ds[j];
+inline void zone_split(T* ds, const T* ds_later, const Keep<T>& k_later, const Keep<T>& k, T* dnew, int64_t n) {
+  if (ds_later != nullptr) each_keep(k_later, n, [=](int64_t j, T kj) { ds[j] += kj * ds_later[j]; });
+  each_keep(k, n, [=](int64_t j, T kj) { dnew[j] = ds[j] - kj * ds[j]; });
 }
 
 // The recurrent-dropout mask (B, W), contiguous in the loop's dtype, or undefined.
