@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from rnn_stability.nn.native import native_ops
+
 __all__ = [
     "REGULARIZERS",
     "LayerMasks",
@@ -115,15 +117,21 @@ def _bernoulli(
 ) -> Tensor:
     """`hit` with probability `q / 2**16`, else 0, in `dtype` (default: `like`'s) on `like`'s device.
 
-    Every value compares 16 uniformly random bits with `q` (4 values per full-range 64-bit draw of the
-    generator, `random_` on an int64 tensor viewed as int16), or 8 when `q` is a multiple of 256 (8 per draw).
-    On CPU (1 thread), a 100x32x256 zoneout mask takes 0.6 ms (16 bits) / 0.33 ms (8 bits) against 1.6 ms
-    for a float uniform per value (`rand < p`), and a 1024x256 DropConnect mask 0.13-0.21 ms against 2.5 ms
-    for `bernoulli_`: zoneout draws a value per unit and step, and the draw is most of what it costs.
+    Every value compares 16 uniformly random bits with `q`. On CPU with the C++ kernel (`native_ops`), the
+    bits come from a counter-based SplitMix64 stream seeded by one draw of `generator` (csrc/masks.cpp):
+    about 0.05 ms for a 100x32x256 zoneout mask, one pass writing the mask. Elsewhere (CUDA, `torch.compile`,
+    no kernel) they come from the generator itself, `random_` on an int64 tensor viewed as int16 (4 values per
+    64-bit draw, or 8 bytes when `q` is a multiple of 256): on CPU 0.6 ms (16 bits) / 0.33 ms (8 bits) for the
+    same mask plus a comparison pass, against 1.6 ms for a float uniform per value (`rand < p`). So a seed
+    reproduces the masks of one setup; with the kernel and without it, the streams differ.
     """
     dtype = like.dtype if dtype is None else dtype
     if q == 0 or q == 2**MASK_BITS:
         return torch.full(shape, hit if q else 0.0, dtype=dtype, device=like.device)
+    ops = _mask_ops(like, dtype)
+    if ops is not None:
+        seed = int(torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=generator))
+        return ops.bernoulli_mask(math.prod(shape), q, hit, seed, dtype).view(shape)
     if q % 2 ** (MASK_BITS - 8) == 0:  # unsigned bytes below q / 256
         lane, threshold = torch.uint8, q >> (MASK_BITS - 8)
     else:  # signed 16-bit values below q - 2**15
@@ -145,6 +153,15 @@ def _bernoulli(
     mask = mask[:n].view(shape)
     return mask if hit == 1.0 else mask.mul_(hit)
 
+
+def _mask_ops(like: Tensor, dtype: torch.dtype) -> Any | None:
+    """The C++ ops that draw a mask of `dtype` for `like`'s device, or `None` (`_bernoulli` then uses torch)."""
+    if like.device.type != "cpu" or dtype not in _NATIVE_MASK_DTYPES or torch.compiler.is_compiling():
+        return None
+    return native_ops()
+
+
+_NATIVE_MASK_DTYPES = (torch.bool, torch.float32, torch.float64)
 
 #: The most random words `_bernoulli` draws at once on CPU (2 MiB of scratch per thread).
 _SCRATCH_WORDS = 2**18

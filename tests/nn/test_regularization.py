@@ -173,7 +173,17 @@ def test_gradcheck() -> None:
         assert torch.autograd.gradcheck(f, (x,))
 
 
-def test_mask_statistics() -> None:
+@pytest.fixture(params=["native", "torch"])
+def mask_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Masks from the C++ SplitMix64 stream (when the kernel builds) or from torch's generator itself."""
+    if request.param == "native":
+        native_kernel_or_skip()
+    else:
+        monkeypatch.setattr(regularization, "_mask_ops", lambda like, dtype: None)
+    return request.param
+
+
+def test_mask_statistics(mask_source: str) -> None:
     like = torch.empty(0)
     gen = torch.Generator().manual_seed(0)
     for p in (0.1, 0.5, 0.8):
@@ -185,7 +195,7 @@ def test_mask_statistics() -> None:
         assert abs(float(k.mean()) - p) < 3e-3
 
 
-def test_masks_apply_p_in_steps_of_2_to_the_minus_16() -> None:
+def test_masks_apply_p_in_steps_of_2_to_the_minus_16(mask_source: str) -> None:
     """Exact multiples of 2**-8 (8 random bits a value) and of 2**-16 (16 bits), odd sizes, the extremes."""
     like = torch.empty(0, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
@@ -201,11 +211,47 @@ def test_masks_apply_p_in_steps_of_2_to_the_minus_16() -> None:
     assert keep_mask((0, 4), 0.1, like).shape == (0, 4) and keep_mask((7,), 0.1, like).shape == (7,)
     first = keep_mask((8, 3), 0.1, like, torch.Generator().manual_seed(5))
     assert torch.equal(first, keep_mask((8, 3), 0.1, like, torch.Generator().manual_seed(5)))
+    assert keep_mask((8, 3), 0.1, like, dtype=torch.bool).dtype == torch.bool
+
+
+def _splitmix64_lanes(seed: int, n: int) -> list[int]:
+    """The first `n` 16-bit lanes of the SplitMix64 stream started at `seed` (csrc/masks.cpp), in Python."""
+    lanes, mask64 = [], 2**64 - 1
+    for i in range((n + 3) // 4):
+        z = (seed + (i + 1) * 0x9E3779B97F4A7C15) & mask64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask64
+        z ^= z >> 31
+        lanes += [(z >> (16 * k)) & 0xFFFF for k in range(4)]
+    return lanes[:n]
+
+
+def test_native_masks_are_the_documented_splitmix64_lanes() -> None:
+    """On CPU with the kernel: value j compares lane j % 4 of word j // 4 of SplitMix64 seeded by one int64
+    draw of the generator, for every dtype; the same with any thread count (counter-based, parallel blocks)."""
+    native_kernel_or_skip()
+    seed = int(torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(7)))
+    lanes = _splitmix64_lanes(seed % 2**64, 4099)
+    q = round(0.3 * 2**16)
+    expected = torch.tensor([lane < q for lane in lanes])
+    keep = keep_mask((4099,), 0.3, torch.empty(0), torch.Generator().manual_seed(7), torch.bool)
+    assert torch.equal(keep, expected)
+    drop = dropout_mask((4099,), 0.7, torch.empty(0, dtype=torch.float64), torch.Generator().manual_seed(7))
+    assert torch.equal(drop, expected.double() / (1 - quantized_probability(0.7)))
+    threads = torch.get_num_threads()
+    try:
+        big = [keep_mask((300, 1000), 0.1, torch.empty(0), torch.Generator().manual_seed(2))]
+        torch.set_num_threads(2)
+        big.append(keep_mask((300, 1000), 0.1, torch.empty(0), torch.Generator().manual_seed(2)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(big[0], big[1])
 
 
 def test_masks_drawn_in_chunks_are_one_draw(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On CPU the random words come in chunks through a scratch buffer: the same bits as one draw (what
-    `torch.compile` runs), in inference mode too."""
+    """Without the kernel, on CPU the random words come in chunks through a scratch buffer: the same bits as
+    one draw (what `torch.compile` runs), in inference mode too."""
+    monkeypatch.setattr(regularization, "_mask_ops", lambda like, dtype: None)
     words = torch.empty(1000, dtype=torch.int64).random_(
         -(2**63), None, generator=torch.Generator().manual_seed(3)
     )
@@ -274,7 +320,9 @@ def test_weight_dropout_contract() -> None:
     assert torch.equal(reference.eval()(x)[0], module.eval()(x)[0])
 
 
-def test_weight_dropout_under_torch_compile() -> None:
+def test_weight_dropout_under_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled, masks come from torch's generator (the C++ stream is eager-only): so does the eager run here."""
+    monkeypatch.setattr(regularization, "_mask_ops", lambda like, dtype: None)
     torch.manual_seed(0)
     module = LSTM(3, 6, num_layers=2, weight_dropout=0.5, input_dropout=0.2)
     compiled = torch.compile(module, backend="aot_eager", fullgraph=False)
