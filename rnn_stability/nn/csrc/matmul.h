@@ -1,23 +1,23 @@
-// Matrix products of the C++ RNN loops: oneDNN's packed-weight linear where it pays, a plain loop for small
-// weights (where ATen's per-call cost exceeds the arithmetic), ATen's mm otherwise.
+// Matrix products of the C++ RNN loops: our own register-blocked panels for the per-step products (a batch
+// of rows times a weight), oneDNN's packed-weight linear for the products over many steps' rows.
 //
-// On CPU ATen's fp32 mm calls MKL, which on AMD processors runs a generic code path; oneDNN (what torch's own
-// LSTM uses on CPU) packs the weight once into its blocked layout and runs its JIT kernels, 2-3x faster for the
-// per-step products of a recurrent layer (B x H times H x 4H). Packing costs one pass over the weight per call
-// of the loop, repaid after a step or two. oneDNN has no float64, and for tiny products (a few hidden units, or
-// a batch of 1-3 rows) its fixed per-call cost exceeds MKL's, so those keep at::mm. torch.backends.mkldnn's
-// `enabled` flag turns the oneDNN path off, as it does for torch's modules.
+// On CPU ATen's fp32 mm calls MKL, which on AMD processors runs a generic code path at under half of the FMA
+// peak; oneDNN (what torch's own LSTM uses on CPU) packs the weight once into its blocked layout and runs its
+// JIT kernels near the peak, but each call through ATen's operator costs several microseconds (dispatch,
+// primitive cache lookup, a fresh output tensor), a third of a step's product at H = 128, B = 32, and it has no
+// float64. A step's product therefore runs panel_gemm.h's kernel (the weight packed once per call of the loop,
+// the product written into the loop's buffer): 1.2-1.6x oneDNN's speed for a batch of 1 to 128 rows, and twice
+// MKL's in float64. Products over a chunk of steps (hundreds of rows) go to oneDNN in float32.
+// torch.backends.mkldnn's `enabled` flag turns the oneDNN path off (the panels then run everything).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 
-#include <algorithm>
 #include <optional>
 #include <string>
 
+#include "panel_gemm.h"
 #include "workspace.h"
 
 namespace rnn_stability {
@@ -41,39 +41,8 @@ struct OneDnnOps {
   }
 };
 
-// y (M, N) = init + x (M, K) W^T with W^T given as wt (K, N), row by row (init null: zeros): no allocation
-// and no dispatch, for weights of a few thousand values, where a step's product takes a microsecond or two.
-// Blocks of up to 8 vectors of a row's outputs stay in registers over the K inputs (each output is still the
-// sum over k in order, from its init).
-template <typename T>
-void small_product(const T* x, int64_t M, int64_t K, const T* wt, int64_t N, const T* init, T* y) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  for (int64_t m = 0; m < M; ++m) {
-    const T* xr = x + m * K;
-    T* yr = y + m * N;
-    const T* ir = init == nullptr ? nullptr : init + m * N;
-    int64_t n = 0;
-    for (; n + 8 * V <= N; n += 8 * V) {
-      Vec acc[8];
-      for (int64_t u = 0; u < 8; ++u) acc[u] = ir != nullptr ? Vec::loadu(ir + n + u * V) : Vec(T(0));
-      for (int64_t k = 0; k < K; ++k) {
-        const Vec a(xr[k]);
-        const T* w = wt + k * N + n;
-        for (int64_t u = 0; u < 8; ++u) acc[u] = at::vec::fmadd(a, Vec::loadu(w + u * V), acc[u]);
-      }
-      for (int64_t u = 0; u < 8; ++u) acc[u].store(yr + n + u * V);
-    }
-    for (; n < N; n += V) {
-      const int64_t c = std::min<int64_t>(V, N - n);
-      Vec acc = ir != nullptr ? Vec::loadu(ir + n, c) : Vec(T(0));
-      for (int64_t k = 0; k < K; ++k) acc = at::vec::fmadd(Vec(xr[k]), Vec::loadu(wt + k * N + n, c), acc);
-      acc.store(yr + n, c);
-    }
-  }
-}
-
-// y = x W^T for a fixed weight W (N, K) and inputs of M rows, through oneDNN when `use_onednn` says so.
+// y = x W^T for a fixed weight W (N, K) and inputs of M rows: the register-blocked panels of panel_gemm.h
+// (W packed once, here), or oneDNN's linear for the products over many steps' rows.
 class Linear {
  public:
   Linear() = default;
@@ -81,30 +50,30 @@ class Linear {
   Linear(const Tensor& weight, int64_t rows) : weight_(weight) {
     if (!weight.defined()) return;
     const OneDnnOps& ops = OneDnnOps::get();
-    onednn_ = use_onednn(weight, rows) && ops.linear && ops.linear_add && ops.reorder;
-    // A batch of 1-3 rows (a matrix-vector product) also runs small_product: MKL's generic gemv on AMD CPUs
-    // reaches a fraction of its bandwidth.
-    small_ = !onednn_ && ((weight.numel() <= kSmall && rows <= kSmallRows) || rows < 4);
-    if (small_) {
-      weight_t_ = weight.t().contiguous();
-    } else if (onednn_) {
+    onednn_ = rows > kPanelRows && use_onednn(weight, rows) && ops.linear && ops.linear_add && ops.reorder;
+    if (onednn_) {
       torch::jit::Stack stack{weight.contiguous(), c10::IValue(rows)};
       ops.reorder->callBoxed(stack);
       packed_ = stack[0].toTensor();
-    } else {
-      weight_t_ = weight.t();
+      return;
     }
+    const int64_t N = weight.size(0), K = weight.size(1);
+    AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "rnn_stability_pack_panels", [&] {
+      packed_ = at::empty({packed_size<scalar_t>(N, K)}, weight.options());
+      pack_panels<scalar_t>(weight.data_ptr<scalar_t>(), weight.stride(0), weight.stride(1), N, K,
+                            packed_.data_ptr<scalar_t>());
+    });
   }
 
   bool defined() const { return weight_.defined(); }
 
-  // Whether the product runs small_product (raw pointers, no dispatch: see small_raw).
-  bool is_small() const { return small_; }
+  // Whether the product runs the panels on raw pointers (then small_raw may be called; else oneDNN).
+  bool is_small() const { return defined() && !onednn_; }
 
   // y (M, N) = init + x (M, K) W^T on raw contiguous rows (init null: zeros); is_small() only.
   template <typename T>
   void small_raw(const T* x, int64_t M, const T* init, T* y) const {
-    small_product<T>(x, M, weight_t_.size(0), weight_t_.data_ptr<T>(), weight_t_.size(1), init, y);
+    panel_product<T>(x, M, weight_.size(1), packed_.data_ptr<T>(), weight_.size(0), init, y);
   }
 
   // Whether oneDNN beats MKL for (rows x K) times (K x N): float32 only, enough rows and a large enough weight.
@@ -115,12 +84,11 @@ class Linear {
 
   // x W^T, a new tensor.
   Tensor operator()(const Tensor& x) const {
-    if (small_) {
+    if (!onednn_) {
       Tensor y = at::empty({x.size(0), weight_.size(0)}, x.options());
       out(y, x);
       return y;
     }
-    if (!onednn_) return at::mm(x, weight_t_);
     torch::jit::Stack stack{x.contiguous(), packed_, c10::IValue(), std::string("none"),
                             c10::List<std::optional<c10::Scalar>>(), c10::IValue()};
     OneDnnOps::get().linear->callBoxed(stack);
@@ -136,10 +104,8 @@ class Linear {
 
   // y = x W^T into y (contiguous (M, N)).
   void out(Tensor& y, const Tensor& x) const {
-    if (small_) {
-      small(y, x, Tensor());
-    } else if (!onednn_) {
-      at::mm_out(y, x, weight_t_);
+    if (!onednn_) {
+      panels(y, x, Tensor());
     } else {
       y.copy_((*this)(x));
     }
@@ -147,12 +113,8 @@ class Linear {
 
   // y = other + x W^T into y.
   void add_out(Tensor& y, const Tensor& other, const Tensor& x) const {
-    if (small_) {
-      small(y, x, other.contiguous());
-      return;
-    }
     if (!onednn_) {
-      at::addmm_out(y, other, x, weight_t_);
+      panels(y, x, other.contiguous());
       return;
     }
     torch::jit::Stack stack{x.contiguous(), other.contiguous(), packed_, c10::IValue(), std::string("add")};
@@ -161,20 +123,20 @@ class Linear {
   }
 
  private:
-  static constexpr int64_t kSmall = 64 * 256;  // weights up to 4H x H with H = 64
-  static constexpr int64_t kSmallRows = 64;    // a step's batch; products over all steps go to ATen (MKL)
+  // Above a step's batch (products over a chunk of steps' rows, or all of them), oneDNN's blocking over M
+  // beats the panels by 5-10% and its per-call cost no longer shows.
+  static constexpr int64_t kPanelRows = 256;
 
-  void small(Tensor& y, const Tensor& x_in, const Tensor& init) const {
+  void panels(Tensor& y, const Tensor& x_in, const Tensor& init) const {
     const Tensor x = x_in.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_stability_small_product", [&] {
-      small_product<scalar_t>(x.data_ptr<scalar_t>(), x.size(0), x.size(1), weight_t_.data_ptr<scalar_t>(),
-                              weight_t_.size(1), init.defined() ? init.data_ptr<scalar_t>() : nullptr,
-                              y.data_ptr<scalar_t>());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_stability_panel_product", [&] {
+      small_raw<scalar_t>(x.data_ptr<scalar_t>(), x.size(0), init.defined() ? init.data_ptr<scalar_t>() : nullptr,
+                          y.data_ptr<scalar_t>());
     });
   }
 
-  Tensor weight_, weight_t_, packed_;
-  bool onednn_ = false, small_ = false;
+  Tensor weight_, packed_;
+  bool onednn_ = false;
 };
 
 // acc += a^T b (a: (M, N), b: (M, K), acc: (N, K)): a weight gradient summed over M rows (steps times batch).
