@@ -85,13 +85,15 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   const Tensor w_ih = contiguous_or_undefined(weight_ih);
   TORCH_CHECK(!scaled || w_ih.defined(), "lstm_ln_forward: the scaled normalization needs x and weight_ih");
   // "scaled": the mean absolute value of each row's input features, (T, B).
-  const Tensor in_scale = scaled ? x_in.abs().mean(-1).contiguous() : Tensor();
-  // Without a backward (inference) the input projection runs a chunk of steps at a time into a buffer that
-  // stays in cache, instead of one (T, B, 4H) product in fresh pages.
-  const bool chunked = !save && w_ih.defined() && x_in.size(0) > 1;
+  const Tensor in_scale = scaled ? input_scale(x_in) : Tensor();
+  // Unless the backward reads xp (kept), the input projection runs a chunk of steps at a time into one buffer
+  // that stays in cache, instead of one (T, B, 4H) product (or a product per chunk) in fresh pages.
+  const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate && !recompute_xp(x_in.size(2), H);
+  const bool chunked = !keep_xp && w_ih.defined() && x_in.size(0) > 1;
   const int64_t C = chunked ? chunk_steps(x_in.size(0), x_in.size(1)) : x_in.size(0);
   const Tensor x_c = chunked ? x_in.contiguous() : Tensor();
   const Linear xp_of(chunked ? w_ih : Tensor(), C * x_in.size(1));
+  const Tensor xp_buf = at::empty({chunked ? C * x_in.size(1) : 0, 4 * H}, x_in.options());
   const Tensor xp = chunked ? Tensor() : input_projection(x_in, w_ih, H);
   const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
@@ -131,7 +133,8 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
       if (chunked && s % C == 0) {  // the steps [xp_t0, xp_t0 + n) processed next
         const int64_t n = std::min(C, T_ - s);
         xp_t0 = reverse ? T_ - s - n : s;
-        xp_chunk = xp_of(x_c.narrow(0, xp_t0, n).view({n * B, x_c.size(2)}));
+        Tensor xp_rows = xp_buf.narrow(0, 0, n * B);
+        xp_chunk = xp_of.into(xp_rows, x_c.narrow(0, xp_t0, n).view({n * B, x_c.size(2)}));
         xp_p = xp_chunk.data_ptr<scalar_t>();
       }
       const scalar_t* h_in = h_prev_p;
@@ -177,7 +180,6 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   const int64_t last = reverse ? 0 : T_ - 1, last_cell = save ? last : (T_ - 1) % 2;
   const Tensor h = T_ == 0 ? h0 : out.select(0, last);
   const Tensor c = T_ == 0 ? c0 : (zc.on() ? zcell : buf.cell).select(0, last_cell);
-  const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate && !recompute_xp(x_in.size(2), H);
   std::vector<Tensor> result{out, h.clone(), c.clone(), keep_xp ? xp : at::empty({0}, opts), pre_proj};
   for (const Tensor& t : buf.list()) result.push_back(t);
   if (zc.on()) result.push_back(zcell);  // read by the backward as saved[8]
@@ -204,7 +206,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   const bool projected = w_ih.defined();
   const Tensor x = projected ? x_in.contiguous() : Tensor();
   // "scaled": the input's magnitude per row (recomputed) and, per chunk, the gradient it receives.
-  const Tensor in_scale = scaled ? x.abs().mean(-1).contiguous() : Tensor();
+  const Tensor in_scale = scaled ? input_scale(x) : Tensor();
   const Tensor xp = projected ? xp_saved : x_in.contiguous();  // empty unless separate when projected
   const bool recompute = projected && norm == Norm::kSeparate && xp.numel() == 0;
   const Tensor w_hr = contiguous_or_undefined(weight_hr);
@@ -271,7 +273,8 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
       // xp of the chunk's steps (separate only), indexed by step - a.
       Tensor xp_chunk;
       if (recompute) {
-        xp_chunk = xp_of(x.narrow(0, a, b - a).reshape({(b - a) * B, x.size(2)}));
+        Tensor xp_rows = workspace({(b - a) * B, 4 * H}, opts);  // pooled: no fresh pages per chunk
+        xp_chunk = xp_of.into(xp_rows, x.narrow(0, a, b - a).reshape({(b - a) * B, x.size(2)}));
       } else if (norm == Norm::kSeparate) {
         xp_chunk = xp.narrow(0, a, b - a);
       }

@@ -7,7 +7,7 @@
 // primitive cache lookup, a fresh output tensor), a third of a step's product at H = 128, B = 32, and it has no
 // float64. A step's product therefore runs panel_gemm.h's kernel (the weight packed once per call of the loop,
 // the product written into the loop's buffer): 1.2-1.6x oneDNN's speed for a batch of 1 to 128 rows, and twice
-// MKL's in float64. Products over a chunk of steps (hundreds of rows) go to oneDNN in float32.
+// MKL's in float64. Products over all steps at once (thousands of rows) go to oneDNN in float32.
 // torch.backends.mkldnn's `enabled` flag turns the oneDNN path off (the panels then run everything).
 #pragma once
 
@@ -123,9 +123,10 @@ class Linear {
   }
 
  private:
-  // Above a step's batch (products over a chunk of steps' rows, or all of them), oneDNN's blocking over M
-  // beats the panels by 5-10% and its per-call cost no longer shows.
-  static constexpr int64_t kPanelRows = 256;
+  // Up to a chunk of steps' rows (chunk_steps: about 1024) the panels run too: they write into the loop's
+  // pooled buffers, where oneDNN's fresh output of a megabyte or two costs more in page faults than its 5-10%
+  // faster arithmetic at that size saves. The products over all steps (thousands of rows) go to oneDNN.
+  static constexpr int64_t kPanelRows = 1024;
 
   void panels(Tensor& y, const Tensor& x_in, const Tensor& init) const {
     const Tensor x = x_in.contiguous();

@@ -7,8 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace rnn_stability {
+
+using at::Tensor;
 
 // Mean and 1 / sqrt(var + eps) of n values (biased variance) in one pass, shifted by the first value: the sums
 // of d = x - x[0] and d^2 give the variance without the cancellation of E[x^2] - E[x]^2 when the mean is large
@@ -55,6 +58,27 @@ inline void layer_norm_input_grad(T* dy, const T* xhat, int64_t n, T rstd) {
   const T m1 = s1 / T(n), m2 = s2 / T(n);
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) dy[j] = rstd * (dy[j] - m1 - xhat[j] * m2);
+}
+
+// The "scaled" normalisation's per-row input magnitude: mean |x| over the last dimension of x (..., F), as a
+// contiguous tensor of the leading shape. One vector pass per row: x.abs().mean(-1) would first write |x| to
+// a fresh tensor of x's size, whose pages cost more to fault in than the sums.
+inline Tensor input_scale(const Tensor& x_in) {
+  const Tensor x = x_in.contiguous();
+  const int64_t F = x.size(-1), rows = F == 0 ? 0 : x.numel() / F;
+  Tensor scale = at::empty(x.sizes().slice(0, x.dim() - 1), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_stability_input_scale", [&] {
+    using Vec = at::vec::Vectorized<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* sp = scale.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t s = at::vec::map_reduce_all<scalar_t>([](Vec v) { return v.abs(); },
+                                                           [](Vec a, Vec b) { return a + b; }, xp + r * F, F);
+      sp[r] = s / scalar_t(F);
+    }
+    if (F == 0) scale.fill_(std::numeric_limits<scalar_t>::quiet_NaN());  // the mean of nothing, as torch's
+  });
+  return scale;
 }
 
 // Which pre-activations are normalised (the `layer_norm` choices of rnn_stability/nn/layer_norm.py). "scaled"
