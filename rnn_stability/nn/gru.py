@@ -12,6 +12,7 @@ from rnn_stability.nn.fused_joint import GRUJointLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
 from rnn_stability.nn.native import native_lstm_supported
 from rnn_stability.nn.native_gru import GRULayerNormLayerNative, gru_shift
+from rnn_stability.nn.native_projection import normalised_projection
 from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence
 from rnn_stability.nn.regularization import LayerMasks
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
@@ -214,9 +215,14 @@ class GRU(StackedRNNMixin, nn.GRU):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
         assert variant is not None
         shift, bias_hn = gru_shift(bias_ih, bias_hh)
+        # With batch norm the op takes the normalised projection (statistics over every step) as its input.
+        steps, weight_ih = x.view(len(step_sizes), step_sizes[0], x.size(-1)), weights[0]
+        norm = self._input_norm(suffix)
+        if norm is not None:
+            steps, weight_ih = normalised_projection(x, weight_ih, norm).view(*steps.shape[:2], -1), None
         out, h = GRULayerNormLayerNative.apply(
-            x.view(len(step_sizes), step_sizes[0], x.size(-1)),
-            weights[0],
+            steps,
+            weight_ih,
             gain_ih,
             shift,
             bias_hn,

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
 from rnn_stability.nn.native import LSTMLayerNormLayerNative, native_lstm_supported
+from rnn_stability.nn.native_projection import normalised_projection
 from rnn_stability.nn.recurrence import lstm_gate_shift, lstm_input_gates, lstm_layer_norm_sequence
 from rnn_stability.nn.regularization import LayerMasks
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
@@ -254,10 +255,16 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         assert variant is not None
         weight_hr = weights[-1] if self.proj_size > 0 else None
         # The C++ op computes the input projection itself (one product for all steps) and its gradients a chunk
-        # of steps at a time: no (T, B, 4H) gradient is held for all steps.
+        # of steps at a time: no (T, B, 4H) gradient is held for all steps. With batch norm it takes the
+        # normalised projection instead (statistics over every step, so computed here; autograd does its
+        # backward).
+        steps, weight_ih = x.view(len(step_sizes), step_sizes[0], x.size(-1)), weights[0]
+        norm = self._input_norm(suffix)
+        if norm is not None:
+            steps, weight_ih = normalised_projection(x, weight_ih, norm).view(*steps.shape[:2], 4, self.hidden_size), None
         out, h, c = LSTMLayerNormLayerNative.apply(
-            x.view(len(step_sizes), step_sizes[0], x.size(-1)),
-            weights[0],
+            steps,
+            weight_ih,
             gain_ih,
             shift,
             *hx,

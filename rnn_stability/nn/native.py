@@ -223,7 +223,8 @@ class LSTMLayerNormNative(torch.autograd.Function):
 
 class LSTMLayerNormLayerNative(torch.autograd.Function):
     """One layer-normalised LSTM direction in C++ from the layer input: `LSTMLayerNormNative` with the input
-    projection inside. Takes `x` of shape `(T, B, in)` and `weight_ih` `(4H, in)` in place of `xp`.
+    projection inside. Takes `x` of shape `(T, B, in)` and `weight_ih` `(4H, in)` in place of `xp`, or
+    (`weight_ih=None`) `xp` itself, `(T, B, 4, H)`: the batch-normalised projection of the `batch_norm` option.
 
     The C++ op computes `xp = x W_ih^T` itself (through oneDNN where it is faster) and turns the gate gradients
     into `dx` and `dW_ih` a chunk of steps at a time, so the gradient of `xp` is never held for all steps; it
@@ -243,7 +244,7 @@ class LSTMLayerNormLayerNative(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         x: torch.Tensor,
-        weight_ih: torch.Tensor,
+        weight_ih: torch.Tensor | None,
         gain_ih: torch.Tensor | None,
         shift: torch.Tensor | None,
         h0: torch.Tensor,

@@ -36,7 +36,8 @@ class GRULayerNormLayerNative(torch.autograd.Function):
     `gain_hh` (the gain of `LN(W_hh h)`, or of the normalised sums for `"joint"`), `eps`, `reverse`, the
     variant and `grad`, `torch.is_grad_enabled()` where it is applied (false keeps nothing for a backward).
     The C++ op computes `x W_ih^T` itself and its gradients a chunk of steps at a time. First-order
-    differentiable only (`once_differentiable`).
+    differentiable only (`once_differentiable`). With `weight_ih=None`, `x` is the projection itself,
+    `(T, B, 3H)` (the batch-normalised one of the `batch_norm` option; not with `"separate"` / `"scaled"`).
 
     The variant `"none"` normalises nothing (torch's GRU step; `gain_hh` an empty tensor, `gain_ih` `None`),
     for the regularisers without layer norm. Optional: `recurrent_mask`, a `(B, H)` recurrent-dropout mask on
@@ -49,7 +50,7 @@ class GRULayerNormLayerNative(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         x: torch.Tensor,
-        weight_ih: torch.Tensor,
+        weight_ih: torch.Tensor | None,
         gain_ih: torch.Tensor | None,
         shift: torch.Tensor | None,
         bias_hn: torch.Tensor | None,
@@ -88,7 +89,7 @@ class GRULayerNormLayerNative(torch.autograd.Function):
         # grads follow forward's tensor arguments; those not given (None) get None.
         given = (
             True,
-            True,
+            saved[1] is not None,
             saved[3] is not None,
             saved[4] is not None,
             saved[5] is not None,

@@ -84,12 +84,10 @@ class RegularizedRNNMixin(nn.RNNBase):
     def _native_loop_applies(self, masks: LayerMasks) -> bool:
         """Whether a layer may run the C++ loops of `rnn_stability.nn.native` / `native_gru` (on a CPU build).
 
-        They run layer norm, recurrent dropout and zoneout (with or without layer norm: the variant `"none"`),
-        but no `batch_norm` (they compute `W_ih x` themselves): that runs the PyTorch loops.
+        They run layer norm, recurrent dropout, zoneout (with or without layer norm: the variant `"none"`) and
+        `batch_norm`, whose normalised `W_ih x` (statistics over every step) they take in place of the input.
         """
-        return bool(
-            (self.layer_norm or masks.recurrent is not None or any(self.zoneout)) and not self.batch_norm
-        )
+        return self._needs_loop(masks)
 
     def _native_masks(
         self, masks: LayerMasks, step_sizes: list[int], states: int

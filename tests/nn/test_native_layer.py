@@ -3,14 +3,17 @@ steps, `xp` recomputed for narrow inputs, and the oneDNN matrix products of floa
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor
 
-from rnn_stability.nn import LSTM
+from rnn_stability.nn import GRU, LSTM
 from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.layer_norm import gate_layer_norm
 from rnn_stability.nn.native import LSTMLayerNormLayerNative
+from rnn_stability.nn.native_gru import GRULayerNormLayerNative
 from tests.nn.native_cases import (
     ATOL_LOOPS,
     EPS,
@@ -99,16 +102,29 @@ def test_inference_keeps_no_per_step_buffers() -> None:
     assert native.workspace_bytes() - before > 200 * per_step  # training keeps every step's
 
 
-def test_batch_norm_bypasses_the_cpp_loop() -> None:
-    """`batch_norm` normalises `W_ih x`, which the C++ op computes without it: the module runs the PyTorch loop."""
-    module = LSTM(3, 8, layer_norm="joint", batch_norm=True, dtype=torch.float64)
-    x = randn(5, 4, 3, seed=6) * 3 + 2
-    with spy_paths() as spy:
-        out, _ = module(x)
-    assert spy.calls["native"] == 0
-    with native_switch(False):
-        expected, _ = module(x)
-    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("layer_norm", [False, "recurrent", "joint"])
+def test_batch_norm_runs_the_cpp_loop(cls: type, layer_norm: bool | str) -> None:
+    """`batch_norm`: the C++ op takes the batch-normalised `W_ih x` (its product through the kernel's, the
+    batch norm by autograd) and matches the PyTorch loops in float64: outputs, every gradient, the running
+    statistics, and in eval (running statistics) too."""
+    kernel = LSTMLayerNormLayerNative if cls is LSTM else GRULayerNormLayerNative
+    modules = [cls(3, 8, 2, layer_norm=layer_norm, batch_norm=True, bidirectional=True, dtype=torch.float64)]
+    modules.append(copy.deepcopy(modules[0]))
+    x = (randn(5, 4, 3, seed=6) * 3 + 2).requires_grad_()
+    results = []
+    for module, enabled in zip(modules, (True, False), strict=True):
+        calls: list[int] = []
+        with native_switch(enabled), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(kernel, "apply", lambda *a, f=kernel.apply: calls.append(1) or f(*a))
+            out, _ = module(x)
+            grads = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+            module.eval()
+            evaluated, _ = module(x)
+        assert len(calls) == (8 if enabled else 0)  # 2 layers x 2 directions, training and eval
+        results.append((out, *grads, *module.buffers(), evaluated))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])

@@ -7,7 +7,8 @@
 // each batch row (gru_rows.h), and the backward turns gate gradients into dx, dW_ih and dW_hh a chunk of steps
 // at a time. Kept for the backward: r, z, n, the normalised recurrent projection (joint: the normalised sums and
 // u_n), and xp for the separate normalisation only (recomputed instead where the input is narrow); nothing
-// when no gradient is needed.
+// when no gradient is needed. Without weight_ih the op takes xp itself as x ((T, B, 3H): the batch-normalised
+// projection of the batch_norm option) and returns its gradient, all steps, in place of dx.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -85,7 +86,8 @@ Norm gru_norm(c10::string_view name, const std::optional<Tensor>& gain_ih, bool*
 
 // Returns [out, h_n, xp (kept for the backward: separate, saving and not recomputed; else empty), then the
 // per-step buffers of GruBuffers::list()].
-std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, const std::optional<Tensor>& gain_ih,
+std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const std::optional<Tensor>& weight_ih,
+                                   const std::optional<Tensor>& gain_ih,
                                    const std::optional<Tensor>& shift, const std::optional<Tensor>& bias_hn,
                                    const Tensor& h0_in, const Tensor& weight_hh, const Tensor& gain_hh, double eps,
                                    bool reverse, bool save, c10::string_view normalization,
@@ -96,8 +98,11 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
   const int64_t T_ = x_in.size(0), B = x_in.size(1), H = weight_hh.size(0) / 3;
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
   const auto opts = x.options();
+  const Tensor w_ih = contiguous_or_undefined(weight_ih);
+  TORCH_CHECK(w_ih.defined() || (norm != Norm::kSeparate && x.size(2) == 3 * H),
+              "gru_ln_forward: without weight_ih, x is xp (T, B, 3H), and the normalization not separate");
   const Tensor in_scale = scaled ? x.abs().mean(-1).contiguous() : Tensor();  // "scaled": (T, B)
-  const Tensor xp = Linear(weight_ih.contiguous(), T_ * B)(x.view({T_ * B, x.size(2)})).view({T_, B, 3 * H});
+  const Tensor xp = w_ih.defined() ? Linear(w_ih, T_ * B)(x.view({T_ * B, x.size(2)})).view({T_, B, 3 * H}) : x;
   GruBuffers buf(save ? T_ : 1, B, H, norm, opts);
   Tensor out = at::empty({T_, B, H}, opts), u_buf = at::empty({B, 3 * H}, opts);
   const Linear u_of(weight_hh, B);
@@ -127,7 +132,7 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
       h = out[t];
     }
   });
-  const bool keep_xp = save && norm == Norm::kSeparate && !gru_recompute_xp(x.size(2), H);
+  const bool keep_xp = save && w_ih.defined() && norm == Norm::kSeparate && !gru_recompute_xp(x.size(2), H);
   std::vector<Tensor> result{out, h.clone(), keep_xp ? xp : at::empty({0}, opts)};
   for (const Tensor& t : buf.list()) result.push_back(t);
   return result;
@@ -136,7 +141,7 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const Tensor& weight_ih, 
 // Gradients of gru_ln_forward's tensor arguments in their order: x, weight_ih, gain_ih, shift, bias_hn, h0,
 // weight_hh, gain_hh (empty where not given).
 std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& x_in,
-                                    const Tensor& weight_ih, const Tensor& xp_saved,
+                                    const std::optional<Tensor>& weight_ih, const Tensor& xp_saved,
                                     const std::optional<Tensor>& gain_ih, const std::optional<Tensor>& shift,
                                     const std::optional<Tensor>& bias_hn, const Tensor& h0_in,
                                     const Tensor& weight_hh, const Tensor& gain_hh, const Tensor& out,
@@ -145,20 +150,24 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
   bool scaled = false;
   const Norm norm = gru_norm(normalization, gain_ih, &scaled);
   const GruBuffers buf(saved.vec());
-  const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = weight_ih.contiguous();
+  const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = contiguous_or_undefined(weight_ih);
+  const bool projected = w_ih.defined();  // else x is xp, and its gradient is kept for all steps
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2), in = x.size(2);
   const auto opts = out.options();
   const int64_t K = chunk_steps(T_, B);
   const bool recompute = norm == Norm::kSeparate && xp_saved.numel() == 0;
-  Tensor grad_xp = workspace({K, B, 3 * H}, opts), grad_u = workspace({2, K, B, 3 * H}, opts);
-  Tensor grad_x = at::empty({T_, B, in}, opts), grad_w_ih = at::zeros_like(w_ih);
+  Tensor grad_xp = projected ? workspace({K, B, 3 * H}, opts) : at::empty({T_, B, 3 * H}, opts);
+  Tensor grad_u = workspace({2, K, B, 3 * H}, opts);
+  Tensor grad_x = projected ? at::empty({T_, B, in}, opts) : grad_xp;
+  Tensor grad_w_ih = projected ? at::zeros_like(w_ih) : at::empty({0}, opts);
   Tensor grad_w_hh = at::zeros_like(weight_hh);
   Tensor dh_bufs = at::empty({2, B, H}, opts);
   Tensor acc3 = at::zeros({3, B, 3 * H}, opts), acc_bias_hn = at::zeros({B, H}, opts);
   Tensor scratch = at::empty({B, 6 * H}, opts);
   const Tensor in_scale = scaled ? x.abs().mean(-1).contiguous() : Tensor();
   Tensor d_scale = at::empty({scaled ? K : 0, B}, opts);
-  const Linear dh_of(weight_hh.t(), B), dx_of(w_ih.t(), K * B), xp_of(recompute ? w_ih : Tensor(), K * B);
+  const Linear dh_of(weight_hh.t(), B), dx_of(projected ? w_ih.t() : Tensor(), K * B);
+  const Linear xp_of(recompute ? w_ih : Tensor(), K * B);
   const GruParamTensors pt = gru_param_tensors(gain_ih, shift, bias_hn, gain_hh, H, opts);
   Tensor du_later, dh_later;
   int64_t later = -1, processed = 0;
@@ -177,7 +186,7 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t a = reverse ? k * K : std::max<int64_t>(0, T_ - (k + 1) * K);
       const int64_t b = reverse ? std::min(T_, (k + 1) * K) : T_ - k * K;
-      Tensor gxp = grad_xp.narrow(0, 0, b - a), gu = grad_u[k % 2].narrow(0, 0, b - a);
+      Tensor gxp = grad_xp.narrow(0, projected ? 0 : a, b - a), gu = grad_u[k % 2].narrow(0, 0, b - a);
       Tensor xp_chunk;
       if (recompute) {
         xp_chunk = xp_of(x.narrow(0, a, b - a).reshape({(b - a) * B, in}));
@@ -241,6 +250,7 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
       const int64_t rows = (b - a) * B;
       add_transposed_product(grad_w_hh, gu.reshape({rows, 3 * H}),
                              masked_rows(previous_states(out, h0, a, b, reverse), rec));
+      if (!projected) continue;  // the gradient of xp is the result
       const Tensor gxp_rows = gxp.reshape({rows, 3 * H});
       Tensor dx = grad_x.narrow(0, a, b - a).view({rows, in});
       dx_of.out(dx, gxp_rows);
@@ -264,11 +274,11 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
 
 TORCH_LIBRARY_FRAGMENT(rnn_stability, m) {
   m.def(
-      "gru_ln_forward(Tensor x, Tensor weight_ih, Tensor? gain_ih, Tensor? shift, Tensor? bias_hn, Tensor h0, "
+      "gru_ln_forward(Tensor x, Tensor? weight_ih, Tensor? gain_ih, Tensor? shift, Tensor? bias_hn, Tensor h0, "
       "Tensor weight_hh, Tensor gain_hh, float eps, bool reverse, bool save, str normalization, "
       "Tensor? rec_mask=None, Tensor? zone_h=None) -> Tensor[]");
   m.def(
-      "gru_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor weight_ih, Tensor xp_saved, "
+      "gru_ln_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor? weight_ih, Tensor xp_saved, "
       "Tensor? gain_ih, Tensor? shift, Tensor? bias_hn, Tensor h0, Tensor weight_hh, Tensor gain_hh, Tensor out, "
       "Tensor[] saved, float eps, bool reverse, str normalization, Tensor? rec_mask=None, "
       "Tensor? zone_h=None) -> Tensor[]");
