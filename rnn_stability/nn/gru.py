@@ -216,10 +216,11 @@ class GRU(StackedRNNMixin, nn.GRU):
         assert variant is not None
         shift, bias_hn = gru_shift(bias_ih, bias_hh)
         # With batch norm the op takes the normalised projection (statistics over every step) as its input.
-        steps, weight_ih = x.view(len(step_sizes), step_sizes[0], x.size(-1)), weights[0]
+        steps = x.view(len(step_sizes), step_sizes[0], x.size(-1))
+        weight_ih: Tensor | None = weights[0]
         norm = self._input_norm(suffix)
         if norm is not None:
-            steps, weight_ih = normalised_projection(x, weight_ih, norm).view(*steps.shape[:2], -1), None
+            steps, weight_ih = normalised_projection(x, weights[0], norm).view(*steps.shape[:2], -1), None
         out, h = GRULayerNormLayerNative.apply(
             steps,
             weight_ih,

@@ -258,10 +258,14 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         # of steps at a time: no (T, B, 4H) gradient is held for all steps. With batch norm it takes the
         # normalised projection instead (statistics over every step, so computed here; autograd does its
         # backward).
-        steps, weight_ih = x.view(len(step_sizes), step_sizes[0], x.size(-1)), weights[0]
+        steps = x.view(len(step_sizes), step_sizes[0], x.size(-1))
+        weight_ih: Tensor | None = weights[0]
         norm = self._input_norm(suffix)
         if norm is not None:
-            steps, weight_ih = normalised_projection(x, weight_ih, norm).view(*steps.shape[:2], 4, self.hidden_size), None
+            steps, weight_ih = (
+                normalised_projection(x, weights[0], norm).view(*steps.shape[:2], 4, self.hidden_size),
+                None,
+            )
         out, h, c = LSTMLayerNormLayerNative.apply(
             steps,
             weight_ih,

@@ -283,7 +283,11 @@ def draw_masks(
     def draw(p: float, shape: tuple[int, ...], keep: bool = False) -> Tensor | None:
         if p == 0.0:
             return None
-        return keep_mask(shape, p, like, generator, torch.bool) if keep else dropout_mask(shape, p, like, generator)
+        return (
+            keep_mask(shape, p, like, generator, torch.bool)
+            if keep
+            else dropout_mask(shape, p, like, generator)
+        )
 
     masks = []
     for layer in range(module.num_layers):

@@ -108,7 +108,7 @@ def test_batch_norm_runs_the_cpp_loop(cls: type, layer_norm: bool | str) -> None
     """`batch_norm`: the C++ op takes the batch-normalised `W_ih x` (its product through the kernel's, the
     batch norm by autograd) and matches the PyTorch loops in float64: outputs, every gradient, the running
     statistics, and in eval (running statistics) too."""
-    kernel = LSTMLayerNormLayerNative if cls is LSTM else GRULayerNormLayerNative
+    function = LSTMLayerNormLayerNative if cls is LSTM else GRULayerNormLayerNative
     modules = [cls(3, 8, 2, layer_norm=layer_norm, batch_norm=True, bidirectional=True, dtype=torch.float64)]
     modules.append(copy.deepcopy(modules[0]))
     x = (randn(5, 4, 3, seed=6) * 3 + 2).requires_grad_()
@@ -116,7 +116,7 @@ def test_batch_norm_runs_the_cpp_loop(cls: type, layer_norm: bool | str) -> None
     for module, enabled in zip(modules, (True, False), strict=True):
         calls: list[int] = []
         with native_switch(enabled), pytest.MonkeyPatch.context() as mp:
-            mp.setattr(kernel, "apply", lambda *a, f=kernel.apply: calls.append(1) or f(*a))
+            mp.setattr(function, "apply", lambda *a, f=function.apply, calls=calls: calls.append(1) or f(*a))
             out, _ = module(x)
             grads = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
             module.eval()

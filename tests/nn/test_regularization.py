@@ -230,7 +230,9 @@ def test_native_masks_are_the_documented_splitmix64_lanes() -> None:
     """On CPU with the kernel: value j compares lane j % 4 of word j // 4 of SplitMix64 seeded by one int64
     draw of the generator, for every dtype; the same with any thread count (counter-based, parallel blocks)."""
     native_kernel_or_skip()
-    seed = int(torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(7)))
+    seed = int(
+        torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(7))
+    )
     lanes = _splitmix64_lanes(seed % 2**64, 4099)
     q = round(0.3 * 2**16)
     expected = torch.tensor([lane < q for lane in lanes])

@@ -39,7 +39,6 @@ EPS = 1e-5
 VARIANTS = ["none", "recurrent", "joint", "separate", "scaled"]
 
 
-
 @pytest.fixture(autouse=True)
 def _masks_from_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Module-level comparisons here switch the kernel off for one run, which would also switch the masks to
