@@ -55,24 +55,44 @@ inline at::vec::Vectorized<T> tanh_vec(at::vec::Vectorized<T> v) {
   return v.tanh();
 }
 
+// The rational tanh's coefficients (numerator in x^2 from the highest power, then the denominator's).
+constexpr float kTanhClamp = 7.90531110763549805f, kTanhTiny = 0.0004f;
+constexpr float kTanhP[7] = {-2.76076847742355e-16f, 2.00018790482477e-13f, -8.60467152213735e-11f,
+                             5.12229709037114e-08f,  1.48572235717979e-05f, 6.37261928875436e-04f,
+                             4.89352455891786e-03f};
+constexpr float kTanhQ[4] = {1.19825839466702e-06f, 1.18534705686654e-04f, 2.26843463243900e-03f,
+                             4.89352518554385e-03f};
+
+#if defined(CPU_CAPABILITY_AVX512)
+// AVX-512: the quotient as p times a reciprocal (rcp14 and one Newton step: q is at least 0.0049, and the
+// result within 2 ulp of p / q) and the pass-through blends on mask registers: vdivps's long latency and the
+// vector-to-mask conversions of the generic form were a third of a row's time at H = 32.
+template <>
+inline at::vec::Vectorized<float> tanh_vec<float>(at::vec::Vectorized<float> v) {
+  const __m512 in = v, x = _mm512_min_ps(_mm512_max_ps(in, _mm512_set1_ps(-kTanhClamp)), _mm512_set1_ps(kTanhClamp));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(kTanhP[0]), q = _mm512_set1_ps(kTanhQ[0]);
+  for (int k = 1; k < 7; ++k) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhP[k]));
+  for (int k = 1; k < 4; ++k) q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(kTanhQ[k]));
+  __m512 r = _mm512_rcp14_ps(q);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0f)));
+  const __m512 y = _mm512_mul_ps(_mm512_mul_ps(x, p), r);
+  const __mmask16 pass = _mm512_cmp_ps_mask(_mm512_abs_ps(in), _mm512_set1_ps(kTanhTiny), _CMP_LT_OQ) |
+                         _mm512_cmp_ps_mask(in, in, _CMP_UNORD_Q);
+  return _mm512_mask_blend_ps(pass, y, in);
+}
+#else
 template <>
 inline at::vec::Vectorized<float> tanh_vec<float>(at::vec::Vectorized<float> v) {
   using Vec = at::vec::Vectorized<float>;
-  const Vec x = at::vec::clamp(v, Vec(-7.90531110763549805f), Vec(7.90531110763549805f)), x2 = x * x;
-  Vec p(-2.76076847742355e-16f);
-  p = at::vec::fmadd(p, x2, Vec(2.00018790482477e-13f));
-  p = at::vec::fmadd(p, x2, Vec(-8.60467152213735e-11f));
-  p = at::vec::fmadd(p, x2, Vec(5.12229709037114e-08f));
-  p = at::vec::fmadd(p, x2, Vec(1.48572235717979e-05f));
-  p = at::vec::fmadd(p, x2, Vec(6.37261928875436e-04f));
-  p = at::vec::fmadd(p, x2, Vec(4.89352455891786e-03f));
-  Vec q(1.19825839466702e-06f);
-  q = at::vec::fmadd(q, x2, Vec(1.18534705686654e-04f));
-  q = at::vec::fmadd(q, x2, Vec(2.26843463243900e-03f));
-  q = at::vec::fmadd(q, x2, Vec(4.89352518554385e-03f));
-  const Vec y = Vec::blendv(x * p / q, v, v.abs() < Vec(0.0004f));
+  const Vec x = at::vec::clamp(v, Vec(-kTanhClamp), Vec(kTanhClamp)), x2 = x * x;
+  Vec p(kTanhP[0]), q(kTanhQ[0]);
+  for (int k = 1; k < 7; ++k) p = at::vec::fmadd(p, x2, Vec(kTanhP[k]));
+  for (int k = 1; k < 4; ++k) q = at::vec::fmadd(q, x2, Vec(kTanhQ[k]));
+  const Vec y = Vec::blendv(x * p / q, v, v.abs() < Vec(kTanhTiny));
   return Vec::blendv(y, v, v.isnan());
 }
+#endif
 
 // float: sigmoid(x) = (1 + tanh(x / 2)) / 2 with the rational tanh above (within 4e-7 of sigmoid).
 template <>
@@ -132,35 +152,42 @@ inline void cell_read_out(const Params<T>& p, const Row<T>& r, T mean, T rstd) {
   cell_read_out(p, r.cell, mean, rstd, r.cell_xhat, r.tc, static_cast<const T*>(nullptr), static_cast<T*>(nullptr));
 }
 
-// One row of a step: each gate's normalisation, gain, shift and non-linearity in one vector pass over H, then
-// the cell update and the read-out.
+// One row of a step: the moments of the 4 gate blocks in one pass (block_moments; with the separate
+// normalisation also xp's), then each gate's normalisation, gain, shift and non-linearity in one vector pass
+// over H, then the cell update and the read-out.
 template <typename T>
 void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, const Row<T>& r, T* h) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t H = p.H;
+  T hm[4] = {0, 0, 0, 0}, hr[4] = {1, 1, 1, 1}, xm[4], xr[4];
+  if (p.norm == Norm::kJoint) {  // the normalised sum is formed in r.normed, normalised there below
+    for_vectors<T>(4 * H, [&](int64_t j, int64_t c) { store(load(xp, j, c) + load(hh, j, c), r.normed, j, c); });
+    block_moments<T, 4>(r.normed, H, p.eps, hm, hr);
+  } else if (p.norm != Norm::kNone) {
+    block_moments<T, 4>(hh, H, p.eps, hm, hr);
+  }
+  if (p.norm == Norm::kSeparate) {
+    block_moments<T, 4>(xp, H, p.eps, xm, xr);
+    std::copy(xm, xm + 4, r.x_mean);
+    std::copy(xr, xr + 4, r.x_rstd);
+  }
+  if (p.norm != Norm::kNone) std::copy(hr, hr + 4, r.rstd);
   for (int64_t k = 0; k < 4; ++k) {
     const T *xk = xp + k * H, *hk = hh + k * H, *gh = p.gain_hh + k * H, *sk = p.shift + k * H;
     T *nk = r.normed + k * H, *ak = r.act + k * H;
     auto act = [k](Vec a) { return k == 2 ? tanh_vec(a) : sigmoid_vec(a); };
-    T hm = 0, hr = 1;
+    const Vec vm(hm[k]), vr(hr[k]);
     if (p.norm == Norm::kNone) {
       for_vectors<T>(H, [&](int64_t j, int64_t c) {
         store(act(load(xk, j, c) + load(hk, j, c) + load(sk, j, c)), ak, j, c);
       });
     } else if (p.norm == Norm::kJoint) {
-      for_vectors<T>(H, [&](int64_t j, int64_t c) { store(load(xk, j, c) + load(hk, j, c), nk, j, c); });
-      moments(nk, H, p.eps, hm, hr);
-      r.rstd[k] = hr;
-      const Vec vm(hm), vr(hr);
       for_vectors<T>(H, [&](int64_t j, int64_t c) {
         const Vec n = (load(nk, j, c) - vm) * vr;
         store(n, nk, j, c);
         store(act(n * load(gh, j, c) + load(sk, j, c)), ak, j, c);
       });
     } else if (p.norm == Norm::kRecurrent) {
-      moments(hk, H, p.eps, hm, hr);
-      r.rstd[k] = hr;
-      const Vec vm(hm), vr(hr);
       for_vectors<T>(H, [&](int64_t j, int64_t c) {
         const Vec n = (load(hk, j, c) - vm) * vr;
         store(n, nk, j, c);
@@ -168,17 +195,11 @@ void forward_row(const Params<T>& p, const T* xp, const T* hh, const T* c_prev, 
       });
     } else {
       const T* gi = p.gain_ih + k * H;
-      T xm, xr;
-      moments(xk, H, p.eps, xm, xr);
-      moments(hk, H, p.eps, hm, hr);
-      r.x_mean[k] = xm;
-      r.x_rstd[k] = xr;
-      r.rstd[k] = hr;
-      const Vec vm(hm), vr(hr), vxm(xm), vxr(xr), vs(r.in_scale);
+      const Vec vxm(xm[k]), vxr(xr[k] * r.in_scale);
       for_vectors<T>(H, [&](int64_t j, int64_t c) {
         const Vec n = (load(hk, j, c) - vm) * vr;
         store(n, nk, j, c);
-        const Vec a = (load(xk, j, c) - vxm) * vxr * load(gi, j, c) * vs + n * load(gh, j, c) + load(sk, j, c);
+        const Vec a = (load(xk, j, c) - vxm) * vxr * load(gi, j, c) + n * load(gh, j, c) + load(sk, j, c);
         store(act(a), ak, j, c);
       });
     }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -13,36 +14,58 @@ namespace rnn_stability {
 
 using at::Tensor;
 
-// Mean and 1 / sqrt(var + eps) of n values (biased variance) in one pass, shifted by the first value: the sums
-// of d = x - x[0] and d^2 give the variance without the cancellation of E[x^2] - E[x]^2 when the mean is large
-// against the spread (the "shifted data" algorithm; x[0] is within a few standard deviations of the mean).
-// Two vector accumulators each: the sums are latency-bound chains otherwise.
-template <typename T>
-inline void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
+// Means and 1 / sqrt(var + eps) (biased variance) of NB blocks of n values each, block b at x + b n, in one
+// pass, each shifted by its first value: the sums of d = x - x[0] and d^2 give the variance without the
+// cancellation of E[x^2] - E[x]^2 when the mean is large against the spread (the "shifted data" algorithm;
+// x[0] is within a few standard deviations of the mean). The blocks' sums are independent chains (a single
+// block gets two), and their horizontal reductions and square roots overlap: a row's 4 gate blocks cost
+// little more than one at small n, where each block's chain of reductions would otherwise dominate.
+template <typename T, int NB>
+C10_ALWAYS_INLINE void block_moments(const T* x, int64_t n, T eps, T* mean, T* rstd) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const T k = x[0];
-  const Vec kv(k), zero(T(0));
-  Vec s1a = zero, s1b = zero, s2a = zero, s2b = zero;
+  constexpr int A = NB >= 2 ? 1 : 2;  // accumulators per block
+  const Vec zero(T(0));
+  Vec kv[NB], s1[NB][A], s2[NB][A];
+  for (int b = 0; b < NB; ++b) {
+    kv[b] = Vec(x[b * n]);
+    for (int a = 0; a < A; ++a) s1[b][a] = s2[b][a] = zero;
+  }
   int64_t j = 0;
-  for (; j + 2 * V <= n; j += 2 * V) {
-    const Vec d0 = Vec::loadu(x + j) - kv, d1 = Vec::loadu(x + j + V) - kv;
-    s1a = s1a + d0;
-    s1b = s1b + d1;
-    s2a = at::vec::fmadd(d0, d0, s2a);
-    s2b = at::vec::fmadd(d1, d1, s2b);
+  for (; j + A * V <= n; j += A * V) {
+    for (int b = 0; b < NB; ++b) {
+      for (int a = 0; a < A; ++a) {
+        const Vec d = Vec::loadu(x + b * n + j + a * V) - kv[b];
+        s1[b][a] = s1[b][a] + d;
+        s2[b][a] = at::vec::fmadd(d, d, s2[b][a]);
+      }
+    }
   }
   for (; j < n; j += V) {
     const int64_t c = std::min<int64_t>(V, n - j);
-    const Vec d = Vec::set(zero, Vec::loadu(x + j, c) - kv, c);
-    s1a = s1a + d;
-    s2a = at::vec::fmadd(d, d, s2a);
+    for (int b = 0; b < NB; ++b) {
+      const Vec d = Vec::set(zero, Vec::loadu(x + b * n + j, c) - kv[b], c);
+      s1[b][0] = s1[b][0] + d;
+      s2[b][0] = at::vec::fmadd(d, d, s2[b][0]);
+    }
   }
-  auto add = [](Vec a, Vec b) { return a + b; };
-  const T s1 = at::vec::vec_reduce_all<T>(add, s1a + s1b), s2 = at::vec::vec_reduce_all<T>(add, s2a + s2b);
-  const T m = s1 / T(n);
-  mean = k + m;
-  rstd = T(1) / std::sqrt(std::max(s2 / T(n) - m * m, T(0)) + eps);
+  auto add = [](Vec p, Vec q) { return p + q; };
+  for (int b = 0; b < NB; ++b) {
+    for (int a = 1; a < A; ++a) {
+      s1[b][0] = s1[b][0] + s1[b][a];
+      s2[b][0] = s2[b][0] + s2[b][a];
+    }
+    const T m = at::vec::vec_reduce_all<T>(add, s1[b][0]) / T(n);
+    const T v = at::vec::vec_reduce_all<T>(add, s2[b][0]) / T(n) - m * m;
+    mean[b] = x[b * n] + m;
+    rstd[b] = T(1) / std::sqrt(std::max(v, T(0)) + eps);
+  }
+}
+
+// Mean and 1 / sqrt(var + eps) of n values (block_moments of one block).
+template <typename T>
+C10_ALWAYS_INLINE void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
+  block_moments<T, 1>(x, n, eps, &mean, &rstd);
 }
 
 // Input gradient of y = (x - mean) * rstd given dy and xhat = y: rstd * (dy - mean(dy) - xhat * mean(dy xhat)).
