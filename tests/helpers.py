@@ -74,6 +74,21 @@ def two_rank_ddp_trainer(**kwargs: Any) -> L.Trainer:
     return quiet_trainer(devices=2, strategy="ddp", **{"log_every_n_steps": 50, **kwargs})
 
 
+def ddp_script_main(main: Any) -> None:
+    """Run a two-rank script's ``main(OUT_DIR)`` (``OUT_DIR`` from the command line), then destroy the process
+    group: a gloo group left to the interpreter's teardown can abort the process at exit ("terminate called
+    without an active exception"), after the script has done its work."""
+    import sys
+
+    import torch.distributed as dist
+
+    try:
+        main(sys.argv[1])
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def run_two_rank_ddp(script: Any, out_dir: Any, timeout: float = 180.0) -> None:
     """Run ``python SCRIPT OUT_DIR`` as ranks 0 and 1 of a CPU DDP (gloo) job and assert both succeed.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rnn_stability.callbacks import AdaptiveGradientClipping
-from tests.helpers import TinyRNNRegressor, adding_loader, two_rank_ddp_trainer
+from tests.helpers import TinyRNNRegressor, adding_loader, ddp_script_main, two_rank_ddp_trainer
 
 NAN_STEP = 3
 
@@ -67,4 +66,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ddp_script_main(main)

@@ -7,7 +7,6 @@ global RNG differently just before the initializer runs, so only a shared seed k
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rnn_stability.callbacks import RNNInitializer
-from tests.helpers import TinyRNNRegressor, adding_loader
+from tests.helpers import TinyRNNRegressor, adding_loader, ddp_script_main
 
 
 class DivergeGlobalRNG(Callback):
@@ -51,4 +50,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ddp_script_main(main)

@@ -7,7 +7,6 @@ Started twice by ``test_loss_spike_recovery_ddp.py`` through ``tests.helpers.run
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rnn_stability.callbacks import LossSpikeRecovery
 from tests.callbacks.spiky_models import SPIKE, SpikyRegressor
-from tests.helpers import adding_loader, two_rank_ddp_trainer
+from tests.helpers import adding_loader, ddp_script_main, two_rank_ddp_trainer
 
 SPIKE_CALL = 6
 
@@ -60,4 +59,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ddp_script_main(main)

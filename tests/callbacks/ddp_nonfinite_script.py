@@ -7,14 +7,13 @@ Started twice by ``test_adaptive_gradient_clipping_ddp.py`` (see ``ddp_clipping_
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from rnn_stability.callbacks import AdaptiveGradientClipping
-from tests.helpers import TinyRNNRegressor, adding_loader
+from tests.helpers import TinyRNNRegressor, adding_loader, ddp_script_main
 
 
 class RankZeroNaN(TinyRNNRegressor):
@@ -46,4 +45,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ddp_script_main(main)

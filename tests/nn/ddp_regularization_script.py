@@ -7,14 +7,13 @@ own masks; DDP averages the gradients that reach the real ``weight_hh``, so the 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from rnn_stability.nn import LSTM
-from tests.helpers import TinyRNNRegressor, adding_loader
+from tests.helpers import TinyRNNRegressor, adding_loader, ddp_script_main
 
 
 def main(out_dir: str) -> None:
@@ -43,4 +42,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ddp_script_main(main)
