@@ -53,10 +53,10 @@ void pack_panels(const T* w, int64_t s0, int64_t s1, int64_t N, int64_t K, T* ou
 }
 
 // Rows [0, MR) of a block times one panel: y[m][0, width) = init[m][0, width) + sum_k x[m][k] panel[k][.]
-// (row strides ldx, ldy; init may be null: zeros, else its row stride is ldy's).
+// (x[m][k] at x[m ldx + k kx]; y's row stride ldy; init may be null: zeros, else its row stride is ldy's).
 template <typename T, int MR>
-inline void panel_block(const T* x, int64_t ldx, int64_t K, const T* panel, const T* init, T* y, int64_t ldy,
-                        int64_t width) {
+inline void panel_block(const T* x, int64_t ldx, int64_t kx, int64_t K, const T* panel, const T* init, T* y,
+                        int64_t ldy, int64_t width) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size(), NR = kPanelVecs;
   const bool full = width == NR * V;
@@ -76,7 +76,7 @@ inline void panel_block(const T* x, int64_t ldx, int64_t K, const T* panel, cons
     Vec w[NR];
     for (int u = 0; u < NR; ++u) w[u] = Vec::loadu(b + u * V);
     for (int m = 0; m < MR; ++m) {
-      const Vec a(x[m * ldx + k]);
+      const Vec a(x[m * ldx + k * kx]);
       for (int u = 0; u < NR; ++u) acc[m][u] = at::vec::fmadd(a, w[u], acc[m][u]);
     }
   }
@@ -94,23 +94,26 @@ inline void panel_block(const T* x, int64_t ldx, int64_t K, const T* panel, cons
 
 // Rows of one block (1 to kBlockRows) times one panel.
 template <typename T>
-inline void panel_rows(int64_t rows, const T* x, int64_t ldx, int64_t K, const T* panel, const T* init, T* y,
-                       int64_t ldy, int64_t width) {
+inline void panel_rows(int64_t rows, const T* x, int64_t ldx, int64_t kx, int64_t K, const T* panel, const T* init,
+                       T* y, int64_t ldy, int64_t width) {
   switch (rows) {
-    case 1: return panel_block<T, 1>(x, ldx, K, panel, init, y, ldy, width);
-    case 2: return panel_block<T, 2>(x, ldx, K, panel, init, y, ldy, width);
-    case 3: return panel_block<T, 3>(x, ldx, K, panel, init, y, ldy, width);
-    case 4: return panel_block<T, 4>(x, ldx, K, panel, init, y, ldy, width);
-    case 5: return panel_block<T, 5>(x, ldx, K, panel, init, y, ldy, width);
-    default: return panel_block<T, 6>(x, ldx, K, panel, init, y, ldy, width);
+    case 1: return panel_block<T, 1>(x, ldx, kx, K, panel, init, y, ldy, width);
+    case 2: return panel_block<T, 2>(x, ldx, kx, K, panel, init, y, ldy, width);
+    case 3: return panel_block<T, 3>(x, ldx, kx, K, panel, init, y, ldy, width);
+    case 4: return panel_block<T, 4>(x, ldx, kx, K, panel, init, y, ldy, width);
+    case 5: return panel_block<T, 5>(x, ldx, kx, K, panel, init, y, ldy, width);
+    default: return panel_block<T, 6>(x, ldx, kx, K, panel, init, y, ldy, width);
   }
 }
 
-// y (M, N) = init + x (M, K) W^T with W packed by pack_panels; x, init and y contiguous rows (init null:
-// zeros). The M rows are split into blocks of near-equal size (32 rows: 6, 6, 5, 5, 5, 5), so that no block
+// y (M, N) = init + x (M, K) W^T with W packed by pack_panels; init and y contiguous rows (init null: zeros),
+// x[m][k] at x[m ldx + k kx] (by default contiguous rows; kx > 1 reads a transposed x in place). The M rows
+// are split into blocks of near-equal size (32 rows: 6, 6, 5, 5, 5, 5), so that no block
 // is a thin remainder. Panels are shared out among threads when the product is large enough to pay for it.
 template <typename T>
-void panel_product(const T* x, int64_t M, int64_t K, const T* packed, int64_t N, const T* init, T* y) {
+void panel_product(const T* x, int64_t M, int64_t K, const T* packed, int64_t N, const T* init, T* y,
+                   int64_t ldx = -1, int64_t kx = 1) {
+  if (ldx < 0) ldx = K;
   constexpr int64_t P = panel_width<T>();
   if (M == 0 || N == 0) return;
   const int64_t panels = (N + P - 1) / P, blocks = (M + kBlockRows - 1) / kBlockRows;
@@ -122,7 +125,7 @@ void panel_product(const T* x, int64_t M, int64_t K, const T* packed, int64_t N,
       int64_t m0 = 0;
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t rows = base + (blk < extra ? 1 : 0);
-        panel_rows<T>(rows, x + m0 * K, K, K, panel, init == nullptr ? nullptr : init + m0 * N + n0,
+        panel_rows<T>(rows, x + m0 * ldx, ldx, kx, K, panel, init == nullptr ? nullptr : init + m0 * N + n0,
                       y + m0 * N + n0, N, width);
         m0 += rows;
       }
