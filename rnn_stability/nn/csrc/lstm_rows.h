@@ -299,8 +299,9 @@ void backward_row(const Params<T>& p, const T* dm, const T* xp, const T* c_prev,
       // Recurrent: the gate gradient is that of xp. Joint: xp's is that of the sum, dhh (dxp is dhh).
       if (p.norm == Norm::kRecurrent) std::copy(d, d + H, dx);
     }
-    layer_norm_input_grad(dh, normed, H, r.rstd[k]);
   }
+  // The 4 blocks of dL/d(W_hh h) (joint: of the sum) through their normalisation, in one pass.
+  if (p.norm != Norm::kNone) block_layer_norm_input_grad<T, 4>(dhh, r.normed, H, r.rstd);
 }
 
 }  // namespace rnn_stability

@@ -68,19 +68,49 @@ C10_ALWAYS_INLINE void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
   block_moments<T, 1>(x, n, eps, &mean, &rstd);
 }
 
-// Input gradient of y = (x - mean) * rstd given dy and xhat = y: rstd * (dy - mean(dy) - xhat * mean(dy xhat)).
-// Overwrites dy.
-template <typename T>
-inline void layer_norm_input_grad(T* dy, const T* xhat, int64_t n, T rstd) {
-  T s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t j = 0; j < n; ++j) {
-    s1 += dy[j];
-    s2 += dy[j] * xhat[j];
+// Input gradient of y = (x - mean) * rstd given dy and xhat = y, for NB blocks of n values (block b at
+// dy + b n, xhat + b n, with rstd[b]): rstd * (dy - mean(dy) - xhat * mean(dy xhat)). Overwrites dy. The
+// blocks' sums are independent chains, as in block_moments.
+template <typename T, int NB>
+C10_ALWAYS_INLINE void block_layer_norm_input_grad(T* dy, const T* xhat, int64_t n, const T* rstd) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec zero(T(0));
+  Vec s1[NB], s2[NB];
+  for (int b = 0; b < NB; ++b) s1[b] = s2[b] = zero;
+  for (int64_t j = 0; j < n; j += V) {
+    const int64_t c = std::min<int64_t>(V, n - j);
+    for (int b = 0; b < NB; ++b) {
+      const Vec d = Vec::loadu(dy + b * n + j, c);  // zeros past n
+      s1[b] = s1[b] + d;
+      s2[b] = at::vec::fmadd(d, Vec::loadu(xhat + b * n + j, c), s2[b]);
+    }
   }
-  const T m1 = s1 / T(n), m2 = s2 / T(n);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dy[j] = rstd * (dy[j] - m1 - xhat[j] * m2);
+  auto add = [](Vec p, Vec q) { return p + q; };
+  Vec m1[NB], m2[NB], r[NB];
+  for (int b = 0; b < NB; ++b) {
+    m1[b] = Vec(at::vec::vec_reduce_all<T>(add, s1[b]) / T(n));
+    m2[b] = Vec(at::vec::vec_reduce_all<T>(add, s2[b]) / T(n));
+    r[b] = Vec(rstd[b]);
+  }
+  for (int64_t j = 0; j < n; j += V) {
+    const int64_t c = std::min<int64_t>(V, n - j);
+    for (int b = 0; b < NB; ++b) {
+      T* d = dy + b * n + j;
+      const Vec v = r[b] * (Vec::loadu(d, c) - m1[b] - Vec::loadu(xhat + b * n + j, c) * m2[b]);
+      if (c == V) {
+        v.store(d);
+      } else {
+        v.store(d, c);
+      }
+    }
+  }
+}
+
+// Input gradient of one block (block_layer_norm_input_grad).
+template <typename T>
+C10_ALWAYS_INLINE void layer_norm_input_grad(T* dy, const T* xhat, int64_t n, T rstd) {
+  block_layer_norm_input_grad<T, 1>(dy, xhat, n, &rstd);
 }
 
 // The "scaled" normalisation's per-row input magnitude: mean |x| over the last dimension of x (..., F), as a

@@ -38,16 +38,23 @@ inline int64_t packed_size(int64_t N, int64_t K) {
 }
 
 // Packs W (N, K), element (n, k) at w[n s0 + k s1] (a transposed weight too), into `out` (packed_size values).
+// Tiles of 16 k: the tile's 16 panel rows stay in L1 while the panel's columns fill them, whichever of W's two
+// strides is the contiguous one.
 template <typename T>
 void pack_panels(const T* w, int64_t s0, int64_t s1, int64_t N, int64_t K, T* out) {
-  constexpr int64_t P = panel_width<T>();
+  constexpr int64_t P = panel_width<T>(), kTile = 16;
   for (int64_t n0 = 0; n0 < N; n0 += P) {
     T* panel = out + n0 / P * K * P;
     const int64_t width = std::min(P, N - n0);
-    for (int64_t k = 0; k < K; ++k) {
-      T* dst = panel + k * P;
-      for (int64_t j = 0; j < width; ++j) dst[j] = w[(n0 + j) * s0 + k * s1];
-      std::fill(dst + width, dst + P, T(0));
+    for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+      const int64_t k1 = std::min(K, k0 + kTile);
+      for (int64_t j = 0; j < width; ++j) {
+        const T* src = w + (n0 + j) * s0;
+        for (int64_t k = k0; k < k1; ++k) panel[k * P + j] = src[k * s1];
+      }
+      if (width < P) {
+        for (int64_t k = k0; k < k1; ++k) std::fill(panel + k * P + width, panel + (k + 1) * P, T(0));
+      }
     }
   }
 }
