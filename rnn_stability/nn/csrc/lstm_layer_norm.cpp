@@ -257,10 +257,12 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
     scalar_t* d_scale_p = scaled ? d_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t *acc4_p = acc4.data_ptr<scalar_t>(), *acc1_p = acc1.data_ptr<scalar_t>();
     scalar_t *dc_p = dc.data_ptr<scalar_t>(), *scratch_p = scratch.data_ptr<scalar_t>();
-    // The step loop reads raw pointers: dL/dh rows, the output gradient (contiguous), the cells.
+    // The step loop reads raw pointers: dL/dh rows, the output gradient, the cells.
     scalar_t* grad_h_p = grad_h.data_ptr<scalar_t>();
-    Tensor go = grad_out;  // read through go_p by the small products only (an expanded gradient: a pooled copy)
-    if (dh_of.is_small() && !go.is_contiguous()) go = workspace(grad_out.sizes(), opts).copy_(grad_out);
+    // The output gradient, read through go_p by the small products only: in place where a row's values are
+    // contiguous or one broadcast value (an expanded gradient), else a pooled copy.
+    Tensor go = grad_out;
+    if (dh_of.is_small() && go.stride(2) > 1) go = workspace(grad_out.sizes(), opts).copy_(grad_out);
     const scalar_t *go_p = dh_of.is_small() ? go.data_ptr<scalar_t>() : nullptr, *c0_p = c0.data_ptr<scalar_t>();
     const scalar_t* cell_p = (zc.on() ? zcell : buf.cell).data_ptr<scalar_t>();
     const scalar_t* dhh_later_p = nullptr;
@@ -285,7 +287,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
         const int64_t t = reverse ? a + i : b - 1 - i, earlier = reverse ? t + 1 : t - 1;
         scalar_t* dh_p = grad_h_p + (w_hr.defined() ? t : 0) * B * W;
         if (later >= 0 && !zh.on() && !rec.defined() && dh_of.is_small()) {
-          dh_of.small_raw<scalar_t>(dhh_later_p, B, go_p + t * B * W, dh_p);  // no tensor touched
+          dh_of.small_raw<scalar_t>(dhh_later_p, B, go_p + t * go.stride(0), dh_p, go.stride(1), go.stride(2));
         } else {
           Tensor dh = grad_h[w_hr.defined() ? t : 0];
           const Tensor dhh_later = later < 0 ? Tensor() : dhh_later_of();

@@ -70,10 +70,11 @@ class Linear {
   // Whether the product runs the panels on raw pointers (then small_raw may be called; else oneDNN).
   bool is_small() const { return defined() && !onednn_; }
 
-  // y (M, N) = init + x (M, K) W^T on raw contiguous rows (init null: zeros); is_small() only.
+  // y (M, N) = init + x (M, K) W^T on raw contiguous rows of x and y (init null: zeros, else init[m][n] at
+  // init[m ldi + n inci], by default contiguous rows; inci 0 broadcasts); is_small() only.
   template <typename T>
-  void small_raw(const T* x, int64_t M, const T* init, T* y) const {
-    panel_product<T>(x, M, weight_.size(1), packed_.data_ptr<T>(), weight_.size(0), init, y);
+  void small_raw(const T* x, int64_t M, const T* init, T* y, int64_t ldi = -1, int64_t inci = 1) const {
+    panel_product<T>(x, M, weight_.size(1), packed_.data_ptr<T>(), weight_.size(0), init, y, -1, 1, ldi, inci);
   }
 
   // Whether oneDNN beats MKL for (rows x K) times (K x N): float32 only, enough rows and a large enough weight.

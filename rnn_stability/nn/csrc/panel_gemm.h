@@ -60,10 +60,11 @@ void pack_panels(const T* w, int64_t s0, int64_t s1, int64_t N, int64_t K, T* ou
 }
 
 // Rows [0, MR) of a block times one panel: y[m][0, width) = init[m][0, width) + sum_k x[m][k] panel[k][.]
-// (x[m][k] at x[m ldx + k kx]; y's row stride ldy; init may be null: zeros, else its row stride is ldy's).
+// (x[m][k] at x[m ldx + k kx]; y's row stride ldy; init may be null: zeros, else init[m][n] is at
+// init[m ldi + n inci] with inci 1, or 0 for a value broadcast along the row, as an expanded gradient's).
 template <typename T, int MR>
-inline void panel_block(const T* x, int64_t ldx, int64_t kx, int64_t K, const T* panel, const T* init, T* y,
-                        int64_t ldy, int64_t width) {
+inline void panel_block(const T* x, int64_t ldx, int64_t kx, int64_t K, const T* panel, const T* init,
+                        int64_t ldi, int64_t inci, T* y, int64_t ldy, int64_t width) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size(), NR = kPanelVecs;
   const bool full = width == NR * V;
@@ -73,8 +74,10 @@ inline void panel_block(const T* x, int64_t ldx, int64_t kx, int64_t K, const T*
       const int64_t c = std::min<int64_t>(V, width - u * V);
       if (init == nullptr || c <= 0) {
         acc[m][u] = Vec(T(0));
+      } else if (inci == 0) {
+        acc[m][u] = Vec(init[m * ldi]);
       } else {
-        acc[m][u] = full ? Vec::loadu(init + m * ldy + u * V) : Vec::loadu(init + m * ldy + u * V, c);
+        acc[m][u] = full ? Vec::loadu(init + m * ldi + u * V) : Vec::loadu(init + m * ldi + u * V, c);
       }
     }
   }
@@ -102,25 +105,27 @@ inline void panel_block(const T* x, int64_t ldx, int64_t kx, int64_t K, const T*
 // Rows of one block (1 to kBlockRows) times one panel.
 template <typename T>
 inline void panel_rows(int64_t rows, const T* x, int64_t ldx, int64_t kx, int64_t K, const T* panel, const T* init,
-                       T* y, int64_t ldy, int64_t width) {
+                       int64_t ldi, int64_t inci, T* y, int64_t ldy, int64_t width) {
   switch (rows) {
-    case 1: return panel_block<T, 1>(x, ldx, kx, K, panel, init, y, ldy, width);
-    case 2: return panel_block<T, 2>(x, ldx, kx, K, panel, init, y, ldy, width);
-    case 3: return panel_block<T, 3>(x, ldx, kx, K, panel, init, y, ldy, width);
-    case 4: return panel_block<T, 4>(x, ldx, kx, K, panel, init, y, ldy, width);
-    case 5: return panel_block<T, 5>(x, ldx, kx, K, panel, init, y, ldy, width);
-    default: return panel_block<T, 6>(x, ldx, kx, K, panel, init, y, ldy, width);
+    case 1: return panel_block<T, 1>(x, ldx, kx, K, panel, init, ldi, inci, y, ldy, width);
+    case 2: return panel_block<T, 2>(x, ldx, kx, K, panel, init, ldi, inci, y, ldy, width);
+    case 3: return panel_block<T, 3>(x, ldx, kx, K, panel, init, ldi, inci, y, ldy, width);
+    case 4: return panel_block<T, 4>(x, ldx, kx, K, panel, init, ldi, inci, y, ldy, width);
+    case 5: return panel_block<T, 5>(x, ldx, kx, K, panel, init, ldi, inci, y, ldy, width);
+    default: return panel_block<T, 6>(x, ldx, kx, K, panel, init, ldi, inci, y, ldy, width);
   }
 }
 
-// y (M, N) = init + x (M, K) W^T with W packed by pack_panels; init and y contiguous rows (init null: zeros),
-// x[m][k] at x[m ldx + k kx] (by default contiguous rows; kx > 1 reads a transposed x in place). The M rows
+// y (M, N) = init + x (M, K) W^T with W packed by pack_panels; y contiguous rows, init null (zeros) or
+// init[m][n] at init[m ldi + n inci] (by default contiguous rows; inci 0 broadcasts a value per row), x[m][k]
+// at x[m ldx + k kx] (by default contiguous rows; kx > 1 reads a transposed x in place). The M rows
 // are split into blocks of near-equal size (32 rows: 6, 6, 5, 5, 5, 5), so that no block
 // is a thin remainder. Panels are shared out among threads when the product is large enough to pay for it.
 template <typename T>
 void panel_product(const T* x, int64_t M, int64_t K, const T* packed, int64_t N, const T* init, T* y,
-                   int64_t ldx = -1, int64_t kx = 1) {
+                   int64_t ldx = -1, int64_t kx = 1, int64_t ldi = -1, int64_t inci = 1) {
   if (ldx < 0) ldx = K;
+  if (ldi < 0) ldi = N;
   constexpr int64_t P = panel_width<T>();
   if (M == 0 || N == 0) return;
   const int64_t panels = (N + P - 1) / P, blocks = (M + kBlockRows - 1) / kBlockRows;
@@ -132,8 +137,8 @@ void panel_product(const T* x, int64_t M, int64_t K, const T* packed, int64_t N,
       int64_t m0 = 0;
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t rows = base + (blk < extra ? 1 : 0);
-        panel_rows<T>(rows, x + m0 * ldx, ldx, kx, K, panel, init == nullptr ? nullptr : init + m0 * N + n0,
-                      y + m0 * N + n0, N, width);
+        panel_rows<T>(rows, x + m0 * ldx, ldx, kx, K, panel, init == nullptr ? nullptr : init + m0 * ldi + n0 * inci,
+                      ldi, inci, y + m0 * N + n0, N, width);
         m0 += rows;
       }
     }
