@@ -38,8 +38,9 @@ inline int64_t packed_size(int64_t N, int64_t K) {
 }
 
 // Packs W (N, K), element (n, k) at w[n s0 + k s1] (a transposed weight too), into `out` (packed_size values).
-// Tiles of 16 k: the tile's 16 panel rows stay in L1 while the panel's columns fill them, whichever of W's two
-// strides is the contiguous one.
+// A panel row k holds W[n0 .. n0 + P)[k]: a contiguous copy where s0 is 1 (W^T given row-major, as the weight
+// gradients' operands are), else tiles of 16 k, whose 16 panel rows stay in L1 while the panel's columns fill
+// them.
 template <typename T>
 void pack_panels(const T* w, int64_t s0, int64_t s1, int64_t N, int64_t K, T* out) {
   constexpr int64_t P = panel_width<T>(), kTile = 16;
@@ -48,9 +49,13 @@ void pack_panels(const T* w, int64_t s0, int64_t s1, int64_t N, int64_t K, T* ou
     const int64_t width = std::min(P, N - n0);
     for (int64_t k0 = 0; k0 < K; k0 += kTile) {
       const int64_t k1 = std::min(K, k0 + kTile);
-      for (int64_t j = 0; j < width; ++j) {
-        const T* src = w + (n0 + j) * s0;
-        for (int64_t k = k0; k < k1; ++k) panel[k * P + j] = src[k * s1];
+      if (s0 == 1) {
+        for (int64_t k = k0; k < k1; ++k) std::copy(w + n0 + k * s1, w + n0 + k * s1 + width, panel + k * P);
+      } else {
+        for (int64_t j = 0; j < width; ++j) {
+          const T* src = w + (n0 + j) * s0;
+          for (int64_t k = k0; k < k1; ++k) panel[k * P + j] = src[k * s1];
+        }
       }
       if (width < P) {
         for (int64_t k = k0; k < k1; ++k) std::fill(panel + k * P + width, panel + (k + 1) * P, T(0));
