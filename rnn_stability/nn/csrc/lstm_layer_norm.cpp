@@ -70,7 +70,8 @@ Tensor input_projection(const Tensor& x, const Tensor& w_ih, int64_t H) {
 }
 
 // Returns [out, h_n, c_n, xp (kept for the backward: separate with weight_ih and save only, else empty),
-// pre_proj (empty without projection), then the per-step buffers of Buffers::list()].
+// pre_proj (empty without projection), then with save the per-step buffers of Buffers::list()] (without
+// save they are one step's scratch: not returned, nor wrapped as Python objects).
 std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tensor>& weight_ih,
                                     const std::optional<Tensor>& gain_ih, const std::optional<Tensor>& shift,
                                     const Tensor& h0_in, const Tensor& c0_in, const Tensor& weight_hh,
@@ -181,6 +182,7 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   const Tensor h = T_ == 0 ? h0 : out.select(0, last);
   const Tensor c = T_ == 0 ? c0 : (zc.on() ? zcell : buf.cell).select(0, last_cell);
   std::vector<Tensor> result{out, h.clone(), c.clone(), keep_xp ? xp : at::empty({0}, opts), pre_proj};
+  if (!save) return result;
   for (const Tensor& t : buf.list()) result.push_back(t);
   if (zc.on()) result.push_back(zcell);  // read by the backward as saved[8]
   return result;
