@@ -142,24 +142,33 @@ class Linear {
 };
 
 // acc += a^T b (a: (M, N), b: (M, K), acc: (N, K)): a weight gradient summed over M rows (a chunk of steps
-// times the batch). The panels read x = a^T in place (a column stride) and pack W = b^T straight from b's
-// strides into a pooled buffer, and accumulate into acc in place: no transposed copy, no product tensor.
-// MKL, which ATen's addmm runs, reaches under half the FMA peak on AMD processors, and oneDNN's linear needs
-// both operands transposed and returns a fresh (N, K) product to add.
-inline void add_transposed_product(Tensor& acc, const Tensor& a_in, const Tensor& b) {
+// times the batch). The panels take x = a^T and W = b^T packed straight from b's strides (a pooled buffer),
+// and accumulate into acc in place: no product tensor. x is read in place (a column stride: each k step reads
+// 6 neighbouring values of one row of a) where K < 512; for longer products those strided reads, one row of a
+// (N values apart) per k, cost more than a transposed copy into a pooled buffer (up to 1.3x at H = 1024), and
+// the copy is made. MKL, which ATen's addmm runs, reaches under half the FMA peak on AMD processors, and
+// oneDNN's linear needs both operands transposed and returns a fresh (N, K) product to add.
+inline void add_transposed_product(Tensor& acc, const Tensor& a, const Tensor& b) {
   if (!acc.is_contiguous()) {  // e.g. zeros_like of a transposed weight: accumulate in a contiguous copy
     Tensor dense = acc.contiguous();
-    add_transposed_product(dense, a_in, b);
+    add_transposed_product(dense, a, b);
     acc.copy_(dense);
     return;
   }
-  const Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();  // rows of a: columns of x
   const int64_t M = a.size(0), N = a.size(1), K = b.size(1);
+  const bool in_place = a.stride(1) == 1 && K < 512;
+  Tensor a_t;
+  if (!in_place) {
+    a_t = workspace({N, M}, a.options());
+    a_t.copy_(a.t());
+  }
   AT_DISPATCH_FLOATING_TYPES(acc.scalar_type(), "rnn_stability_add_transposed_product", [&] {
     Tensor packed = workspace({packed_size<scalar_t>(K, M)}, b.options());
     pack_panels<scalar_t>(b.data_ptr<scalar_t>(), b.stride(1), b.stride(0), K, M, packed.data_ptr<scalar_t>());
     scalar_t* y = acc.data_ptr<scalar_t>();
-    panel_product<scalar_t>(a.data_ptr<scalar_t>(), N, M, packed.data_ptr<scalar_t>(), K, y, y, 1, a.stride(0));
+    const scalar_t* x = in_place ? a.data_ptr<scalar_t>() : a_t.data_ptr<scalar_t>();
+    panel_product<scalar_t>(x, N, M, packed.data_ptr<scalar_t>(), K, y, y, in_place ? 1 : M,
+                            in_place ? a.stride(0) : 1);
   });
 }
 
