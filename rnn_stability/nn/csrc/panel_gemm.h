@@ -5,9 +5,10 @@
 // A step's product (M = batch, K = H, N = 4H) is a few microseconds of arithmetic; oneDNN's linear adds a fixed
 // cost of several microseconds per call (dispatch, primitive cache lookup, a fresh output tensor), MKL's generic
 // AMD path runs at under half of the FMA peak, and float64 has no oneDNN at all. Here W^T is packed once per
-// call of a loop into panels of P = 4 vectors of columns (64 floats, 32 doubles): panel p holds the K x P
-// values W^T[k][p P + j] contiguously (zero-padded past N), so one k step of a block reads 4 aligned vectors
-// (the packed buffer comes from ATen's 64-byte aligned allocations; misaligned panels cost a third at K = 64).
+// call of a loop into panels of P = 4 vectors of columns (AVX-512: 64 floats, 32 doubles; AVX2: 2 vectors):
+// panel p holds the K x P values W^T[k][p P + j] contiguously (zero-padded past N), so one k step of a block
+// reads 4 aligned vectors (the packed buffer comes from ATen's 64-byte aligned allocations; misaligned panels
+// cost a third at K = 64).
 // A block of up to 6 rows keeps 6 x 4 accumulators in registers (24 of AVX-512's 32, with the 4 weight vectors
 // and a broadcast of x: 29) over all K; per k it issues 24 FMAs for 4 vector loads and 6 broadcasts, so it is
 // bound by the FMA units, not by loads. The panel (K P values) is reused by all row blocks while it is in L1/L2.
@@ -23,8 +24,14 @@
 
 namespace rnn_stability {
 
-constexpr int64_t kPanelVecs = 4;  // vectors of columns per panel
-constexpr int64_t kBlockRows = 6;  // rows of a register block
+// Vectors of columns per panel, and rows of a register block: 6 x 4 accumulators of AVX-512's 32 registers;
+// with AVX2's 16, 6 x 2 (the classic 6 x 16 float kernel), as 6 x 4 would spill.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int64_t kPanelVecs = 4;
+#else
+constexpr int64_t kPanelVecs = 2;
+#endif
+constexpr int64_t kBlockRows = 6;
 
 // Columns per panel for T.
 template <typename T>
