@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from rnn_stability.nn.fused import GRULayerNormFunction
 from rnn_stability.nn.fused_joint import GRUJointLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
-from rnn_stability.nn.native import native_lstm_supported
+from rnn_stability.nn.native import native_lstm_supported, run_inference
 from rnn_stability.nn.native_gru import GRULayerNormLayerNative, gru_shift
 from rnn_stability.nn.native_projection import normalised_projection
 from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence
@@ -221,21 +221,13 @@ class GRU(StackedRNNMixin, nn.GRU):
         norm = self._input_norm(suffix)
         if norm is not None:
             steps, weight_ih = normalised_projection(x, weights[0], norm).view(*steps.shape[:2], -1), None
-        out, h = GRULayerNormLayerNative.apply(
-            steps,
-            weight_ih,
-            gain_ih,
-            shift,
-            bias_hn,
-            hx[0],
-            weights[1],
-            gain,
-            self.layer_norm_eps,
-            reverse,
-            variant,
-            torch.is_grad_enabled(),
-            *self._native_masks(masks, step_sizes, 1),
-        )
+        inputs = (steps, weight_ih, gain_ih, shift, bias_hn, hx[0], weights[1], gain)
+        extra = self._native_masks(masks, step_sizes, 1)
+        eps = self.layer_norm_eps
+        if torch.is_grad_enabled():
+            out, h = GRULayerNormLayerNative.apply(*inputs, eps, reverse, variant, True, *extra)
+        else:
+            out, h = run_inference("gru_ln_forward", inputs, eps, reverse, variant, extra)[:2]
         return out.view(x.size(0), out.size(-1)), (h,)
 
     def _layer_norm_inputs(

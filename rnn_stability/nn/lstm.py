@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
-from rnn_stability.nn.native import LSTMLayerNormLayerNative, native_lstm_supported
+from rnn_stability.nn.native import LSTMLayerNormLayerNative, native_lstm_supported, run_inference
 from rnn_stability.nn.native_projection import normalised_projection
 from rnn_stability.nn.recurrence import lstm_gate_shift, lstm_input_gates, lstm_layer_norm_sequence
 from rnn_stability.nn.regularization import LayerMasks
@@ -243,7 +243,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
             cell_norm: nn.LayerNorm = getattr(self, f"layer_norm_cell{suffix}")
             cell_weight: Tensor = cell_norm.weight
             cell_bias: Tensor | None = cell_norm.bias
-            params = [*weights, gain, *cell_norm.parameters(), *([] if gain_ih is None else [gain_ih])]
+            optional = [t for t in (cell_bias, gain_ih) if t is not None]  # (a Module's parameters() is slow)
+            params = [*weights, gain, cell_weight, *optional]
             variant: str | None = self.layer_norm_variant
             shift = lstm_gate_shift(bias_ih, bias_hh, gain)
         else:
@@ -266,23 +267,13 @@ class LSTM(StackedRNNMixin, nn.LSTM):
                 normalised_projection(x, weights[0], norm).view(*steps.shape[:2], 4, self.hidden_size),
                 None,
             )
-        out, h, c = LSTMLayerNormLayerNative.apply(
-            steps,
-            weight_ih,
-            gain_ih,
-            shift,
-            *hx,
-            weights[1],
-            gain,
-            cell_weight,
-            cell_bias,
-            weight_hr,
-            self.layer_norm_eps,
-            reverse,
-            variant,
-            torch.is_grad_enabled(),
-            *self._native_masks(masks, step_sizes, 2),
-        )
+        inputs = (steps, weight_ih, gain_ih, shift, *hx, weights[1], gain, cell_weight, cell_bias, weight_hr)
+        extra = self._native_masks(masks, step_sizes, 2)
+        eps = self.layer_norm_eps
+        if torch.is_grad_enabled():
+            out, h, c = LSTMLayerNormLayerNative.apply(*inputs, eps, reverse, variant, True, *extra)
+        else:
+            out, h, c = run_inference("lstm_ln_forward", inputs, eps, reverse, variant, extra)[:3]
         return out.view(x.size(0), out.size(-1)), (h, c)
 
     def _layer_norm_inputs(

@@ -315,7 +315,7 @@ class StackedRNNMixin(LayerNormOption, RegularizedRNNMixin, nn.RNNBase):
                         x_in, step_sizes, hx, ws[d], suffixes[idx], d == 1, masks[idx]
                     )
                     outs.append(out_d)
-                    finals.append(tuple(s.unsqueeze(0) for s in final_d))
+                    finals.append(final_d)
                 out = outs[0] if directions == 1 else torch.cat(outs, -1)
             else:
                 w = [t for w_d in ws for t in w_d]
@@ -327,13 +327,13 @@ class StackedRNNMixin(LayerNormOption, RegularizedRNNMixin, nn.RNNBase):
                     out = out.reshape(x.size(0), out.size(-1))
                 else:
                     out, final = self._native_layer(x_in, batch_sizes, hx, w)
-                finals.append(final)
+                finals.extend(zip(*final, strict=True))  # per direction, as the loops give them
             if layer in residual_layers:
                 out = out + x
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 out = F.dropout(out, self.dropout, True)
             x = out
-        return x, tuple(torch.cat(parts, 0) for parts in zip(*finals, strict=True))
+        return x, tuple(torch.stack(parts, 0) for parts in zip(*finals, strict=True))
 
 
 def split_steps(x: Tensor, step_sizes: list[int]) -> list[Tensor]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
+import rnn_stability.nn.gru as gru_module
 from rnn_stability.nn import GRU
 from rnn_stability.nn.fused import GRULayerNormFunction
 from rnn_stability.nn.fused_joint import GRUJointLayerNormFunction
@@ -55,6 +56,7 @@ def spy() -> Iterator[dict[str, int]]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(GRULayerNormLayerNative, "apply", wrap("native", GRULayerNormLayerNative.apply))
+        mp.setattr(gru_module, "run_inference", wrap("native", gru_module.run_inference))  # gradients off
         for function in (GRULayerNormFunction, GRUJointLayerNormFunction):
             mp.setattr(function, "apply", wrap("fused", function.apply))
         yield calls

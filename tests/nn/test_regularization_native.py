@@ -19,6 +19,8 @@ import pytest
 import torch
 from torch import Tensor
 
+import rnn_stability.nn.gru as gru_module
+import rnn_stability.nn.lstm as lstm_module
 from rnn_stability.nn import GRU, LSTM, regularization
 from rnn_stability.nn.fused import GRULayerNormFunction, LSTMLayerNormFunction
 from rnn_stability.nn.native import LSTMLayerNormLayerNative
@@ -185,6 +187,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     for function in (LSTMLayerNormLayerNative, GRULayerNormLayerNative):
         monkeypatch.setattr(function, "apply", wrap("native", function.apply))
+    for module in (lstm_module, gru_module):  # with gradients off the modules call the ops directly
+        monkeypatch.setattr(module, "run_inference", wrap("native", module.run_inference))
     for function in (LSTMLayerNormFunction, GRULayerNormFunction):
         monkeypatch.setattr(function, "apply", wrap("fused", function.apply))
     for cls in (LSTM, GRU):
