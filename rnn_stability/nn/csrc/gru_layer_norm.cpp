@@ -156,7 +156,7 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
   const auto opts = out.options();
   const int64_t K = chunk_steps(T_, B);
   const bool recompute = norm == Norm::kSeparate && xp_saved.numel() == 0;
-  Tensor grad_xp = projected ? workspace({K, B, 3 * H}, opts) : at::empty({T_, B, 3 * H}, opts);
+  Tensor grad_xp = workspace({projected ? K : T_, B, 3 * H}, opts);
   Tensor grad_u = workspace({2, K, B, 3 * H}, opts);
   Tensor grad_x = projected ? at::empty({T_, B, in}, opts) : grad_xp;
   Tensor grad_w_ih = projected ? at::zeros_like(w_ih) : at::empty({0}, opts);
