@@ -10,7 +10,7 @@ are printed and written to `benchmarks/results/rnn_speed.md`.
 
 Usage:
 
-    python benchmarks/rnn_speed.py [--mode train|inference|both] [--repeats 7] [--only LSTM] [--quick]
+    python benchmarks/rnn_speed.py [--mode train|inference|both] [--repeats 15] [--only LSTM] [--quick]
 
 `--only` (one module kind) and `--quick` (headline shape only, no memory) are for checks while tuning; only
 a full run writes the results file.
@@ -267,7 +267,7 @@ def update_readme(text: str, readme: Path = README) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per module (median reported)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per module (median reported)")
     parser.add_argument("--mode", choices=(*MODES, "both"), default="both", help="what to time")
     parser.add_argument("--only", choices=KINDS, type=str.upper, help="time one module kind, write no file")
     parser.add_argument("--quick", action="store_true", help="headline shape only, no memory; write no file")
@@ -287,7 +287,8 @@ def main() -> None:
     hidden, batch, steps = HEADLINE
     parts = [
         f"CPU ({_cpu_model()}), torch {torch.__version__}; input {INPUT_SIZE}, {NUM_LAYERS} layers; ratio of "
-        "the median time to torch's module timed interleaved in the same run (✓: within the target).",
+        f"the median of {args.repeats} timed calls to torch's module's, interleaved in the same run (✓: within "
+        "the target).",
         "",
         f"Every option at T={steps}, B={batch}, H={hidden} (torch.nn: its time; residual rows: change against "
         f"the same module without it; `layer_norm=True` is {DEFAULT_LAYER_NORM!r}):",
