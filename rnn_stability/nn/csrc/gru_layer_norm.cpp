@@ -110,7 +110,7 @@ std::vector<Tensor> gru_ln_forward(const Tensor& x_in, const std::optional<Tenso
   Tensor h = h0;
   // Recurrent dropout (the masked state enters W_hh only) and zoneout (regularization_rows.h).
   const Tensor rec = recurrent_mask(rec_mask, B, H, opts);
-  const Zone zh(zone_h, T_, B, H, opts);
+  const Zone zh(zone_h, T_, B, H);
   Tensor h_rec = at::empty({rec.defined() ? B : 0, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_ln_forward", [&] {
     const auto p = gru_params<scalar_t>(pt, H, eps, norm);
@@ -174,7 +174,7 @@ std::vector<Tensor> gru_ln_backward(const Tensor& grad_out, const Tensor& grad_h
   // Recurrent dropout and zoneout: the masks and dL/dh_t of the zoned state (two slots alternating; dh_bufs
   // then hold the gradients of the new states, which the row kernels read).
   const Tensor rec = recurrent_mask(rec_mask, B, H, opts);
-  const Zone zh(zone_h, T_, B, H, opts);
+  const Zone zh(zone_h, T_, B, H);
   Tensor d_state = at::empty({zh.on() ? 2 : 0, B, H}, opts);
   const int64_t chunks = (T_ + K - 1) / K;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "gru_ln_backward", [&] {

@@ -111,7 +111,7 @@ std::vector<Tensor> lstm_ln_forward(const Tensor& x_in, const std::optional<Tens
   // the zoned cells (the state the next step reads; buf.cell keeps the new cells, which the read-out normalised).
   const int64_t W = h0.size(-1);
   const Tensor rec = recurrent_mask(rec_mask, B, W, opts);
-  const Zone zh(zone_h, T_, B, W, opts), zc(zone_c, T_, B, H, opts);
+  const Zone zh(zone_h, T_, B, W), zc(zone_c, T_, B, H);
   Tensor h_rec = at::empty({rec.defined() ? B : 0, W}, opts);
   Tensor zcell = workspace({zc.on() ? (save ? T_ : 2) : 0, B, H}, opts);
   // The loop touches no tensor per step (raw pointers; the products of the small path take pointers too).
@@ -220,7 +220,7 @@ std::vector<Tensor> lstm_ln_backward(const Tensor& grad_out, const Tensor& grad_
   // state (two slots alternating: the later step's is carried past its zoneout) and the rows' cell carry.
   const int64_t W = out.size(-1);
   const Tensor rec = recurrent_mask(rec_mask, B, W, opts);
-  const Zone zh(zone_h, T_, B, W, opts), zc(zone_c, T_, B, H, opts);
+  const Zone zh(zone_h, T_, B, W), zc(zone_c, T_, B, H);
   const Tensor zcell = zc.on() ? saved[8] : Tensor();
   Tensor d_state = at::empty({zh.on() ? 2 : 0, B, W}, opts), c_carry = at::empty({zc.on() ? B : 0, H}, opts);
   // Gradients of xp (all steps when xp was given, else a chunk at a time, two chunks alternating so that the

@@ -56,7 +56,7 @@ struct Zone {
 
   // `given`: undefined / absent (off), a 0-dim tensor (the probability, eval) or (T, B, W) masks (bool, or
   // 0/1 values of any dtype, as tests inject them).
-  Zone(const std::optional<Tensor>& given, int64_t T, int64_t B, int64_t W, const at::TensorOptions& /*opts*/) {
+  Zone(const std::optional<Tensor>& given, int64_t T, int64_t B, int64_t W) {
     if (!given.has_value() || !given->defined()) return;
     enabled = true;
     if (given->dim() == 0) {
