@@ -1,5 +1,5 @@
 // The input projection x W^T of a layer with its gradients, through the products of the C++ loops (matmul.h:
-// oneDNN's packed-weight linear for float32 where it applies, ATen's mm otherwise).
+// oneDNN's packed-weight linear for float32 products over many rows, our panel kernel otherwise).
 //
 // The batch_norm option normalises W_ih x over every step before the time loop, so the projection is computed
 // outside the loop ops, in Python; there ATen's mm runs MKL, whose float32 path on AMD processors is 2-3x
@@ -29,11 +29,9 @@ std::vector<Tensor> projection_backward(const Tensor& grad, const Tensor& x, con
                                         bool need_weight) {
   const Tensor g = grad.contiguous();
   Tensor dx = need_x ? Linear(weight.t().contiguous(), g.size(0))(g) : at::empty({0}, x.options());
-  Tensor dw = at::zeros_like(weight);
-  if (need_weight) {
-    add_transposed_product(dw, g, x.contiguous());
-  }
-  return {dx, need_weight ? dw : at::empty({0}, weight.options())};
+  Tensor dw = need_weight ? at::zeros_like(weight) : at::empty({0}, weight.options());
+  if (need_weight) add_transposed_product(dw, g, x.contiguous());
+  return {dx, dw};
 }
 
 }  // namespace
