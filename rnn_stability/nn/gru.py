@@ -12,7 +12,6 @@ from rnn_stability.nn.fused_joint import GRUJointLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
 from rnn_stability.nn.native import native_lstm_supported, run_inference
 from rnn_stability.nn.native_gru import GRULayerNormLayerNative, gru_shift
-from rnn_stability.nn.native_projection import normalised_projection
 from rnn_stability.nn.recurrence import gru_input_gates, gru_layer_norm_sequence
 from rnn_stability.nn.regularization import LayerMasks
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
@@ -215,12 +214,7 @@ class GRU(StackedRNNMixin, nn.GRU):
             return super()._layer_norm_direction(x, step_sizes, hx, weights, suffix, reverse, masks)
         assert variant is not None
         shift, bias_hn = gru_shift(bias_ih, bias_hh)
-        # With batch norm the op takes the normalised projection (statistics over every step) as its input.
-        steps = x.view(len(step_sizes), step_sizes[0], x.size(-1))
-        weight_ih: Tensor | None = weights[0]
-        norm = self._input_norm(suffix)
-        if norm is not None:
-            steps, weight_ih = normalised_projection(x, weights[0], norm).view(*steps.shape[:2], -1), None
+        steps, weight_ih = self._native_input(x, step_sizes, weights[0], suffix, split_gates=False)
         inputs = (steps, weight_ih, gain_ih, shift, bias_hn, hx[0], weights[1], gain)
         extra = self._native_masks(masks, step_sizes, 1)
         eps = self.layer_norm_eps

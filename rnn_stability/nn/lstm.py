@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from rnn_stability.nn.fused import LSTMLayerNormFunction
 from rnn_stability.nn.layer_norm import LayerNormVariant
 from rnn_stability.nn.native import LSTMLayerNormLayerNative, native_lstm_supported, run_inference
-from rnn_stability.nn.native_projection import normalised_projection
 from rnn_stability.nn.recurrence import lstm_gate_shift, lstm_input_gates, lstm_layer_norm_sequence
 from rnn_stability.nn.regularization import LayerMasks
 from rnn_stability.nn.stacked import StackedRNNMixin, use_fused
@@ -257,16 +256,8 @@ class LSTM(StackedRNNMixin, nn.LSTM):
         weight_hr = weights[-1] if self.proj_size > 0 else None
         # The C++ op computes the input projection itself (one product for all steps) and its gradients a chunk
         # of steps at a time: no (T, B, 4H) gradient is held for all steps. With batch norm it takes the
-        # normalised projection instead (statistics over every step, so computed here; autograd does its
-        # backward).
-        steps = x.view(len(step_sizes), step_sizes[0], x.size(-1))
-        weight_ih: Tensor | None = weights[0]
-        norm = self._input_norm(suffix)
-        if norm is not None:
-            steps, weight_ih = (
-                normalised_projection(x, weights[0], norm).view(*steps.shape[:2], 4, self.hidden_size),
-                None,
-            )
+        # normalised projection instead.
+        steps, weight_ih = self._native_input(x, step_sizes, weights[0], suffix, split_gates=True)
         inputs = (steps, weight_ih, gain_ih, shift, *hx, weights[1], gain, cell_weight, cell_bias, weight_hr)
         extra = self._native_masks(masks, step_sizes, 2)
         eps = self.layer_norm_eps

@@ -3,7 +3,8 @@
 `RegularizedRNNMixin` holds `weight_dropout`, `recurrent_dropout`, `input_dropout`, `zoneout` and
 `batch_norm` (their formulas and masks: `rnn_stability.nn.regularization`) for
 `rnn_stability.nn.stacked.StackedRNNMixin`, and decides where a layer runs: torch's kernel has no place for
-recurrent dropout, zoneout or batch norm, the C++ loops take the first two but not batch norm.
+recurrent dropout, zoneout or batch norm; the C++ loops take all three (batch norm as the normalised projection
+they are given in place of the layer input).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnn_stability.nn.native_projection import normalised_projection
 from rnn_stability.nn.regularization import REGULARIZERS, LayerMasks, check_probability, check_zoneout
 
 __all__ = ["RegularizedRNNMixin", "check_flag"]
@@ -106,6 +108,19 @@ class RegularizedRNNMixin(nn.RNNBase):
     def _needs_loop(self, masks: LayerMasks) -> bool:
         """Whether a layer runs a time loop of ours: torch's kernel has no place for these."""
         return bool(self.layer_norm or self.batch_norm or masks.recurrent is not None or any(self.zoneout))
+
+    def _native_input(
+        self, x: Tensor, step_sizes: list[int], weight_ih: Tensor, suffix: str, split_gates: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """What the C++ op of one direction takes as its input: `(x as (T, B, in), weight_ih)`, or with
+        `batch_norm` `(BN(x W_ih^T), None)`, the normalised projection (statistics over every step, so computed
+        before the loop; autograd does its backward) as `(T, B, G, H)` (`split_gates`) or `(T, B, G H)`."""
+        steps = x.view(len(step_sizes), step_sizes[0], x.size(-1))
+        norm = self._input_norm(suffix)
+        if norm is None:
+            return steps, weight_ih
+        gates = (self.num_gates, self.hidden_size) if split_gates else (-1,)  # type: ignore[attr-defined]
+        return normalised_projection(x, weight_ih, norm).view(*steps.shape[:2], *gates), None
 
     def _input_norm(self, suffix: str) -> nn.BatchNorm1d | None:
         """The batch norm of `W_ih x` of one layer and direction (`batch_norm=True`), else `None`."""
